@@ -1,0 +1,59 @@
+# k2jobs: `make demo` loads data/sample on a fresh machine; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export K2_STACK_DIR ?= $(CURDIR)/.k2stack
+
+.PHONY: install system-deps kafka demo test test-unit lint format bench bench-smoke up down clean
+
+install: system-deps $(VENV)/.installed kafka
+
+# The real Redis server (Debian's package) and Java 17 + Maven for the Kafka broker.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v java >/dev/null || { echo "Java 17+ is required for Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka's jars (apt-get install maven)"; exit 1; }
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Apache Kafka's own jars from Maven Central, resolved once into ~/.cache/k2jobs.
+kafka: $(VENV)/.installed
+	$(BIN)/python -c "from k2jobs.stack import kafka_libs; print('kafka jars:', kafka_libs())"
+
+up: install
+	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2}
+
+down:
+	$(BIN)/python -m k2jobs stack down
+
+demo: up
+	$(BIN)/python -m k2jobs submit data/sample
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration and not fault"
+
+lint: install
+	$(BIN)/ruff check k2jobs tests bench celeryconfig.py
+	$(BIN)/ruff format --check k2jobs tests bench celeryconfig.py
+	$(BIN)/mypy k2jobs
+
+format: install
+	$(BIN)/ruff format k2jobs tests bench celeryconfig.py
+	$(BIN)/ruff check --fix k2jobs tests bench celeryconfig.py
+
+bench: install
+	$(BIN)/python bench/bench.py --rows $${ROWS:-1000000}
+
+clean: down
+	rm -rf $(VENV) .k2stack bench/results

@@ -1,0 +1,7 @@
+"""`python -m k2jobs`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""The Celery app and the clients each worker process builds for itself after the fork."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from .config import Settings, load_settings
+from .ledger import Ledger, connect
+from .publisher import MarkerReader
+
+app = Celery("k2jobs", include=["k2jobs.tasks"])
+app.config_from_object("celeryconfig")
+
+
+@dataclass
+class WorkerClients:
+    """What a chunk task needs, created once per worker process."""
+
+    settings: Settings
+    ledger: Ledger
+    markers: MarkerReader
+    pid: int
+
+
+_clients: WorkerClients | None = None
+
+
+def worker_clients() -> WorkerClients:
+    """This process's clients; built on first use in each process, never inherited over fork."""
+    global _clients
+    if _clients is None or _clients.pid != os.getpid():
+        settings = load_settings()
+        _clients = WorkerClients(
+            settings=settings,
+            ledger=Ledger(connect(settings.redis_url)),
+            markers=MarkerReader(settings),
+            pid=os.getpid(),
+        )
+    return _clients
+
+
+@worker_process_init.connect
+def _build_clients(**_: object) -> None:
+    worker_clients()
+
+
+@worker_process_shutdown.connect
+def _close_clients(**_: object) -> None:
+    if _clients is not None and _clients.pid == os.getpid():
+        _clients.markers.close()

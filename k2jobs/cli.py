@@ -1,0 +1,229 @@
+"""Command line: argument parsing, printing and exit codes; no domain logic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import (InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable,
+                     StackError)
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_REDIS_UNAVAILABLE = 3
+EXIT_KAFKA_UNAVAILABLE = 4
+EXIT_STACK_FAILED = 5
+EXIT_INTERRUPTED = 130
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _report_exit(report: dict[str, Any]) -> int:
+    return EXIT_OK if report["status"] == "succeeded" else EXIT_JOB_FAILED
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(report)
+        return
+    from .progress import format_report
+
+    sys.stdout.write(format_report(report))
+
+
+def _ledger(settings: Settings) -> Any:
+    from .ledger import Ledger, connect
+
+    ledger = Ledger(connect(settings.redis_url))
+    ledger.ping()
+    return ledger
+
+
+def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool) -> int:
+    from .jobs import wait_for_report
+    from .progress import progress_display
+
+    with progress_display(enabled=not as_json) as show:
+        report = wait_for_report(ledger, job_id, show)
+    _print_report(report, as_json)
+    return _report_exit(report)
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from .jobs import submit_job
+    from .ledger import Ledger, connect
+
+    directory = Path(args.directory).absolute()
+    chunk_rows = args.chunk_rows or settings.chunk_rows
+    ledger = Ledger(connect(settings.redis_url))
+    job_id, plan = submit_job(settings, ledger, directory, chunk_rows, args.skip_unknown)
+    if not args.wait:
+        if args.json:
+            _print_json({"job_id": job_id})
+        else:
+            print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows enqueued")
+        return EXIT_OK
+    if not args.json:
+        print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows", file=sys.stderr)
+    return _wait(settings, ledger, job_id, args.json)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from .jobs import job_progress
+
+    ledger = _ledger(settings)
+    if args.wait:
+        return _wait(settings, ledger, args.job_id, args.json)
+    report = ledger.report(args.job_id)
+    if report is not None:
+        _print_report(report, args.json)
+        return _report_exit(report)
+    progress = job_progress(ledger, args.job_id)
+    if args.json:
+        _print_json({**progress.__dict__, "status": "running"})
+    else:
+        from .progress import format_progress
+
+        print(format_progress(progress))
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    from .jobs import resume_job
+    from .publisher import check_kafka
+
+    ledger = _ledger(settings)
+    check_kafka(settings)
+    pending = resume_job(ledger, args.job_id)
+    if not args.json:
+        print(f"job {args.job_id}: {len(pending)} chunks re-enqueued", file=sys.stderr)
+    if not args.wait:
+        if args.json:
+            _print_json({"job_id": args.job_id, "chunks": pending})
+        return EXIT_OK
+    return _wait(settings, ledger, args.job_id, args.json)
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from .jobs import job_progress
+
+    ledger = _ledger(settings)
+    rows = [job_progress(ledger, job_id).__dict__ for job_id in ledger.recent_jobs(args.limit)]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['job_id']}  {row['status']:<9}  {row['rows_done']:>10}/{row['rows']:<10} rows  "
+              f"{row['chunks_done']}/{row['chunks']} chunks  {row['rejected']} rejected")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from .verify import verify_job
+
+    ledger = _ledger(settings)
+    result = verify_job(settings, ledger, args.job_id)
+    if args.json:
+        _print_json(result)
+    else:
+        for file in result["files"]:
+            mark = "ok " if file["ok"] else "BAD"
+            print(f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
+                  f"{file['found_rejected']}/{file['rejected']} dead-lettered")
+        print("verified" if result["ok"] else "MISMATCH")
+    return EXIT_OK if result["ok"] else EXIT_JOB_FAILED
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from .stack import Stack
+
+    stack = Stack(settings, workers=getattr(args, "workers", 2))
+    if args.action == "up":
+        status = stack.up()
+    elif args.action == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) or "nothing"), file=sys.stderr)
+        return EXIT_OK
+    else:
+        status = stack.status()
+    if getattr(args, "json", False):
+        _print_json(status)
+    else:
+        for name, value in status.items():
+            print(f"{name}: {value}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m k2jobs", description="Bulk-load market-data CSV into Kafka.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="load a directory of trades/ and quotes/ CSV files")
+    submit.add_argument("directory")
+    submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="wait for the report (default) or return the job id at once")
+    submit.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    submit.add_argument("--chunk-rows", type=int, default=None, help="lines per chunk task (default 25000)")
+    submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
+    submit.set_defaults(func=cmd_submit)
+
+    for name, func, text in (("status", cmd_status, "where a job stands"),
+                             ("resume", cmd_resume, "re-enqueue a job's chunks that are not committed")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=(name == "resume"))
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    jobs = sub.add_parser("jobs", help="recent jobs with status and totals")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    verify = sub.add_parser("verify", help="read a job's messages back from Kafka and compare with its report")
+    verify.add_argument("job_id")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    stack = sub.add_parser("stack", help="the local Redis, Kafka, workers and Flower")
+    stack_sub = stack.add_subparsers(dest="action", required=True)
+    up = stack_sub.add_parser("up", help="start what is not running")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--json", action="store_true")
+    stack_sub.add_parser("down", help="stop what the stack started")
+    st = stack_sub.add_parser("status", help="pids of the stack's processes")
+    st.add_argument("--json", action="store_true")
+    stack.set_defaults(func=cmd_stack)
+    return parser
+
+
+ERROR_EXITS: list[tuple[type[K2Error], int]] = [
+    (InputError, EXIT_REFUSED), (JobNotFound, EXIT_REFUSED), (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE), (StackError, EXIT_STACK_FAILED),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; only here does k2jobs print errors and choose exit codes."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, load_settings())
+    except K2Error as exc:
+        print(f"k2jobs: {exc}", file=sys.stderr)
+        return next((code for kind, code in ERROR_EXITS if isinstance(exc, kind)), EXIT_JOB_FAILED)
+    except KeyboardInterrupt:
+        print("k2jobs: interrupted (the job keeps running; see `status`)", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,49 @@
+"""The k2jobs error tree: one base class, specific subclasses that say what to fix."""
+
+from __future__ import annotations
+
+
+class K2Error(Exception):
+    """Base class of every error k2jobs raises on purpose."""
+
+
+class InputError(K2Error):
+    """The input cannot be loaded as given; nothing was enqueued."""
+
+
+class UnsafePathError(InputError):
+    """A path resolves outside the data root."""
+
+
+class ServiceUnavailable(K2Error):
+    """A service k2jobs needs did not answer."""
+
+    service = "service"
+
+
+class RedisUnavailable(ServiceUnavailable):
+    """Redis could not be reached or refused the command."""
+
+    service = "redis"
+
+
+class KafkaUnavailable(ServiceUnavailable):
+    """The Kafka cluster could not be reached in time."""
+
+    service = "kafka"
+
+
+class ChunkChanged(K2Error):
+    """A chunk's bytes differ from what was planned (the file changed after submit)."""
+
+
+class PublishError(K2Error):
+    """Kafka did not accept a chunk's transaction; the chunk can be retried."""
+
+
+class JobNotFound(K2Error):
+    """No job with that id is known to Redis."""
+
+
+class StackError(K2Error):
+    """The local stack could not be started or inspected."""

@@ -1,0 +1,156 @@
+"""Every Redis key k2jobs uses, and every write to them; each write is safe to repeat."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis
+
+from .errors import JobNotFound, RedisUnavailable
+from .planning import JobPlan
+
+TTL_S = 30 * 24 * 3600  # jobs are kept a month, then Redis forgets them
+JOBS_KEY = "k2:jobs"
+COMMITTED, FAILED = "committed", "failed"
+
+
+def _job(job_id: str) -> str:
+    return f"k2:job:{job_id}"
+
+
+def _plan(job_id: str) -> str:
+    return f"k2:job:{job_id}:plan"
+
+
+def _results(job_id: str) -> str:
+    return f"k2:job:{job_id}:results"  # chunk index -> final result JSON (committed or failed)
+
+
+def _progress(job_id: str) -> str:
+    return f"k2:job:{job_id}:progress"  # chunk index -> rows handled so far in the current attempt
+
+
+def _attempts(job_id: str) -> str:
+    return f"k2:job:{job_id}:attempts"  # chunk index -> JSON {marker_from}
+
+
+def _report(job_id: str) -> str:
+    return f"k2:job:{job_id}:report"
+
+
+def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
+    """A Redis client that fails within `timeout_s` instead of hanging."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s + 25)
+
+
+def _loads(raw: bytes | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+class Ledger:
+    """A job's plan, per-chunk results, progress and report, kept in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def ping(self) -> None:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"Redis did not answer: {exc}") from exc
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(self, job_id: str, plan: JobPlan, options: dict[str, Any]) -> None:
+        """Record a new job and its plan before any chunk is enqueued."""
+        now = time.time()
+        meta = {
+            "job_id": job_id, "status": "running", "created": now, "source_dir": plan.source_dir,
+            "rows": plan.rows, "chunks": len(plan.chunks), "files": len(plan.files),
+            "options": orjson.dumps(options),
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(_job(job_id), mapping=meta)
+        pipe.set(_plan(job_id), orjson.dumps(plan.to_dict()))
+        pipe.zadd(JOBS_KEY, {job_id: now})
+        for key in (_job(job_id), _plan(job_id)):
+            pipe.expire(key, TTL_S)
+        pipe.execute()
+
+    def job_meta(self, job_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(_job(job_id))
+        if not raw:
+            raise JobNotFound(f"no job {job_id!r} in Redis")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def plan(self, job_id: str) -> JobPlan:
+        raw = self.redis.get(_plan(job_id))
+        if raw is None:
+            raise JobNotFound(f"no job {job_id!r} in Redis")
+        return JobPlan.from_dict(orjson.loads(raw))
+
+    def recent_jobs(self, limit: int = 20) -> list[str]:
+        return [j.decode() for j in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
+
+    def set_status(self, job_id: str, status: str) -> None:
+        self.redis.hset(_job(job_id), "status", status)
+
+    # -- chunks -----------------------------------------------------------------------------
+    def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
+        """The final result of a chunk, if it has one."""
+        return _loads(self.redis.hget(_results(job_id), str(index)))  # type: ignore[arg-type]
+
+    def record_result(self, job_id: str, index: int, result: dict[str, Any]) -> None:
+        """Store a chunk's final result; a committed result is never replaced by a failure."""
+        key = _results(job_id)
+        if result["status"] != COMMITTED:
+            self.redis.hsetnx(key, str(index), orjson.dumps(result))
+        else:
+            self.redis.hset(key, str(index), orjson.dumps(result))
+        self.redis.hset(_progress(job_id), str(index), result.get("published", 0) + result.get("rejected", 0))
+        for k in (key, _progress(job_id)):
+            self.redis.expire(k, TTL_S)
+
+    def clear_failures(self, job_id: str, indexes: Iterable[int]) -> None:
+        """Forget failed results so the chunks can run again (resume)."""
+        key = _results(job_id)
+        for index in indexes:
+            current = self.chunk_result(job_id, index)
+            if current is not None and current["status"] != COMMITTED:
+                self.redis.hdel(key, str(index))
+
+    def results(self, job_id: str) -> dict[int, dict[str, Any]]:
+        raw = self.redis.hgetall(_results(job_id))
+        return {int(k): orjson.loads(v) for k, v in raw.items()}
+
+    def marker_from(self, job_id: str, index: int) -> int | None:
+        """Where an earlier attempt's commit marker could first appear, if one began."""
+        previous = _loads(self.redis.hget(_attempts(job_id), str(index)))  # type: ignore[arg-type]
+        return None if previous is None else int(previous["marker_from"])
+
+    def set_marker_from(self, job_id: str, index: int, offset: int) -> None:
+        """Remember, before a transaction begins, where its commit marker can first appear."""
+        key = _attempts(job_id)
+        self.redis.hset(key, str(index), orjson.dumps({"marker_from": offset}))
+        self.redis.expire(key, TTL_S)
+
+    def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
+        self.redis.hset(_progress(job_id), str(index), rows_done)
+
+    def progress(self, job_id: str) -> int:
+        return sum(int(v) for v in self.redis.hvals(_progress(job_id)))
+
+    # -- reports ----------------------------------------------------------------------------
+    def save_report(self, job_id: str, report: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(_report(job_id), orjson.dumps(report), ex=TTL_S)
+        pipe.hset(_job(job_id), "status", report["status"])
+        pipe.execute()
+
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        return _loads(self.redis.get(_report(job_id)))  # type: ignore[arg-type]
+
+    def clear_report(self, job_id: str) -> None:
+        self.redis.delete(_report(job_id))

@@ -1,0 +1,261 @@
+"""Finding input files, mapping company ids to symbols, cutting files into chunks; no services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import InputError, UnsafePathError
+from .records import Kind
+
+BOM = b"\xef\xbb\xbf"
+COMPANY_INFO = Path("reference-data") / "company_info.csv"
+# Top-level names that describe the data set rather than hold rows to load.
+DOCUMENTATION = re.compile(r"(?i)(readme.*|.*\.(md|txt|rst))\Z")
+_BLANK_BETWEEN = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+READ_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One byte range of one file, on line boundaries, with what it must contain."""
+
+    index: int
+    path: str  # relative to the submitted directory, as in the report and `source` headers
+    data_path: str  # relative to K2_DATA_ROOT, what workers open
+    kind: str
+    symbol: str
+    company_id: int
+    start: int
+    end: int
+    first_line: int
+    rows: int
+    crc32: int
+    file_size: int
+    file_mtime_ns: int
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """One input file and its chunks' indexes."""
+
+    path: str
+    kind: str
+    symbol: str
+    company_id: int
+    rows: int
+    chunks: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything a job will load, fixed at submit time."""
+
+    source_dir: str
+    files: list[FilePlan]
+    chunks: list[ChunkPlan]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> JobPlan:  # type: ignore[type-arg]
+        return cls(
+            source_dir=raw["source_dir"],
+            files=[FilePlan(**f) for f in raw["files"]],
+            chunks=[ChunkPlan(**c) for c in raw["chunks"]],
+        )
+
+
+def count_rows(data: bytes) -> int:
+    """Non-blank lines in `data`; a last line without a line ending counts."""
+    lines = data.count(b"\n")
+    if data and not data.endswith(b"\n"):
+        lines += 1
+    first_end = data.find(b"\n")
+    last_start = data.rfind(b"\n") + 1
+    maybe_blank = (
+        _BLANK_BETWEEN.search(data) is not None
+        or not data[: first_end if first_end >= 0 else len(data)].strip()
+        or (last_start < len(data) and not data[last_start:].strip())
+    )
+    if not maybe_blank:
+        return lines
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def resolve_inside(root: Path, path: Path) -> Path:
+    """`path` with symlinks resolved, refused unless it lies inside `root`."""
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise UnsafePathError(f"{path} resolves to {real}, outside the data root {root} (K2_DATA_ROOT)")
+    return real
+
+
+def read_company_symbols(directory: Path) -> dict[int, str]:
+    """company_id → symbol from reference-data/company_info.csv (which has a header row)."""
+    path = directory / COMPANY_INFO
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: it maps each file's company id to a symbol") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} cannot be read: {exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
+        raise InputError(f"{path} is malformed: its header must name company_id and symbol columns")
+    symbols: dict[int, str] = {}
+    for number, row in enumerate(reader, start=2):
+        company_id, symbol = (row.get("company_id") or "").strip(), (row.get("symbol") or "").strip()
+        if not company_id.isdigit() or not re.fullmatch(r"[A-Za-z0-9._-]+", symbol):
+            raise InputError(f"{path}:{number} is malformed: needs a numeric company_id and a symbol")
+        symbols[int(company_id)] = symbol
+    if not symbols:
+        raise InputError(f"{path} is malformed: it lists no companies")
+    return symbols
+
+
+def find_input_files(directory: Path, skip_unknown: bool = False) -> list[tuple[Kind, Path]]:
+    """The CSV files to load, by kind; anything unexpected is refused unless skipped."""
+    found: list[tuple[Kind, Path]] = []
+    kinds = {kind.value: kind for kind in Kind}
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        if name.startswith(".") or name == COMPANY_INFO.parts[0]:
+            continue
+        if name in kinds and entry.is_dir():
+            for file in sorted(entry.iterdir()):
+                if file.name.startswith("."):
+                    continue
+                if file.suffix == ".csv" and file.is_file():
+                    found.append((kinds[name], file))
+                elif not skip_unknown:
+                    raise InputError(f"{file} is not a CSV file k2jobs can load (use --skip-unknown to skip it)")
+            continue
+        if entry.is_file() and DOCUMENTATION.match(name):
+            continue
+        if not skip_unknown:
+            what = "folder" if entry.is_dir() else "file"
+            raise InputError(
+                f"{entry} is a {what} k2jobs does not know how to load; expected trades/, quotes/ "
+                "and reference-data/ (use --skip-unknown to skip it)"
+            )
+    if not found:
+        raise InputError(f"no CSV files found under {directory}/trades or {directory}/quotes")
+    return found
+
+
+def _after_lines(buf: bytes, start: int, lines: int, guess: int) -> int:
+    """Offset just past the `lines`-th line end from `start`, or len(buf) if fewer remain."""
+    end = min(len(buf), start + lines * guess)
+    found = buf.count(b"\n", start, end)
+    if found >= lines:
+        for _ in range(found - lines):
+            end = buf.rfind(b"\n", start, end)
+        return buf.rfind(b"\n", start, end) + 1
+    while found < lines:
+        pos = buf.find(b"\n", end)
+        if pos < 0:
+            return len(buf)
+        end, found = pos + 1, found + 1
+    return end
+
+
+def cut_ranges(handle: io.BufferedReader, lines_per_chunk: int) -> Iterator[tuple[int, bytes, int]]:
+    """(file offset, bytes, first line number) per chunk, streaming the file in blocks."""
+    data = handle.read(READ_BLOCK)
+    offset, line = 0, 1
+    if data.startswith(BOM):
+        data, offset = data[len(BOM) :], len(BOM)
+    guess = 64
+    while data:
+        eof = False
+        while not eof and data.count(b"\n") < lines_per_chunk:
+            more = handle.read(READ_BLOCK)
+            eof = not more
+            data += more
+        pos = 0
+        while pos < len(data):
+            end = _after_lines(data, pos, lines_per_chunk, guess)
+            if end == len(data) and not eof and data.count(b"\n", pos) < lines_per_chunk:
+                break  # an incomplete chunk: read more before cutting it
+            piece = data[pos:end]
+            yield offset + pos, piece, line
+            line += piece.count(b"\n")
+            guess = max(1, len(piece) // lines_per_chunk)
+            pos = end
+        data, offset = data[pos:], offset + pos
+        if eof and not data:
+            break
+
+
+def plan_file(root: Path, directory: Path, kind: Kind, path: Path, symbols: dict[int, str],
+              lines_per_chunk: int, first_index: int) -> tuple[FilePlan, list[ChunkPlan]]:
+    """Cut one file into chunks, counting rows and checksumming each."""
+    real = resolve_inside(root, path)
+    relative = path.relative_to(directory).as_posix()
+    if not path.stem.isdigit() or int(path.stem) not in symbols:
+        raise InputError(
+            f"{relative}: file name {path.stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}"
+        )
+    company_id = int(path.stem)
+    try:
+        stat = real.stat()
+        handle = real.open("rb")
+    except OSError as exc:
+        raise InputError(f"{relative} cannot be read: {exc.strerror}") from exc
+    chunks: list[ChunkPlan] = []
+    with handle:
+        for start, piece, first_line in cut_ranges(handle, lines_per_chunk):
+            rows = count_rows(piece)
+            if rows == 0:
+                continue  # only blank lines: nothing to load, nothing to count
+            chunks.append(ChunkPlan(
+                index=first_index + len(chunks), path=relative,
+                data_path=real.relative_to(root).as_posix(), kind=kind.value,
+                symbol=symbols[company_id], company_id=company_id, start=start,
+                end=start + len(piece), first_line=first_line, rows=rows,
+                crc32=zlib.crc32(piece), file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+            ))
+    file_plan = FilePlan(
+        path=relative, kind=kind.value, symbol=symbols[company_id], company_id=company_id,
+        rows=sum(c.rows for c in chunks), chunks=[c.index for c in chunks],
+    )
+    return file_plan, chunks
+
+
+def plan_job(root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bool = False) -> JobPlan:
+    """Validate `directory` and cut every input file into chunks."""
+    if lines_per_chunk <= 0:
+        raise InputError("--chunk-rows must be positive")
+    if not directory.exists():
+        raise InputError(f"{directory} does not exist")
+    real_dir = resolve_inside(root, directory)
+    if not real_dir.is_dir():
+        raise InputError(f"{directory} is not a directory")
+    if not os.access(real_dir, os.R_OK | os.X_OK):
+        raise InputError(f"{directory} is not readable")
+    try:
+        symbols = read_company_symbols(real_dir)
+        inputs = find_input_files(real_dir, skip_unknown)
+    except PermissionError as exc:
+        raise InputError(f"{directory} cannot be read: {exc.strerror}") from exc
+    files: list[FilePlan] = []
+    chunks: list[ChunkPlan] = []
+    for kind, path in inputs:
+        file_plan, file_chunks = plan_file(root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks))
+        files.append(file_plan)
+        chunks.extend(file_chunks)
+    if not chunks:
+        raise InputError(f"the CSV files under {directory} hold no rows")
+    return JobPlan(source_dir=real_dir.relative_to(root).as_posix() or ".", files=files, chunks=chunks)

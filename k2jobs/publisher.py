@@ -1,0 +1,195 @@
+"""The Kafka side: topics, transactional chunk producers, commit markers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .config import Settings
+from .errors import KafkaUnavailable, PublishError
+from .records import Kind
+
+# One record per committed chunk, written inside the chunk's own transaction, so "this chunk
+# is in Kafka" and "its marker is in Kafka" are the same fact.
+COMMITS_TOPIC = "k2jobs.commits"
+COMMITS_PARTITION = 0
+Headers = Sequence[tuple[str, bytes]]
+
+
+class ChunkFenced(PublishError):
+    """Another attempt at the same chunk took over its transactional id."""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An AdminClient for the configured cluster; connection failures surface as errors, not log noise."""
+    return AdminClient(settings.kafka_config(log_level=0))
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Create the data, dead-letter and commit-marker topics when missing."""
+    admin = admin_client(settings)
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}") from exc
+    wanted = [NewTopic(kind.topic, settings.partitions, 1) for kind in Kind]
+    wanted += [NewTopic(kind.dlq_topic, settings.partitions, 1) for kind in Kind]
+    wanted.append(NewTopic(COMMITS_TOPIC, 1, 1, config={"cleanup.policy": "compact"}))
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaUnavailable(f"cannot create topic {topic}: {exc.args[0]}") from exc
+
+
+def transactional_id(job_id: str, chunk_index: int) -> str:
+    """Stable per chunk, so a re-run fences any earlier attempt of the same chunk."""
+    return f"k2jobs-{job_id}-{chunk_index}"
+
+
+def marker_key(job_id: str, chunk_index: int) -> bytes:
+    return f"{job_id}:{chunk_index}".encode()
+
+
+def _wrap(exc: KafkaException, what: str) -> PublishError:
+    err = exc.args[0]
+    if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
+        return ChunkFenced(f"{what}: fenced by a newer attempt ({err.str()})")
+    return PublishError(f"{what}: {err.str()}")
+
+
+@dataclass
+class DeliveryErrors:
+    """Counts failed deliveries; the producer reports only errors, never each success."""
+
+    count: int = 0
+    first: str | None = None
+
+    def __call__(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self.count += 1
+            self.first = self.first or err.str()
+
+
+class ChunkTransaction:
+    """A transactional producer for one chunk: everything it sends commits or aborts together."""
+
+    def __init__(self, settings: Settings, job_id: str, chunk_index: int, timeout_s: float = 30.0) -> None:
+        self.errors = DeliveryErrors()
+        self._timeout_s = timeout_s
+        self._producer = Producer(settings.kafka_config(**{
+            "transactional.id": transactional_id(job_id, chunk_index),
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 500_000,
+            "queue.buffering.max.kbytes": 262_144,
+            "message.timeout.ms": 45_000,
+            "transaction.timeout.ms": 60_000,
+            "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+            "delivery.report.only.error": True,
+            "on_delivery": self.errors,
+        }))
+        try:
+            self._producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise _wrap(exc, "init_transactions") from exc
+
+    def begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise _wrap(exc, "begin_transaction") from exc
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
+        """Queue one message, waiting for room when the local queue is full."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise _wrap(exc, "produce") from exc
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def commit(self) -> None:
+        """Flush and commit; raises PublishError (after aborting) if anything failed."""
+        try:
+            self._producer.commit_transaction(self._timeout_s)
+        except KafkaException as exc:
+            self.abort()
+            raise _wrap(exc, "commit_transaction") from exc
+        if self.errors.count:
+            raise PublishError(f"{self.errors.count} deliveries failed: {self.errors.first}")
+
+    def abort(self) -> None:
+        try:
+            self._producer.abort_transaction(self._timeout_s)
+        except KafkaException:
+            pass  # fenced or broker gone: the coordinator aborts it on timeout or fencing
+
+
+class MarkerReader:
+    """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._consumer = Consumer(settings.kafka_config(**{
+            "group.id": "k2jobs-marker-reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }))
+        self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
+
+    def end_offset(self, timeout_s: float = 10.0) -> int:
+        """The marker partition's current end; markers of chunks begun later lie past it."""
+        try:
+            return int(self._consumer.get_watermark_offsets(self._tp, timeout=timeout_s)[1])
+        except KafkaException as exc:
+            raise PublishError(f"cannot read {COMMITS_TOPIC} offsets: {exc.args[0]}") from exc
+
+    def find(self, key: bytes, start: int, timeout_s: float = 60.0) -> dict | None:  # type: ignore[type-arg]
+        """The committed marker with `key` at or after `start`, or None if there is none."""
+        target = self.end_offset()
+        if target <= start:
+            return None
+        self._consumer.assign([TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, start)])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                msg = self._consumer.poll(0.5)
+                if msg is not None and msg.error() is None and msg.key() == key:
+                    return orjson.loads(msg.value())  # type: ignore[no-any-return]
+                position = self._consumer.position([self._tp])[0].offset
+                if position >= target:
+                    return None
+        finally:
+            self._consumer.unassign()
+        raise PublishError(f"timed out reading {COMMITS_TOPIC} up to offset {target}")
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Raise KafkaUnavailable unless the cluster answers within `timeout_s`."""
+    try:
+        admin_client(settings).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s"
+        ) from exc

@@ -1,0 +1,190 @@
+"""Parsing and validating one CSV row into the bytes of a Kafka message value; pure."""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import datetime
+from enum import Enum
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import orjson
+
+
+class Kind(str, Enum):
+    """What a file holds; each kind has its own columns and topics."""
+
+    TRADE = "trades"
+    QUOTE = "quotes"
+
+    @property
+    def topic(self) -> str:
+        return f"market.{self.value}.raw"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"market.{self.value}.dlq"
+
+
+EXCHANGE_TIMEZONES = {"ASX": ZoneInfo("Australia/Sydney")}
+DEFAULT_EXCHANGE = "ASX"
+
+TRADE_COLUMNS = ("date", "time", "price", "volume", "qualifiers", "venue", "buyer_id")
+QUOTE_COLUMNS = ("date", "time", "bid_price", "ask_price", "bid_volume", "ask_volume")
+COLUMNS = {Kind.TRADE: TRADE_COLUMNS, Kind.QUOTE: QUOTE_COLUMNS}
+PRICE_FIELDS = frozenset({"price", "bid_price", "ask_price"})
+INTEGER_FIELDS = frozenset({"volume", "qualifiers", "bid_volume", "ask_volume"})
+TEXT_FIELDS = frozenset({"venue", "buyer_id"})
+INT64_MAX = 2**63 - 1
+
+_DATE = r"(\d\d/\d\d/\d{4})"
+_TIME = r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,3}))?"
+_PRICE = r"(\d{1,12}(?:\.\d{1,6})?)"
+_INT = r"(\d{1,18})"
+_TEXT = r'([^,"]*)'
+# Whole-line patterns accept the common, unquoted, valid row in one call; anything they
+# refuse goes through the field-by-field path, which either accepts it or names the problem.
+_FAST = {
+    Kind.TRADE: re.compile(",".join([_DATE, _TIME, _PRICE, _INT, _INT, _TEXT, _TEXT]) + r"\Z"),
+    Kind.QUOTE: re.compile(",".join([_DATE, _TIME, _PRICE, _PRICE, _INT, _INT]) + r"\Z"),
+}
+_DATE_RE = re.compile(r"(\d\d)/(\d\d)/(\d{4})\Z")
+_TIME_RE = re.compile(_TIME + r"\Z")
+_PRICE_RE = re.compile(_PRICE + r"\Z")
+_INT_RE = re.compile(r"\d+\Z")
+
+
+class RowError(ValueError):
+    """A row that cannot be published; the message says which field and why."""
+
+
+@lru_cache(maxsize=65_536)
+def hour_start_ms(date: str, hour: int, exchange: str = DEFAULT_EXCHANGE) -> int:
+    """Epoch ms of the start of `hour` on `date` (MM/DD/YYYY), in the exchange's local time.
+
+    Offsets change only on hour boundaries, so one lookup per hour is exact; in the
+    repeated hour when daylight saving ends, the first (daylight) occurrence is used.
+    """
+    match = _DATE_RE.match(date)
+    if match is None:
+        raise RowError(f"date {date!r} is not MM/DD/YYYY")
+    month, day, year = (int(part) for part in match.groups())
+    try:
+        local = datetime(year, month, day, hour, tzinfo=EXCHANGE_TIMEZONES[exchange])
+    except ValueError:
+        raise RowError(f"date {date!r} is not a calendar date (MM/DD/YYYY)") from None
+    return round(local.timestamp()) * 1000
+
+
+def exchange_timestamp_ms(date: str, hh: str, mm: str, ss: str, frac: str | None, exchange: str) -> int:
+    """Epoch ms (UTC) of an exchange-local date and clock time given as digit strings."""
+    hour, minute, second = int(hh), int(mm), int(ss)
+    if hour > 23 or minute > 59 or second > 59:
+        frac_part = f".{frac}" if frac else ""
+        raise RowError(f"time '{hh}:{mm}:{ss}{frac_part}' is not a clock time (HH:MM:SS[.fff])")
+    millis = int(frac.ljust(3, "0")) if frac else 0
+    return hour_start_ms(date, hour, exchange) + minute * 60_000 + second * 1000 + millis
+
+
+def split_fields(text: str) -> list[str]:
+    """Split one CSV line; standard quoting is honoured only when a quote is present."""
+    if '"' not in text:
+        return text.split(",")
+    try:
+        rows = list(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        raise RowError(f"malformed CSV quoting: {exc}") from None
+    return rows[0] if rows else []
+
+
+def _check_field(name: str, value: str) -> object:
+    """Validate one field; return the value as it goes into the message."""
+    if name in PRICE_FIELDS:
+        if _PRICE_RE.match(value) is None:
+            raise RowError(
+                f"{name} {value!r} is not a plain non-negative decimal "
+                "(at most 12 integer digits and 6 decimals)"
+            )
+        return value
+    if name in INTEGER_FIELDS:
+        if _INT_RE.match(value) is None:
+            raise RowError(f"{name} {value!r} is not a non-negative integer")
+        number = int(value)
+        if number > INT64_MAX:
+            raise RowError(f"{name} {value!r} is larger than a 64-bit integer")
+        return number
+    if name in TEXT_FIELDS:
+        return value or None
+    raise AssertionError(f"unknown field {name}")
+
+
+class RowParser:
+    """Turns the raw lines of one file into JSON message values."""
+
+    def __init__(self, kind: Kind, symbol: str, company_id: int, exchange: str = DEFAULT_EXCHANGE) -> None:
+        self.kind = kind
+        self.exchange = exchange
+        self._fast = _FAST[kind]
+        self._columns = COLUMNS[kind]
+        self._base = {"symbol": symbol, "company_id": company_id, "exchange": exchange}
+        self.key = f"{exchange}.{symbol}".encode()
+
+    def parse(self, line: bytes, ingestion_ms: int) -> bytes:
+        """One line (without its line ending) to a message value; raises RowError."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RowError(f"line is not valid UTF-8 (bad byte at position {exc.start})") from None
+        match = self._fast.match(text)
+        if match is not None:
+            return self._fast_value(match.groups(), ingestion_ms)
+        return self._checked_value(split_fields(text), ingestion_ms)
+
+    def _fast_value(self, g: tuple[str | None, ...], ingestion_ms: int) -> bytes:
+        ts = exchange_timestamp_ms(g[0], g[1], g[2], g[3], g[4], self.exchange)  # type: ignore[arg-type]
+        if self.kind is Kind.TRADE:
+            # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.
+            return orjson.dumps(
+                {
+                    **self._base,
+                    "exchange_timestamp": ts,
+                    "price": g[5],
+                    "volume": int(g[6]),  # type: ignore[arg-type]
+                    "qualifiers": int(g[7]),  # type: ignore[arg-type]
+                    "venue": g[8] or None,
+                    "buyer_id": g[9] or None,
+                    "ingestion_timestamp": ingestion_ms,
+                }
+            )
+        return orjson.dumps(
+            {
+                **self._base,
+                "exchange_timestamp": ts,
+                "bid_price": g[5],
+                "ask_price": g[6],
+                "bid_volume": int(g[7]),  # type: ignore[arg-type]
+                "ask_volume": int(g[8]),  # type: ignore[arg-type]
+                "ingestion_timestamp": ingestion_ms,
+            }
+        )
+
+    def _checked_value(self, fields: list[str], ingestion_ms: int) -> bytes:
+        """The slow path: validate field by field and name the first problem."""
+        expected = len(self._columns)
+        if len(fields) != expected:
+            raise RowError(
+                f"expected {expected} fields for a {self.kind.value[:-1]} "
+                f"({','.join(self._columns)}), got {len(fields)}"
+            )
+        date, clock = fields[0], fields[1]
+        time_match = _TIME_RE.match(clock)
+        if time_match is None:
+            raise RowError(f"time {clock!r} is not HH:MM:SS[.fff]")
+        ts = exchange_timestamp_ms(date, *time_match.groups(), self.exchange)  # type: ignore[arg-type]
+        value: dict[str, object] = {**self._base, "exchange_timestamp": ts}
+        for name, raw in zip(self._columns[2:], fields[2:]):
+            value[name] = _check_field(name, raw)
+        value["ingestion_timestamp"] = ingestion_ms
+        return orjson.dumps(value)
+

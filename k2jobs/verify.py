@@ -1,0 +1,106 @@
+"""Reading a job's messages back from Kafka (read_committed) and checking them against its report."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from .config import Settings
+from .errors import KafkaUnavailable
+from .ledger import Ledger
+from .records import Kind
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """One message of a job as read back from Kafka."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    source: str  # "<path>:<line>"
+    partition: int
+    offset: int
+
+    @property
+    def path(self) -> str:
+        return self.source.rsplit(":", 1)[0]
+
+
+def job_topics() -> list[str]:
+    return [kind.topic for kind in Kind] + [kind.dlq_topic for kind in Kind]
+
+
+def read_job_messages(settings: Settings, job_id: str, topics: list[str] | None = None,
+                      timeout_s: float = 60.0) -> Iterator[JobMessage]:
+    """Every committed message whose job_id header is `job_id`, reading each partition to its end."""
+    consumer = Consumer(settings.kafka_config(**{
+        "group.id": f"k2jobs-verify-{job_id}", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True, "log_level": 0,
+    }))
+    wanted = job_id.encode()
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [
+            TopicPartition(t, p, 0) for t in (topics or job_topics()) if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        ]
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        remaining = {k for k, end in ends.items() if end > 0}
+        consumer.assign(partitions)
+        idle_since = time.monotonic()
+        while remaining:
+            batch = consumer.consume(10_000, timeout=0.5)
+            if batch:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > timeout_s:
+                raise KafkaUnavailable(f"no messages from Kafka for {timeout_s:.0f}s while verifying")
+            for msg in batch:
+                where = (msg.topic(), msg.partition())
+                if msg.error() is not None:
+                    remaining.discard(where)  # partition EOF (the last stable offset)
+                    continue
+                headers = dict(msg.headers() or [])
+                if headers.get("job_id") == wanted:
+                    yield JobMessage(msg.topic(), msg.key(), msg.value(), headers["source"].decode(),
+                                     msg.partition(), msg.offset())
+                if msg.offset() + 1 >= ends[where]:
+                    remaining.discard(where)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"reading back from Kafka failed: {exc.args[0]}") from exc
+    finally:
+        consumer.close()
+
+
+def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any]:
+    """Count a job's messages per file and topic and compare with its report."""
+    report = ledger.report(job_id)
+    plan = ledger.plan(job_id)
+    published: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    dlq_topics = {kind.dlq_topic for kind in Kind}
+    for msg in read_job_messages(settings, job_id):
+        (rejected if msg.topic in dlq_topics else published)[msg.path] += 1
+        sources[msg.source] += 1
+    duplicates = sum(n - 1 for n in sources.values() if n > 1)
+    by_path = {f["path"]: f for f in (report or {}).get("files", [])}
+    files = []
+    for file in plan.files:
+        expected = by_path.get(file.path, {"published": None, "rejected": None})
+        ok = (expected["published"] == published[file.path] and expected["rejected"] == rejected[file.path]
+              and published[file.path] + rejected[file.path] == file.rows)
+        files.append({
+            "path": file.path, "rows": file.rows, "published": expected["published"],
+            "rejected": expected["rejected"], "found_published": published[file.path],
+            "found_rejected": rejected[file.path], "ok": ok,
+        })
+    return {
+        "job_id": job_id, "ok": report is not None and duplicates == 0 and all(f["ok"] for f in files),
+        "report_status": None if report is None else report["status"], "duplicates": duplicates, "files": files,
+    }
