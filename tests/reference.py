@@ -1,0 +1,42 @@
+"""An independent, slow, obviously-correct reading of the CSV contract, to check k2jobs against."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+SYDNEY = ZoneInfo("Australia/Sydney")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SYMBOLS = {3153: "MWR", 7078: "BHP", 7181: "DVN", 7458: "RIO"}
+
+
+def epoch_ms(date: str, time: str) -> int:
+    fmt = "%m/%d/%Y %H:%M:%S.%f" if "." in time else "%m/%d/%Y %H:%M:%S"
+    local = datetime.strptime(f"{date} {time}", fmt).replace(tzinfo=SYDNEY)
+    return (local - EPOCH) // __import__("datetime").timedelta(milliseconds=1)
+
+
+def expected_value(kind: str, company_id: int, line: str) -> dict:  # type: ignore[type-arg]
+    """The message value k2jobs must publish for one valid CSV line (without ingestion_timestamp)."""
+    fields = next(csv.reader([line]))
+    base = {"symbol": SYMBOLS[company_id], "company_id": company_id, "exchange": "ASX",
+            "exchange_timestamp": epoch_ms(fields[0], fields[1])}
+    if kind == "trades":
+        return {**base, "price": fields[2], "volume": int(fields[3]), "qualifiers": int(fields[4]),
+                "venue": fields[5] or None, "buyer_id": fields[6] or None}
+    return {**base, "bid_price": fields[2], "ask_price": fields[3], "bid_volume": int(fields[4]),
+            "ask_volume": int(fields[5])}
+
+
+def source_lines(root: Path, relative: str) -> dict[int, str]:
+    """1-based line number -> text of every non-blank line of a file."""
+    data = (root / relative).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return {
+        number: line.decode("utf-8", "replace").rstrip("\r")
+        for number, line in enumerate(data.split(b"\n"), start=1)
+        if line.strip()
+    }

@@ -1,0 +1,202 @@
+"""docker-compose.yml and the Dockerfile, checked by parsing: there is no Docker engine to run them."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import celeryconfig
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+QUEUES = {queue.name for queue in celeryconfig.task_queues}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict of strings, from either the mapping or the list form."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def argv(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) for each volume, from the short or the long syntax."""
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            found.append((parts[0], parts[1], "ro" in parts[2:]))
+        else:
+            found.append((volume["source"], volume["target"], bool(volume.get("read_only"))))
+    return found
+
+
+def option(args: list[str], name: str) -> str:
+    """The value of `name` in a command line, given as `name value` or `name=value`."""
+    for i, arg in enumerate(args):
+        if arg == name:
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {args}")
+
+
+def k2jobs_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services that run the image built from this repository."""
+    return {name: svc for name, svc in services.items() if "build" in svc}
+
+
+def healthy_dependencies(service: dict[str, Any]) -> set[str]:
+    depends = service.get("depends_on") or {}
+    assert isinstance(depends, dict), "depends_on must use the long form to wait for health"
+    return {name for name, spec in depends.items() if spec.get("condition") == "service_healthy"}
+
+
+def test_the_stack_services_exist(services: dict[str, dict[str, Any]]) -> None:
+    assert {"kafka", "redis", "worker", "flower", "submit"} <= set(services)
+
+
+def test_kafka_is_a_single_kraft_node_with_replication_factor_one(services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = env_of(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert "CONTROLLER://:9093" in env["KAFKA_LISTENERS"].split(",")
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    # Containers reach the broker by its service name.
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    for name in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+    ):
+        assert env[name] == "1", name
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_kafka_keeps_its_log_in_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    log_dirs = env_of(kafka)["KAFKA_LOG_DIRS"]
+    volume = next(source for source, target, _ in mounts(kafka) if target == log_dirs)
+    assert volume in compose["volumes"]
+    assert any("kafka-broker-api-versions" in part for part in argv(kafka["healthcheck"]["test"]))
+
+
+def test_redis_persists_to_a_named_volume(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:")
+    assert option(argv(redis["command"]), "--appendonly") == "yes"
+    volume = next(source for source, target, _ in mounts(redis) if target == "/data")
+    assert volume in compose["volumes"]
+    assert "ping" in argv(redis["healthcheck"]["test"])
+
+
+def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_only_flower_publishes_a_host_port(services: dict[str, dict[str, Any]]) -> None:
+    assert [name for name, svc in services.items() if svc.get("ports")] == ["flower"]
+    (port,) = services["flower"]["ports"]
+    assert str(port).endswith(":5555")
+
+
+def test_worker_consumes_every_celery_queue(services: dict[str, dict[str, Any]]) -> None:
+    args = argv(services["worker"]["command"])
+    assert args[:4] == ["celery", "-A", "k2jobs.app", "worker"]
+    assert set(option(args, "-Q").split(",")) == QUEUES
+    assert "-E" in args, "Flower sees no tasks without worker events"
+
+
+def test_k2jobs_services_wait_for_healthy_redis_and_kafka(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "flower", "submit"):
+        assert healthy_dependencies(services[name]) >= {"redis", "kafka"}, name
+    for name in ("redis", "kafka"):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_k2jobs_services_share_one_image_and_environment(services: dict[str, dict[str, Any]]) -> None:
+    ours = k2jobs_services(services)
+    assert {"worker", "flower", "submit"} <= set(ours)
+    assert len({svc.get("image") for svc in ours.values()}) == 1
+    for name, svc in ours.items():
+        env = env_of(svc)
+        assert env["K2_REDIS_URL"].startswith("redis://redis:6379/"), name
+        assert env["K2_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        assert (env["K2_REDIS_URL"], env["K2_KAFKA_BOOTSTRAP"]) == (
+            env_of(services["worker"])["K2_REDIS_URL"],
+            env_of(services["worker"])["K2_KAFKA_BOOTSTRAP"],
+        ), name
+
+
+@pytest.mark.parametrize("name", ["worker", "submit"])
+def test_data_folder_is_mounted_read_only_at_the_data_root(services: dict[str, dict[str, Any]], name: str) -> None:
+    svc = services[name]
+    data_root = env_of(svc)["K2_DATA_ROOT"]
+    assert ("./data", data_root, True) in mounts(svc)
+
+
+def test_submit_runs_the_cli_from_the_data_root(services: dict[str, dict[str, Any]]) -> None:
+    submit = services["submit"]
+    assert "tools" in submit["profiles"], "`docker compose up` must not start it"
+    assert argv(submit["entrypoint"]) == ["python", "-m", "k2jobs"]
+    # `docker compose run --rm submit submit sample` loads ./data/sample.
+    assert submit["working_dir"] == env_of(submit)["K2_DATA_ROOT"]
+
+
+def test_flower_runs_the_flower_subcommand(services: dict[str, dict[str, Any]]) -> None:
+    args = argv(services["flower"]["command"])
+    assert args[:4] == ["celery", "-A", "k2jobs.app", "flower"]
+    assert option(args, "--port") == "5555"
+    assert option(args, "--address") == "0.0.0.0"
+
+
+def test_dockerfile_installs_the_project_as_non_root(services: dict[str, dict[str, Any]]) -> None:
+    build = services["worker"]["build"]
+    context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+    dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
+    assert dockerfile == DOCKERFILE
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    assert lines[[line.startswith("FROM ") for line in lines].index(True)].startswith("FROM python:3.11")
+    copied = {part.rstrip("/") for line in lines if line.startswith("COPY ") for part in line.split()[1:-1]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {project["project"]["readme"], "pyproject.toml", "k2jobs"}
+    needed |= {module + ".py" for module in project["tool"]["setuptools"]["py-modules"]}
+    assert needed <= copied, f"pip install . needs {sorted(needed - copied)}"
+    assert "RUN pip install ." in lines
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".venv", "data", ".git"} <= ignored

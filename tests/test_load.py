@@ -1,0 +1,124 @@
+"""The whole path against the real Redis, Kafka broker and Celery workers: submit, load, read back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from k2jobs.verify import read_job_messages
+
+from .conftest import DATA_ROOT, run_k2
+from .reference import expected_value, source_lines
+
+SAMPLE_ROWS = {
+    "trades/7078.csv": 91_631, "trades/7181.csv": 232, "trades/3153.csv": 11,
+    "quotes/7078.csv": 77_849, "quotes/7181.csv": 549, "quotes/3153.csv": 60,
+}
+
+
+def submit_json(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    done = run_k2("submit", *args, "--json")
+    assert done.stdout.strip(), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_sample_loads_every_row_exactly_once_and_bit_exact(stack, settings) -> None:  # type: ignore[no-untyped-def]
+    started_ms = int(time.time() * 1000)
+    code, report = submit_json("sample", "--chunk-rows", "20000")
+    assert code == 0, report
+    assert report["status"] == "succeeded"
+    assert report["totals"] == {"rows": 170_332, "published": 170_332, "rejected": 0}
+    assert {f["path"]: f["rows"] for f in report["files"]} == SAMPLE_ROWS
+    assert {f["path"]: f["published"] for f in report["files"]} == SAMPLE_ROWS
+    assert report["failures"] == []
+    assert next(f for f in report["files"] if f["path"] == "trades/7078.csv")["chunks"] == 5
+
+    sources: Counter[str] = Counter()
+    lines = {path: source_lines(DATA_ROOT / "sample", path) for path in SAMPLE_ROWS}
+    for msg in read_job_messages(settings, report["job_id"]):
+        assert not msg.topic.endswith(".dlq"), msg.value
+        sources[msg.source] += 1
+        path, line_no = msg.source.rsplit(":", 1)
+        kind, company = path.split("/")[0], int(Path(path).stem)
+        assert msg.topic == f"market.{kind}.raw"
+        value = orjson.loads(msg.value)
+        assert msg.key == f"ASX.{value['symbol']}".encode()
+        assert started_ms - 5000 <= value.pop("ingestion_timestamp") <= int(time.time() * 1000)
+        assert value == expected_value(kind, company, lines[path][int(line_no)])
+    assert sum(sources.values()) == 170_332
+    assert max(sources.values()) == 1
+    for path, rows in lines.items():
+        assert {f"{path}:{n}" for n in rows} <= set(sources), path
+
+
+def test_known_timestamp_and_decimal_are_exact(stack, settings, workdir) -> None:  # type: ignore[no-untyped-def]
+    (workdir / "trades").mkdir()
+    (workdir / "reference-data").mkdir()
+    (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
+    (workdir / "trades" / "7078.csv").write_bytes(b"03/10/2014,07:57:14.754,36.6670,20000,3,,\r\n")
+    code, report = submit_json(str(workdir.relative_to(DATA_ROOT)))
+    assert code == 0, report
+    [msg] = list(read_job_messages(settings, report["job_id"]))
+    value = orjson.loads(msg.value)
+    assert value["exchange_timestamp"] == 1394398634754
+    assert value["price"] == "36.6670"
+    assert value["venue"] is None and value["buyer_id"] is None
+    assert msg.source == "trades/7078.csv:1"
+
+
+def test_no_wait_returns_job_id_and_status_waits_for_the_report(stack) -> None:  # type: ignore[no-untyped-def]
+    code, reply = submit_json("sample", "--no-wait")
+    assert code == 0 and set(reply) == {"job_id"}
+    done = run_k2("status", reply["job_id"], "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["job_id"] == reply["job_id"]
+    assert report["totals"]["published"] == 170_332
+    listed = run_k2("jobs", "--json", check=True)
+    assert reply["job_id"] in {j["job_id"] for j in json.loads(listed.stdout)}
+
+
+def test_verify_reads_the_job_back_and_agrees(stack) -> None:  # type: ignore[no-untyped-def]
+    code, report = submit_json("sample")
+    assert code == 0
+    done = run_k2("verify", report["job_id"], "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is True
+    assert sum(f["found_published"] for f in result["files"]) == 170_332
+
+
+def test_unknown_job_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
+    done = run_k2("status", "no-such-job")
+    assert done.returncode == 2
+    assert "no-such-job" in done.stderr
+
+
+def test_unreachable_redis_fails_fast_with_a_reason(stack) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    done = run_k2("submit", "sample", "--json", env={"K2_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 3
+    assert "Redis" in done.stderr and done.stdout == ""
+    assert time.monotonic() - started < 30
+
+
+def test_unreachable_kafka_fails_fast_and_enqueues_nothing(stack, ledger) -> None:  # type: ignore[no-untyped-def]
+    before = ledger.recent_jobs(1000)
+    started = time.monotonic()
+    done = run_k2("submit", "sample", "--json", env={"K2_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert done.returncode == 4
+    assert "Kafka" in done.stderr
+    assert time.monotonic() - started < 30
+    assert ledger.recent_jobs(1000) == before
+
+
+def test_stack_status_lists_every_process(stack) -> None:  # type: ignore[no-untyped-def]
+    done = run_k2("stack", "status", "--json", check=True)
+    status = json.loads(done.stdout)
+    assert status["redis"]["pid"] and status["kafka"]["pid"] and status["flower"]["pid"]
+    assert len(status["workers"]) == 2 and all(w["pid"] for w in status["workers"])
+    assert status["flower"]["url"].endswith(":15555")
