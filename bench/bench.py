@@ -1,0 +1,539 @@
+"""Benchmark k2jobs against Kafka's raw produce ceiling and a naive single-process loader.
+
+One run, one local broker (a k2jobs stack of its own, on its own ports and stack dir):
+
+1. tile data/sample into bench/.work/input (--rows trade rows and as many quote rows; cached);
+2. raw produce ceiling: Kafka's ProducerPerformance (Java) and one confluent-kafka process
+   sending the raw trade CSV lines;
+3. a naive loader: csv.reader, strptime + zoneinfo, Decimal, json.dumps and one produce per row;
+4. k2jobs end to end with 1 and then 2 workers (`submit --no-wait` timed as plan+enqueue,
+   then `status --wait` until the report), with each worker process's peak RSS (VmHWM).
+
+The table goes to stdout and to bench/results/latest.{md,json} (smoke.{md,json} with --smoke).
+Exit status: 0 when every run loaded what it should (targets are reported, not enforced), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+COMPANY_INFO = Path("reference-data") / "company_info.csv"
+BENCH = REPO / "bench"
+WORK = BENCH / ".work"
+INPUT = WORK / "input"
+RESULTS = BENCH / "results"
+KINDS = ("trades", "quotes")
+COMPANY_IDS = (7078, 7181, 3153)  # ids listed in company_info.csv; tiled rows are spread over them
+SMOKE_ROWS = 20_000
+SIZE_SAMPLE_ROWS = 20_000  # rows per kind used to measure the k2jobs message size
+SYDNEY = ZoneInfo("Australia/Sydney")
+TOPICS = {"java": "bench.raw.java", "python": "bench.raw.python", "naive": "bench.naive"}
+# The producer settings k2jobs itself uses (minus transactions), for both ceilings.
+FAST_PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 20, "batch.size": 1_000_000}
+STACK_ENV = {
+    "K2_STACK_DIR": str(WORK / "stack"),
+    "K2_REDIS_URL": "redis://127.0.0.1:26379/0",
+    "K2_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
+    "K2_FLOWER_PORT": "25555",
+    "K2_DATA_ROOT": str(WORK),
+}
+TARGETS = {"vs_naive": 3.0, "vs_python_ceiling": 0.25, "rss_mb": 150.0}
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken or did not load what it should."""
+
+
+@dataclass
+class Result:
+    """One measurement: how many rows in how many seconds, and worker memory where relevant."""
+
+    name: str
+    rows: int
+    seconds: float
+    rss_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- input ---------------------------------------------------------------------------------------
+def sample_lines(kind: str) -> list[bytes]:
+    """Every non-blank line of the sample's files of one kind, without line endings."""
+    lines: list[bytes] = []
+    for path in sorted((SAMPLE / kind).glob("*.csv")):
+        lines += [line for line in path.read_bytes().splitlines() if line.strip()]
+    return lines
+
+
+def split_rows(rows: int) -> dict[int, int]:
+    """Rows per company id, as even as possible."""
+    share, extra = divmod(rows, len(COMPANY_IDS))
+    return {cid: share + (1 if i < extra else 0) for i, cid in enumerate(COMPANY_IDS)}
+
+
+def write_tiled(path: Path, lines: list[bytes], count: int) -> None:
+    """`count` CRLF-terminated lines, repeating `lines` from the start as often as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full, rest = divmod(count, len(lines))
+    block = b"\r\n".join(lines) + b"\r\n"
+    with path.open("wb") as out:
+        for _ in range(full):
+            out.write(block)
+        out.write(b"".join(line + b"\r\n" for line in lines[:rest]))
+
+
+def input_manifest(rows: int) -> dict[str, Any]:
+    """What the input holds, stored next to it to decide whether it can be reused."""
+    files = {f"{kind}/{cid}.csv": count for kind in KINDS for cid, count in split_rows(rows).items()}
+    return {"rows_per_kind": rows, "files": files}
+
+
+def input_is_cached(manifest: dict[str, Any]) -> bool:
+    saved = INPUT / "manifest.json"
+    stored = json.loads(saved.read_text()) if saved.exists() else {}
+    if stored.get("manifest") != manifest:
+        return False
+    sizes = stored["sizes"]
+    return all((INPUT / name).exists() and (INPUT / name).stat().st_size == size for name, size in sizes.items())
+
+
+def build_input(rows: int) -> Path:
+    """Tile the sample into INPUT (rows trade rows, rows quote rows), unless already there."""
+    manifest = input_manifest(rows)
+    if input_is_cached(manifest):
+        print(f"input: reusing {INPUT} ({rows:,} trade + {rows:,} quote rows)")
+        return INPUT
+    print(f"input: writing {rows:,} trade + {rows:,} quote rows to {INPUT}")
+    (INPUT / "manifest.json").unlink(missing_ok=True)
+    for kind in KINDS:
+        lines = sample_lines(kind)
+        shutil.rmtree(INPUT / kind, ignore_errors=True)
+        for cid, count in split_rows(rows).items():
+            write_tiled(INPUT / kind / f"{cid}.csv", lines, count)
+    (INPUT / COMPANY_INFO).parent.mkdir(parents=True, exist_ok=True)
+    (INPUT / COMPANY_INFO).write_bytes((SAMPLE / COMPANY_INFO).read_bytes())
+    sizes = {name: (INPUT / name).stat().st_size for name in manifest["files"]}
+    (INPUT / "manifest.json").write_text(json.dumps({"manifest": manifest, "sizes": sizes}, indent=2))
+    return INPUT
+
+
+def company_symbols() -> dict[int, str]:
+    with (SAMPLE / COMPANY_INFO).open(newline="", encoding="utf-8-sig") as handle:
+        return {int(row["company_id"]): row["symbol"] for row in csv.DictReader(handle)}
+
+
+def input_files(kinds: tuple[str, ...] = KINDS) -> list[tuple[str, int, Path]]:
+    """(kind, company id, path) of every input file."""
+    return [(kind, cid, INPUT / kind / f"{cid}.csv") for kind in kinds for cid in COMPANY_IDS]
+
+
+def write_payloads(path: Path) -> int:
+    """Real k2jobs message values (as many trades as quotes) for ProducerPerformance; their mean size."""
+    from k2jobs.records import Kind, RowParser
+
+    now_ms = int(time.time() * 1000)
+    values = []
+    for kind in Kind:
+        parser = RowParser(kind, "BHP", 7078)
+        values += [parser.parse(line, now_ms) for line in sample_lines(kind.value)[:SIZE_SAMPLE_ROWS]]
+    path.write_bytes(b"\n".join(values) + b"\n")
+    return round(sum(map(len, values)) / len(values))
+
+
+# -- the stack, through the k2jobs CLI -----------------------------------------------------------
+def bench_env() -> dict[str, str]:
+    env = {**os.environ, **STACK_ENV}
+    for name in [n for n in env if n.startswith("K2_KAFKA_OPT_")]:
+        del env[name]  # a plain local broker: no security options from the caller's shell
+    return env
+
+
+def k2(env: dict[str, str], *args: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> str:
+    """Run `python -m k2jobs ARGS` with the bench environment; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "k2jobs", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode not in ok:
+        raise BenchError(f"k2jobs {' '.join(args)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def restart_stack(env: dict[str, str], workers: int) -> float:
+    """Stop the bench stack fully (fresh workers, fresh peaks) and start it with `workers`; seconds."""
+    k2(env, "stack", "down", timeout=300)
+    started = time.perf_counter()
+    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--json", timeout=600))
+    running = [w for w in status["workers"] if w["pid"]]
+    if len(running) != workers:
+        raise BenchError(f"stack up started {len(running)} workers, wanted {workers}: {status}")
+    return time.perf_counter() - started
+
+
+def stop_stack(env: dict[str, str]) -> None:
+    try:
+        k2(env, "stack", "down", timeout=300)
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        print(f"bench: stopping the stack failed: {exc}", file=sys.stderr)
+
+
+def proc_tree(pids: list[int]) -> list[int]:
+    """`pids` and all their descendants, from the ppid field of /proc/*/stat."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmHWM (peak RSS) and VmRSS of one process, in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            values[name] = int(rest.split()[0])
+    return values
+
+
+def worker_memory(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Peak RSS of every Celery worker process (main processes and their pool children)."""
+    status = json.loads(k2(env, "stack", "status", "--json"))
+    mains = [w["pid"] for w in status["workers"] if w["pid"]]
+    rows = []
+    for pid in proc_tree(mains):
+        with contextlib.suppress(OSError):
+            kb = memory_kb(pid)
+            role = "main" if pid in mains else "child"
+            rows.append({"pid": pid, "role": role, "peak_mb": kb["VmHWM"] / 1024, "rss_mb": kb["VmRSS"] / 1024})
+    if not rows:
+        raise BenchError("no running worker processes found to measure")
+    return rows
+
+
+# -- raw produce ceilings ------------------------------------------------------------------------
+def ensure_topics(bootstrap: str, partitions: int) -> None:
+    """The bench's own topics (auto-creation is off on the k2jobs broker)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    missing = [NewTopic(name, partitions, 1) for name in TOPICS.values() if name not in existing]
+    for future in admin.create_topics(missing).values() if missing else []:
+        future.result()
+
+
+def java_ceiling(bootstrap: str, records: int, payloads: Path) -> Result:
+    """Kafka's own ProducerPerformance, its final summary line parsed."""
+    from k2jobs.stack import kafka_libs
+
+    log4j = WORK / "log4j2-tools.properties"
+    log4j.write_text(
+        "rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = STDERR\n"
+        "appender.console.type = Console\nappender.console.name = STDERR\n"
+        "appender.console.target = SYSTEM_ERR\n"
+    )
+    command = [
+        "java",
+        "-Xmx512m",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{kafka_libs()}/*",
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic",
+        TOPICS["java"],
+        "--num-records",
+        str(records),
+        "--payload-file",
+        str(payloads),
+        "--throughput",
+        "-1",
+        "--bootstrap-server",
+        bootstrap,
+        "--command-property",
+        *[f"{k}={v}" for k, v in FAST_PRODUCER.items()],
+        "enable.idempotence=true",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    summaries = re.findall(r"(\d+) records sent, ([\d.]+) records/sec", done.stdout)
+    if done.returncode != 0 or not summaries:
+        raise BenchError(f"ProducerPerformance failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
+    sent, rate = int(summaries[-1][0]), float(summaries[-1][1])
+    if sent != records:
+        raise BenchError(f"ProducerPerformance sent {sent} of {records} records")
+    return Result("Kafka ProducerPerformance (Java)", sent, sent / rate, extra={"summary": done.stdout.strip()[-400:]})
+
+
+def produce(producer: Any, topic: str, value: bytes, key: bytes) -> None:
+    """Queue one message, serving delivery reports while the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+class Deliveries:
+    """Delivery report callback: counts successes and failures."""
+
+    def __init__(self) -> None:
+        self.ok = self.failed = 0
+        self.first_error: str | None = None
+
+    def __call__(self, err: Any, _msg: Any) -> None:
+        if err is None:
+            self.ok += 1
+            return
+        self.failed += 1
+        self.first_error = self.first_error or str(err)
+
+
+def python_ceiling(bootstrap: str) -> Result:
+    """One process sending the raw trade CSV lines, with the settings k2jobs uses."""
+    from confluent_kafka import Producer
+
+    symbols, errors = company_symbols(), Deliveries()
+    conf = {"bootstrap.servers": bootstrap, **FAST_PRODUCER, "enable.idempotence": True}
+    producer = Producer({**conf, "delivery.report.only.error": True, "on_delivery": errors})
+    started, sent = time.perf_counter(), 0
+    for _kind, cid, path in input_files(("trades",)):
+        key = f"ASX.{symbols[cid]}".encode()
+        for line in path.read_bytes().splitlines():
+            produce(producer, TOPICS["python"], line, key)
+            sent += 1
+            if sent % 1000 == 0:
+                producer.poll(0)
+    left = producer.flush(120)
+    seconds = time.perf_counter() - started
+    if left or errors.failed:
+        raise BenchError(f"raw produce: {left} undelivered, {errors.failed} failed ({errors.first_error})")
+    return Result("raw CSV lines, 1 Python process", sent, seconds)
+
+
+# -- naive loader --------------------------------------------------------------------------------
+def naive_value(kind: str, fields: list[str], symbol: str, company_id: int) -> dict[str, Any]:
+    """The message a straightforward loader builds from one row."""
+    local = datetime.strptime(f"{fields[0]} {fields[1]}", "%m/%d/%Y %H:%M:%S.%f").replace(tzinfo=SYDNEY)
+    value: dict[str, Any] = {"symbol": symbol, "company_id": company_id, "exchange": "ASX"}
+    value["exchange_timestamp"] = int(local.timestamp() * 1000)
+    if kind == "trades":
+        value.update(price=Decimal(fields[2]), volume=int(fields[3]), qualifiers=int(fields[4]))
+        value.update(venue=fields[5] or None, buyer_id=fields[6] or None)
+    else:
+        value.update(bid_price=Decimal(fields[2]), ask_price=Decimal(fields[3]))
+        value.update(bid_volume=int(fields[4]), ask_volume=int(fields[5]))
+    value["ingestion_timestamp"] = int(time.time() * 1000)
+    return value
+
+
+def naive_loader(bootstrap: str) -> Result:
+    """One process, row by row, over the whole input (trades and quotes), as k2jobs loads it."""
+    from confluent_kafka import Producer
+
+    symbols, deliveries = company_symbols(), Deliveries()
+    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
+    producer = Producer(conf)
+    started, sent = time.perf_counter(), 0
+    for kind, cid, path in input_files():
+        key = f"ASX.{symbols[cid]}".encode()
+        with path.open(newline="", encoding="utf-8") as handle:
+            for fields in csv.reader(handle):
+                value = json.dumps(naive_value(kind, fields, symbols[cid], cid), default=str)
+                produce(producer, TOPICS["naive"], value.encode(), key)
+                producer.poll(0)
+                sent += 1
+    left = producer.flush(120)
+    seconds = time.perf_counter() - started
+    if left or deliveries.failed or deliveries.ok != sent:
+        raise BenchError(f"naive: {sent} sent, {deliveries.ok} delivered, {left} left ({deliveries.first_error})")
+    return Result("naive loader, 1 process", sent, seconds)
+
+
+# -- k2jobs --------------------------------------------------------------------------------------
+def k2jobs_load(env: dict[str, str], workers: int, expected: int) -> Result:
+    """`submit --no-wait` (plan+enqueue), then `status --wait` until the report; checked."""
+    timeout = max(900.0, expected / 200)
+    started = time.perf_counter()
+    job_id = json.loads(k2(env, "submit", str(INPUT), "--no-wait", "--json", timeout=timeout))["job_id"]
+    enqueue_s = time.perf_counter() - started
+    report = json.loads(k2(env, "status", job_id, "--wait", "--json", timeout=timeout, ok=(0, 1)))
+    seconds = time.perf_counter() - started
+    totals = report["totals"]
+    if report["status"] != "succeeded" or totals["published"] != expected or totals["rejected"]:
+        raise BenchError(
+            f"job {job_id} with {workers} worker(s): {report['status']}, totals {totals}, "
+            f"expected {expected} published; failures {report['failures'][:3]}"
+        )
+    memory = worker_memory(env)
+    extra = {
+        "job_id": job_id,
+        "plan_enqueue_s": round(enqueue_s, 3),
+        "report_duration_s": report["duration_s"],
+        "worker_processes": memory,
+    }
+    name = f"k2jobs, {workers} worker{'s' if workers > 1 else ''}"
+    return Result(name, totals["published"], seconds, max(p["peak_mb"] for p in memory), extra)
+
+
+def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[list[Result], dict[str, Any]]:
+    """Every measurement against one broker; the stack is stopped between the k2jobs runs."""
+    from k2jobs.config import load_settings
+
+    settings = load_settings(env)
+    info: dict[str, Any] = {"stack_up_s": {}}
+    info["stack_up_s"][1] = round(restart_stack(env, 1), 1)
+    ensure_topics(settings.kafka_bootstrap, settings.partitions)
+    results = []
+    info["message_bytes"] = write_payloads(WORK / "payloads.jsonl")
+    if not args.skip_java:
+        print(f"java ceiling: {2 * rows:,} records from real k2jobs messages (~{info['message_bytes']} bytes)")
+        results.append(java_ceiling(settings.kafka_bootstrap, 2 * rows, WORK / "payloads.jsonl"))
+    print("python ceiling ...")
+    results.append(python_ceiling(settings.kafka_bootstrap))
+    print("naive loader ...")
+    results.append(naive_loader(settings.kafka_bootstrap))
+    for workers in (1, 2):
+        if workers > 1:
+            info["stack_up_s"][workers] = round(restart_stack(env, workers), 1)
+        print(f"k2jobs with {workers} worker(s) ...")
+        results.append(k2jobs_load(env, workers, 2 * rows))
+    return results, info
+
+
+# -- report --------------------------------------------------------------------------------------
+def find(results: list[Result], prefix: str) -> Result | None:
+    return next((r for r in results if r.name.startswith(prefix)), None)
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table."""
+    naive, ceiling = find(results, "naive"), find(results, "raw CSV")
+    lines = [
+        "| measurement | rows | seconds | rows/s | vs naive | vs python ceiling | peak worker RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        vs_naive = f"{r.rate / naive.rate:.2f}x" if naive else "-"
+        vs_ceiling = f"{r.rate / ceiling.rate:.2f}x" if ceiling else "-"
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {vs_naive} | {vs_ceiling} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: list[Result]) -> dict[str, dict[str, Any]]:
+    """The goals for k2jobs with 2 workers, each with its measured value and whether it is met."""
+    best, naive, ceiling = find(results, "k2jobs, 2"), find(results, "naive"), find(results, "raw CSV")
+    assert best and naive and ceiling
+    peak = max(r.rss_mb for r in results if r.rss_mb is not None)
+    values = {"vs_naive": best.rate / naive.rate, "vs_python_ceiling": best.rate / ceiling.rate, "rss_mb": peak}
+    return {
+        name: {
+            "value": round(value, 2),
+            "target": TARGETS[name],
+            "met": value < TARGETS[name] if name == "rss_mb" else value >= TARGETS[name],
+        }
+        for name, value in values.items()
+    }
+
+
+def target_lines(goals: dict[str, dict[str, Any]]) -> list[str]:
+    text = {
+        "vs_naive": "k2jobs 2 workers >= {t}x naive",
+        "rss_mb": "peak worker RSS < {t:.0f} MB",
+        "vs_python_ceiling": "k2jobs 2 workers >= {t}x python produce ceiling",
+    }
+    return [
+        f"- [{'x' if g['met'] else ' '}] {text[name].format(t=g['target'])}: {g['value']}" for name, g in goals.items()
+    ]
+
+
+def write_results(name: str, rows: int, results: list[Result], info: dict[str, Any]) -> str:
+    """Markdown and JSON under bench/results; returns the Markdown."""
+    goals = targets(results)
+    nproc, date = len(os.sched_getaffinity(0)), datetime.now().astimezone().isoformat(timespec="seconds")
+    enqueue = ", ".join(f"{r.name}: {r.extra['plan_enqueue_s']:.2f} s" for r in results if "plan_enqueue_s" in r.extra)
+    md = [
+        f"# k2jobs benchmark ({date}, nproc {nproc})\n",
+        f"Input: {rows:,} trade + {rows:,} quote rows.\n",
+        table(results),
+        f"Plan+enqueue (`submit --no-wait`): {enqueue}.\n",
+        "Targets:\n",
+        *target_lines(goals),
+        "",
+    ]
+    text = "\n".join(md)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+    payload = {
+        "date": date,
+        "nproc": nproc,
+        "rows_per_kind": rows,
+        "python": sys.version.split()[0],
+        **info,
+        "results": [{**r.__dict__, "rows_per_s": round(r.rate)} for r in results],
+        "targets": goals,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return text
+
+
+# -- main ----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="trade rows (and as many quote rows)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run ({SMOKE_ROWS:,} rows) to results/smoke.*")
+    parser.add_argument("--skip-java", action="store_true", help="skip Kafka's Java ProducerPerformance")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the bench stack running at the end")
+    args = parser.parse_args(argv)
+    if args.rows <= 0:
+        parser.error("--rows must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = SMOKE_ROWS if args.smoke else args.rows
+    env = bench_env()
+    WORK.mkdir(parents=True, exist_ok=True)
+    build_input(rows)
+    try:
+        results, info = run_all(args, env, rows)
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep_stack:
+            stop_stack(env)
+    print()
+    print(write_results("smoke" if args.smoke else "latest", rows, results, info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Finding files and cutting them into chunks: row counts, line numbers, refusals; no services."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from k2jobs.errors import InputError, UnsafePathError
+from k2jobs.planning import count_rows, cut_ranges, plan_job
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+TRADE = b"03/10/2014,10:05:44.516,37.51,40000,3,X,"
+
+
+def make_dir(root: Path, files: dict[str, bytes], company_info: str | None = "company_id,symbol\n7078,BHP\n") -> Path:
+    job = root / "job"
+    for relative, data in files.items():
+        (job / relative).parent.mkdir(parents=True, exist_ok=True)
+        (job / relative).write_bytes(data)
+    if company_info is not None:
+        (job / "reference-data").mkdir(parents=True, exist_ok=True)
+        (job / "reference-data" / "company_info.csv").write_text(company_info)
+    return job
+
+
+def test_sample_plan_counts_every_row() -> None:
+    plan = plan_job(SAMPLE.parent.parent.parent, SAMPLE, 25_000)
+    rows = {f.path: f.rows for f in plan.files}
+    assert rows["trades/7078.csv"] == 91_631 and rows["quotes/7078.csv"] == 77_849
+    assert plan.rows == 170_332
+    bhp = [c for c in plan.chunks if c.path == "trades/7078.csv"]
+    assert [c.rows for c in bhp] == [25_000, 25_000, 25_000, 16_631]
+    assert [c.first_line for c in bhp] == [1, 25_001, 50_001, 75_001]
+    assert all(a.end == b.start for a, b in zip(bhp, bhp[1:]))
+    assert bhp[-1].end == (SAMPLE / "trades" / "7078.csv").stat().st_size
+
+
+def test_chunks_start_and_end_on_line_boundaries(tmp_path: Path) -> None:
+    data = b"".join(TRADE + b"\r\n" for _ in range(10))
+    job = make_dir(tmp_path, {"trades/7078.csv": data})
+    plan = plan_job(tmp_path, job, 3)
+    assert [c.rows for c in plan.chunks] == [3, 3, 3, 1]
+    for chunk in plan.chunks:
+        piece = data[chunk.start : chunk.end]
+        assert piece.endswith(b"\r\n") and piece.startswith(b"03/")
+
+
+def test_small_file_is_one_chunk(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE + b"\r\n"})
+    plan = plan_job(tmp_path, job, 25_000)
+    assert len(plan.chunks) == 1 and plan.chunks[0].rows == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "rows"),
+    [
+        (b"a\r\nb\r\n", 2),
+        (b"a\nb\n", 2),
+        (b"a\r\nb", 2),  # last line without a line ending still counts
+        (b"a\r\n\r\n\r\nb\r\n", 2),  # blank lines do not
+        (b"\r\na\r\n   \r\nb\r\n \t\r\n", 2),
+        (b"", 0),
+        (b"\n\n", 0),
+    ],
+)
+def test_count_rows_counts_non_blank_lines(data: bytes, rows: int) -> None:
+    assert count_rows(data) == rows
+
+
+def test_bom_is_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": b"\xef\xbb\xbf" + TRADE + b"\r\n" + TRADE + b"\r\n"})
+    [chunk] = plan_job(tmp_path, job, 100).chunks
+    assert chunk.start == 3 and chunk.first_line == 1 and chunk.rows == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"x", b"", b"  ", b"yy,z", b"\r"]), max_size=60), st.integers(1, 7),
+       st.sampled_from([b"\n", b"\r\n"]), st.booleans())
+def test_cutting_never_loses_or_doubles_a_line(lines, per_chunk, ending, trailing) -> None:  # type: ignore[no-untyped-def]
+    data = ending.join(lines) + (ending if trailing and lines else b"")
+    pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk))  # type: ignore[arg-type]
+    assert b"".join(p for _, p, _ in pieces) == data
+    assert sum(count_rows(p) for _, p, _ in pieces) == count_rows(data)
+    for offset, piece, first_line in pieces:
+        assert data[offset : offset + len(piece)] == piece
+        assert first_line == data[:offset].count(b"\n") + 1
+        assert piece.count(b"\n") <= per_chunk
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+def test_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        plan_job(tmp_path, tmp_path / "nope", 10)
+
+
+def test_no_csv_files_is_refused(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {})
+    with pytest.raises(InputError, match="no CSV files"):
+        plan_job(tmp_path, job, 10)
+
+
+@pytest.mark.parametrize(
+    ("company_info", "message"),
+    [(None, "company_info.csv is missing"), ("id,name\n1,x\n", "malformed"), ("company_id,symbol\nabc,BHP\n", "malformed")],
+)
+def test_bad_company_info_is_refused(tmp_path: Path, company_info: str | None, message: str) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE}, company_info)
+    with pytest.raises(InputError, match=message):
+        plan_job(tmp_path, job, 10)
+
+
+def test_unknown_company_id_names_file_and_id(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/9999.csv": TRADE})
+    with pytest.raises(InputError, match=r"trades/9999.csv.*'9999'"):
+        plan_job(tmp_path, job, 10)
+
+
+def test_unknown_folder_and_file_are_refused_unless_skipped(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE, "trades/notes.json": b"{}"})
+    with pytest.raises(InputError, match="notes.json"):
+        plan_job(tmp_path, job, 10)
+    make_dir(tmp_path, {"options/1.csv": TRADE})
+    plan = plan_job(tmp_path, job, 10, skip_unknown=True)
+    assert [f.path for f in plan.files] == ["trades/7078.csv"]
+    (job / "trades" / "notes.json").unlink()
+    with pytest.raises(InputError, match="options is a folder"):
+        plan_job(tmp_path, job, 10)
+
+
+def test_documentation_files_are_not_refused(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE, "README.md": b"# data"})
+    assert plan_job(tmp_path, job, 10).rows == 1
+
+
+def test_directory_outside_data_root_is_refused(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE})
+    with pytest.raises(UnsafePathError, match="outside the data root"):
+        plan_job(tmp_path / "elsewhere", job, 10)
+
+
+def test_symlink_escaping_the_data_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes(TRADE)
+    root = tmp_path / "root"
+    job = make_dir(root, {"trades/7078.csv": TRADE})
+    os.symlink(outside, job / "trades" / "7181.csv")
+    (job / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n7181,DVN\n")
+    with pytest.raises(UnsafePathError, match="outside the data root"):
+        plan_job(root, job, 10)
+
+
+def test_files_with_only_blank_lines_hold_no_rows(tmp_path: Path) -> None:
+    job = make_dir(tmp_path, {"trades/7078.csv": b"\r\n\r\n"})
+    with pytest.raises(InputError, match="hold no rows"):
+        plan_job(tmp_path, job, 10)
