@@ -54,6 +54,14 @@ STACK_ENV = {
     "K2_FLOWER_PORT": "25555",
     "K2_DATA_ROOT": str(WORK),
 }
+JAVA_TOOL = "org.apache.kafka.tools.ProducerPerformance"
+QUIET_LOG4J = """\
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = STDERR
+appender.console.type = Console
+appender.console.name = STDERR
+appender.console.target = SYSTEM_ERR
+"""
 TARGETS = {"vs_naive": 3.0, "vs_python_ceiling": 0.25, "rss_mb": 150.0}
 
 
@@ -109,7 +117,7 @@ def input_manifest(rows: int) -> dict[str, Any]:
 
 
 def input_is_cached(manifest: dict[str, Any]) -> bool:
-    saved = INPUT / "manifest.json"
+    saved = WORK / "input-manifest.json"
     stored = json.loads(saved.read_text()) if saved.exists() else {}
     if stored.get("manifest") != manifest:
         return False
@@ -124,7 +132,7 @@ def build_input(rows: int) -> Path:
         print(f"input: reusing {INPUT} ({rows:,} trade + {rows:,} quote rows)")
         return INPUT
     print(f"input: writing {rows:,} trade + {rows:,} quote rows to {INPUT}")
-    (INPUT / "manifest.json").unlink(missing_ok=True)
+    (WORK / "input-manifest.json").unlink(missing_ok=True)
     for kind in KINDS:
         lines = sample_lines(kind)
         shutil.rmtree(INPUT / kind, ignore_errors=True)
@@ -133,7 +141,7 @@ def build_input(rows: int) -> Path:
     (INPUT / COMPANY_INFO).parent.mkdir(parents=True, exist_ok=True)
     (INPUT / COMPANY_INFO).write_bytes((SAMPLE / COMPANY_INFO).read_bytes())
     sizes = {name: (INPUT / name).stat().st_size for name in manifest["files"]}
-    (INPUT / "manifest.json").write_text(json.dumps({"manifest": manifest, "sizes": sizes}, indent=2))
+    (WORK / "input-manifest.json").write_text(json.dumps({"manifest": manifest, "sizes": sizes}, indent=2))
     return INPUT
 
 
@@ -253,32 +261,11 @@ def java_ceiling(bootstrap: str, records: int, payloads: Path) -> Result:
     from k2jobs.stack import kafka_libs
 
     log4j = WORK / "log4j2-tools.properties"
-    log4j.write_text(
-        "rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = STDERR\n"
-        "appender.console.type = Console\nappender.console.name = STDERR\n"
-        "appender.console.target = SYSTEM_ERR\n"
-    )
-    command = [
-        "java",
-        "-Xmx512m",
-        f"-Dlog4j2.configurationFile={log4j}",
-        "-cp",
-        f"{kafka_libs()}/*",
-        "org.apache.kafka.tools.ProducerPerformance",
-        "--topic",
-        TOPICS["java"],
-        "--num-records",
-        str(records),
-        "--payload-file",
-        str(payloads),
-        "--throughput",
-        "-1",
-        "--bootstrap-server",
-        bootstrap,
-        "--command-property",
-        *[f"{k}={v}" for k, v in FAST_PRODUCER.items()],
-        "enable.idempotence=true",
-    ]
+    log4j.write_text(QUIET_LOG4J)
+    props = [f"{k}={v}" for k, v in {**FAST_PRODUCER, "enable.idempotence": "true"}.items()]
+    command = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*", JAVA_TOOL]
+    command += ["--topic", TOPICS["java"], "--num-records", str(records), "--payload-file", str(payloads)]
+    command += ["--throughput", "-1", "--bootstrap-server", bootstrap, "--command-property", *props]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     summaries = re.findall(r"(\d+) records sent, ([\d.]+) records/sec", done.stdout)
     if done.returncode != 0 or not summaries:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -54,17 +55,18 @@ def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes
     return orjson.dumps(value)
 
 
-def publish_rows(
-    data: bytes, chunk: ChunkPlan, job_id: str, txn: ChunkTransaction, batch_rows: int,
-    progress: ProgressHook,
-) -> dict[str, Any]:
-    """Parse and send every row of a chunk inside the open transaction; return the counts."""
+Message = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message], dict[str, Any]]:
+    """Every row of a chunk as a data or dead-letter message, with the counts; pure."""
     kind = Kind(chunk.kind)
     parser = RowParser(kind, chunk.symbol, chunk.company_id)
     topic, dlq, key = kind.topic, kind.dlq_topic, parser.key
     job_header = ("job_id", job_id.encode())
     prefix = f"{chunk.path}:"
-    published = rejected = in_batch = 0
+    messages: list[Message] = []
+    rejected = 0
     reasons: list[str] = []
     now_ms = int(time.time() * 1000)
     line_no = chunk.first_line - 1
@@ -76,19 +78,45 @@ def publish_rows(
             continue
         headers = [job_header, ("source", f"{prefix}{line_no}".encode())]
         try:
-            txn.send(topic, key, parser.parse(line, now_ms), headers)
-            published += 1
+            messages.append((topic, key, parser.parse(line, now_ms), headers))
         except RowError as exc:
-            txn.send(dlq, key, dead_letter(str(exc), chunk, line_no, line), headers)
+            messages.append((dlq, key, dead_letter(str(exc), chunk, line_no, line), headers))
             rejected += 1
             if len(reasons) < MAX_REASONS:
                 reasons.append(f"line {line_no}: {exc}")
-        in_batch += 1
-        if in_batch >= batch_rows:
-            txn.poll()
-            progress(published + rejected)
-            now_ms, in_batch = int(time.time() * 1000), 0
-    return {"rows": chunk.rows, "published": published, "rejected": rejected, "reasons": reasons}
+    counts = {"rows": chunk.rows, "published": len(messages) - rejected, "rejected": rejected, "reasons": reasons}
+    return messages, counts
+
+
+def send_messages(txn: ChunkTransaction, messages: list[Message], batch_rows: int, progress: ProgressHook) -> None:
+    """Queue a chunk's messages in the open transaction, polling and reporting progress per batch."""
+    for start in range(0, len(messages), batch_rows):
+        for topic, key, value, headers in messages[start : start + batch_rows]:
+            txn.send(topic, key, value, headers)
+        txn.poll()
+        progress(min(len(messages), start + batch_rows))
+
+
+class _Opening:
+    """Opens a chunk's transaction on a thread: the broker round trips overlap with parsing."""
+
+    def __init__(self, open_transaction: TransactionFactory, job_id: str, index: int) -> None:
+        self._result: ChunkTransaction | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(open_transaction, job_id, index), daemon=True)
+        self._thread.start()
+
+    def _run(self, open_transaction: TransactionFactory, job_id: str, index: int) -> None:
+        try:
+            self._result = open_transaction(job_id, index)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._result = exc
+
+    def get(self) -> ChunkTransaction:
+        self._thread.join()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        assert self._result is not None
+        return self._result
 
 
 def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: str | None = None) -> dict[str, Any]:
@@ -115,27 +143,26 @@ def process_chunk(
         ledger.record_result(job_id, chunk.index, result)
         return ledger.chunk_result(job_id, chunk.index) or result
     # Opening the transaction fences any earlier attempt, so after it the marker check is final.
-    txn = open_transaction(job_id, chunk.index)
+    opening = _Opening(open_transaction, job_id, chunk.index)
+    messages, counts = parse_rows(data, chunk, job_id)
+    txn = opening.get()
     key = marker_key(job_id, chunk.index)
     earlier = ledger.marker_from(job_id, chunk.index)
     if earlier is not None:
         marker = markers.find(key, earlier)
         if marker is not None:
-            log.info("chunk already committed by an earlier attempt", extra={"job_id": job_id, "chunk": chunk.index})
+            log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
             result = chunk_result(chunk, COMMITTED, marker)
             ledger.record_result(job_id, chunk.index, result)
             return result
-    ledger.set_marker_from(job_id, chunk.index, markers.end_offset())
-    ledger.set_progress(job_id, chunk.index, 0)
-    txn.begin()
-    counts = publish_rows(
-        data, chunk, job_id, txn, batch_rows, lambda n: ledger.set_progress(job_id, chunk.index, n)
-    )
     if counts["published"] + counts["rejected"] != chunk.rows:
-        txn.abort()
         result = chunk_result(chunk, FAILED, counts, "row count differs from the plan")
         ledger.record_result(job_id, chunk.index, result)
         return result
+    ledger.set_marker_from(job_id, chunk.index, markers.end_offset())
+    ledger.set_progress(job_id, chunk.index, 0)
+    txn.begin()
+    send_messages(txn, messages, batch_rows, lambda n: ledger.set_progress(job_id, chunk.index, n))
     txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())])
     txn.commit()
     result = chunk_result(chunk, COMMITTED, counts)

@@ -6,6 +6,7 @@ Set K2_TEST_KEEP_STACK=1 to leave the stack running between local runs (faster i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,16 +57,15 @@ def settings():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def stack(settings) -> Iterator[dict]:  # type: ignore[no-untyped-def,type-arg]
     """The real Redis, Kafka broker, two Celery workers and Flower, up for the whole session."""
-    from k2jobs.stack import Stack
-
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(DATA_ROOT / "sample", ignore_errors=True)
     shutil.copytree(SAMPLE, DATA_ROOT / "sample")
-    test_stack = Stack(settings, workers=2)
-    status = test_stack.up()
-    yield status
+    # Through the CLI, as a user would: the services outlive it and are not this process's children.
+    up = run_k2("stack", "up", "--workers", "2", "--json", timeout=600)
+    assert up.returncode == 0, up.stderr
+    yield json.loads(up.stdout)
     if not os.environ.get("K2_TEST_KEEP_STACK"):
-        test_stack.down()
+        run_k2("stack", "down", timeout=300)
 
 
 @pytest.fixture()

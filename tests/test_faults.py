@@ -1,0 +1,119 @@
+"""Fault tests: kill real workers and the real broker mid-job; the job still ends exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from k2jobs.verify import read_job_messages
+
+from .conftest import DATA_ROOT, SAMPLE, run_k2
+
+pytestmark = pytest.mark.fault
+TILES = 4  # 4 x 91,631 BHP trades
+ROWS = TILES * 91_631
+
+
+@pytest.fixture(scope="module")
+def big_input(stack) -> Path:  # type: ignore[no-untyped-def]
+    """A few hundred thousand real rows, so chunks are still running when something is killed."""
+    root = DATA_ROOT / "big"
+    (root / "trades").mkdir(parents=True, exist_ok=True)
+    (root / "reference-data").mkdir(exist_ok=True)
+    (root / "reference-data" / "company_info.csv").write_bytes(
+        (SAMPLE / "reference-data" / "company_info.csv").read_bytes()
+    )
+    (root / "trades" / "7078.csv").write_bytes((SAMPLE / "trades" / "7078.csv").read_bytes() * TILES)
+    return root
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_job(big_input: Path) -> str:
+    done = run_k2("submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--chunk-rows", "30000")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
+
+
+def mid_job(ledger, job_id: str) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
+    """True once rows are flowing and chunks remain to be done."""
+    return lambda: ledger.progress(job_id) > 5_000 and len(ledger.results(job_id)) < 4
+
+
+def stack_pid(name: str) -> int:
+    status = json.loads(run_k2("stack", "status", "--json", check=True).stdout)
+    if name == "worker-1":
+        return next(w["pid"] for w in status["workers"] if w["name"] == "worker-1")  # type: ignore[no-any-return]
+    return status[name]["pid"]  # type: ignore[no-any-return]
+
+
+def assert_exact(settings, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    done = run_k2("status", job_id, "--wait", "--json", timeout=600)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, report
+    assert report["status"] == "succeeded"
+    assert report["totals"] == {"rows": ROWS, "published": ROWS, "rejected": 0}
+    sources = Counter(msg.source for msg in read_job_messages(settings, job_id))
+    assert len(sources) == ROWS
+    assert max(sources.values()) == 1, [s for s, n in sources.items() if n > 1][:5]
+
+
+def test_worker_killed_mid_chunk(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+    job_id = start_job(big_input)
+    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    os.killpg(stack_pid("worker-1"), signal.SIGKILL)  # the worker and all its processes
+    assert run_k2("stack", "up", "--workers", "2").returncode == 0
+    assert_exact(settings, job_id)
+
+
+def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+    job_id = start_job(big_input)
+    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    kafka = stack_pid("kafka")
+    os.killpg(kafka, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
+    time.sleep(2)  # in-flight transactions fail while the broker is away
+    up = run_k2("stack", "up", "--workers", "2")
+    assert up.returncode == 0, up.stderr
+    assert_exact(settings, job_id)
+
+
+def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+    job_id = start_job(big_input)
+    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    worker = stack_pid("worker-1")
+    os.kill(worker, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), timeout_s=120, what="warm shutdown")
+    assert run_k2("stack", "up", "--workers", "2").returncode == 0
+    assert_exact(settings, job_id)
+
+
+def test_resume_reenqueues_only_uncommitted_chunks(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.app import app
+
+    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
+    try:
+        job_id = start_job(big_input)
+        app.control.purge()  # the chord's chunks are lost, as if the broker forgot them
+    finally:
+        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
+    done = run_k2("resume", job_id, "--json", timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["totals"]["published"] == ROWS
+    again = run_k2("resume", job_id, "--json", timeout=600)  # nothing left to do: nothing published twice
+    assert again.returncode == 0
+    assert_exact(settings, job_id)
