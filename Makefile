@@ -55,5 +55,8 @@ format: install
 bench: install
 	$(BIN)/python bench/bench.py --rows $${ROWS:-1000000}
 
+bench-smoke: install
+	$(BIN)/python bench/bench.py --smoke
+
 clean: down
 	rm -rf $(VENV) .k2stack bench/results
