@@ -16,7 +16,7 @@ import orjson
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .planning import ChunkPlan, resolve_inside
-from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, marker_key
+from .publisher import COMMITS_TOPIC, ChunkTransaction, Headers, MarkerReader, marker_key
 from .records import Kind, RowError, RowParser
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes
     return orjson.dumps(value)
 
 
-Message = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+Message = tuple[str, bytes, bytes, Headers]  # topic, key, value, headers
 
 
 def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message], dict[str, Any]]:
@@ -63,7 +63,7 @@ def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message
     kind = Kind(chunk.kind)
     parser = RowParser(kind, chunk.symbol, chunk.company_id)
     topic, dlq, key = kind.topic, kind.dlq_topic, parser.key
-    job_header = ("job_id", job_id.encode())
+    job_header: tuple[str, str | bytes | None] = ("job_id", job_id.encode())
     prefix = f"{chunk.path}:"
     messages: list[Message] = []
     rejected = 0
@@ -76,7 +76,7 @@ def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message
             line = line[:-1]
         if not line.strip():
             continue
-        headers = [job_header, ("source", f"{prefix}{line_no}".encode())]
+        headers: Headers = [job_header, ("source", f"{prefix}{line_no}".encode())]
         try:
             messages.append((topic, key, parser.parse(line, now_ms), headers))
         except RowError as exc:
@@ -122,15 +122,26 @@ class _Opening:
 def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: str | None = None) -> dict[str, Any]:
     """The deterministic result of a chunk: the same value however often it runs."""
     return {
-        "chunk": chunk.index, "path": chunk.path, "status": status, "rows": chunk.rows,
-        "published": counts.get("published", 0), "rejected": counts.get("rejected", 0),
-        "reasons": counts.get("reasons", []), "error": error,
+        "chunk": chunk.index,
+        "path": chunk.path,
+        "status": status,
+        "rows": chunk.rows,
+        "published": counts.get("published", 0),
+        "rejected": counts.get("rejected", 0),
+        "reasons": counts.get("reasons", []),
+        "error": error,
     }
 
 
 def process_chunk(
-    job_id: str, chunk: ChunkPlan, data_root: Path, batch_rows: int, ledger: Ledger,
-    markers: MarkerReader, open_transaction: TransactionFactory,
+    job_id: str,
+    chunk: ChunkPlan,
+    data_root: Path,
+    batch_rows: int,
+    ledger: Ledger,
+    markers: MarkerReader,
+    open_transaction: TransactionFactory,
+    on_progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """Load one chunk exactly once; safe to call again after any crash or retry."""
     done = ledger.chunk_result(job_id, chunk.index)
@@ -162,7 +173,13 @@ def process_chunk(
     ledger.set_marker_from(job_id, chunk.index, markers.end_offset())
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
-    send_messages(txn, messages, batch_rows, lambda n: ledger.set_progress(job_id, chunk.index, n))
+
+    def progress(rows_done: int) -> None:
+        ledger.set_progress(job_id, chunk.index, rows_done)
+        if on_progress is not None:
+            on_progress(rows_done)
+
+    send_messages(txn, messages, batch_rows, progress)
     txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())])
     txn.commit()
     result = chunk_result(chunk, COMMITTED, counts)

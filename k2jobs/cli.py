@@ -12,8 +12,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import (InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable,
-                     StackError)
+from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -123,8 +122,10 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(rows)
         return EXIT_OK
     for row in rows:
-        print(f"{row['job_id']}  {row['status']:<9}  {row['rows_done']:>10}/{row['rows']:<10} rows  "
-              f"{row['chunks_done']}/{row['chunks']} chunks  {row['rejected']} rejected")
+        print(
+            f"{row['job_id']}  {row['status']:<9}  {row['rows_done']:>10}/{row['rows']:<10} rows  "
+            f"{row['chunks_done']}/{row['chunks']} chunks  {row['rejected']} rejected"
+        )
     return EXIT_OK
 
 
@@ -138,8 +139,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for file in result["files"]:
             mark = "ok " if file["ok"] else "BAD"
-            print(f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
-                  f"{file['found_rejected']}/{file['rejected']} dead-lettered")
+            print(
+                f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
+                f"{file['found_rejected']}/{file['rejected']} dead-lettered"
+            )
         print("verified" if result["ok"] else "MISMATCH")
     return EXIT_OK if result["ok"] else EXIT_JOB_FAILED
 
@@ -171,15 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="load a directory of trades/ and quotes/ CSV files")
     submit.add_argument("directory")
-    submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                        help="wait for the report (default) or return the job id at once")
+    submit.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the report (default) or return the job id at once",
+    )
     submit.add_argument("--json", action="store_true", help="print only JSON on stdout")
-    submit.add_argument("--chunk-rows", type=int, default=None, help="lines per chunk task (default 50000, or K2_CHUNK_ROWS)")
+    submit.add_argument(
+        "--chunk-rows", type=int, default=None, help="lines per chunk task (default 50000, or K2_CHUNK_ROWS)"
+    )
     submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
     submit.set_defaults(func=cmd_submit)
 
-    for name, func, text in (("status", cmd_status, "where a job stands"),
-                             ("resume", cmd_resume, "re-enqueue a job's chunks that are not committed")):
+    for name, func, text in (
+        ("status", cmd_status, "where a job stands"),
+        ("resume", cmd_resume, "re-enqueue a job's chunks that are not committed"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=(name == "resume"))
@@ -209,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ERROR_EXITS: list[tuple[type[K2Error], int]] = [
-    (InputError, EXIT_REFUSED), (JobNotFound, EXIT_REFUSED), (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
-    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE), (StackError, EXIT_STACK_FAILED),
+    (InputError, EXIT_REFUSED),
+    (JobNotFound, EXIT_REFUSED),
+    (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
+    (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
+    (StackError, EXIT_STACK_FAILED),
 ]
 
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
@@ -28,9 +29,9 @@ class Settings:
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
-    def kafka_config(self, **overrides: object) -> dict[str, object]:
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka configuration for any client: bootstrap, security options, overrides."""
-        conf: dict[str, object] = {"bootstrap.servers": self.kafka_bootstrap}
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
         conf.update(self.kafka_options)
         conf.update(overrides)
         return conf

@@ -50,8 +50,9 @@ def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int]) -> None:
     del result  # drop it now: its __del__ talks to Redis, which fails at interpreter exit
 
 
-def submit_job(settings: Settings, ledger: Ledger, directory: Path, chunk_rows: int,
-               skip_unknown: bool = False) -> tuple[str, JobPlan]:
+def submit_job(
+    settings: Settings, ledger: Ledger, directory: Path, chunk_rows: int, skip_unknown: bool = False
+) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
     plan = plan_job(settings.data_root, directory, chunk_rows, skip_unknown)
     ledger.ping()
@@ -103,8 +104,9 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
     )
 
 
-def wait_for_report(ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None,
-                    interval_s: float = 0.5) -> dict[str, Any]:
+def wait_for_report(
+    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.5
+) -> dict[str, Any]:
     """Block until the job's report exists, reconciling it here if the callback was lost."""
     all_done_since: float | None = None
     while True:

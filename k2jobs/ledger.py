@@ -54,7 +54,7 @@ class Ledger:
     """A job's plan, per-chunk results, progress and report, kept in Redis."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
+        self.redis: Any = client  # bytes replies (no decode_responses)
 
     def ping(self) -> None:
         try:
@@ -67,12 +67,17 @@ class Ledger:
         """Record a new job and its plan before any chunk is enqueued."""
         now = time.time()
         meta = {
-            "job_id": job_id, "status": "running", "created": now, "source_dir": plan.source_dir,
-            "rows": plan.rows, "chunks": len(plan.chunks), "files": len(plan.files),
+            "job_id": job_id,
+            "status": "running",
+            "created": now,
+            "source_dir": plan.source_dir,
+            "rows": plan.rows,
+            "chunks": len(plan.chunks),
+            "files": len(plan.files),
             "options": orjson.dumps(options),
         }
         pipe = self.redis.pipeline()
-        pipe.hset(_job(job_id), mapping=meta)
+        pipe.hset(_job(job_id), mapping=meta)  # type: ignore[arg-type]
         pipe.set(_plan(job_id), orjson.dumps(plan.to_dict()))
         pipe.zadd(JOBS_KEY, {job_id: now})
         for key in (_job(job_id), _plan(job_id)):

@@ -199,15 +199,14 @@ def cut_ranges(handle: io.BufferedReader, lines_per_chunk: int) -> Iterator[tupl
             break
 
 
-def plan_file(root: Path, directory: Path, kind: Kind, path: Path, symbols: dict[int, str],
-              lines_per_chunk: int, first_index: int) -> tuple[FilePlan, list[ChunkPlan]]:
+def plan_file(
+    root: Path, directory: Path, kind: Kind, path: Path, symbols: dict[int, str], lines_per_chunk: int, first_index: int
+) -> tuple[FilePlan, list[ChunkPlan]]:
     """Cut one file into chunks, counting rows and checksumming each."""
     real = resolve_inside(root, path)
     relative = path.relative_to(directory).as_posix()
     if not path.stem.isdigit() or int(path.stem) not in symbols:
-        raise InputError(
-            f"{relative}: file name {path.stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}"
-        )
+        raise InputError(f"{relative}: file name {path.stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}")
     company_id = int(path.stem)
     try:
         stat = real.stat()
@@ -220,16 +219,30 @@ def plan_file(root: Path, directory: Path, kind: Kind, path: Path, symbols: dict
             rows = count_rows(piece)
             if rows == 0:
                 continue  # only blank lines: nothing to load, nothing to count
-            chunks.append(ChunkPlan(
-                index=first_index + len(chunks), path=relative,
-                data_path=real.relative_to(root).as_posix(), kind=kind.value,
-                symbol=symbols[company_id], company_id=company_id, start=start,
-                end=start + len(piece), first_line=first_line, rows=rows,
-                crc32=zlib.crc32(piece), file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
-            ))
+            chunks.append(
+                ChunkPlan(
+                    index=first_index + len(chunks),
+                    path=relative,
+                    data_path=real.relative_to(root).as_posix(),
+                    kind=kind.value,
+                    symbol=symbols[company_id],
+                    company_id=company_id,
+                    start=start,
+                    end=start + len(piece),
+                    first_line=first_line,
+                    rows=rows,
+                    crc32=zlib.crc32(piece),
+                    file_size=stat.st_size,
+                    file_mtime_ns=stat.st_mtime_ns,
+                )
+            )
     file_plan = FilePlan(
-        path=relative, kind=kind.value, symbol=symbols[company_id], company_id=company_id,
-        rows=sum(c.rows for c in chunks), chunks=[c.index for c in chunks],
+        path=relative,
+        kind=kind.value,
+        symbol=symbols[company_id],
+        company_id=company_id,
+        rows=sum(c.rows for c in chunks),
+        chunks=[c.index for c in chunks],
     )
     return file_plan, chunks
 

@@ -35,8 +35,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"{totals['rows']} rows, {totals['published']} published, {totals['rejected']} rejected",
     ]
     for f in report["files"]:
-        lines.append(f"  {f['path']:<28} {f['kind']:<7} rows {f['rows']:>9}  published {f['published']:>9}  "
-                     f"rejected {f['rejected']:>6}  chunks {f['chunks']}")
+        lines.append(
+            f"  {f['path']:<28} {f['kind']:<7} rows {f['rows']:>9}  published {f['published']:>9}  "
+            f"rejected {f['rejected']:>6}  chunks {f['chunks']}"
+        )
     for failure in report["failures"]:
         where = f"chunk {failure['chunk']}" if failure.get("chunk") is not None else "rows"
         lines.append(f"  FAILED {failure['path']} {where}: {failure['error']}")
@@ -61,20 +63,39 @@ def progress_display(enabled: bool = True) -> Iterator[Callable[[Progress], None
         yield log_line
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TaskProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bar
 
     columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-        TextColumn("rows • {task.fields[rate]} rows/s • chunks {task.fields[chunks]} • rejected {task.fields[rejected]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "rows • {task.fields[rate]} rows/s • chunks {task.fields[chunks]} • rejected {task.fields[rejected]}"
+        ),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     ]
     with Bar(*columns, console=Console(stderr=True), transient=False, refresh_per_second=4) as bar:
         task = bar.add_task("loading", total=None, rate="0", chunks="0/0", rejected=0)
 
         def update(p: Progress) -> None:
             rate = p.rows_done / p.elapsed_s if p.elapsed_s > 0 else 0.0
-            bar.update(task, total=p.rows, completed=p.rows_done, rate=f"{rate:,.0f}",
-                       chunks=f"{p.chunks_done}/{p.chunks}", rejected=p.rejected)
+            bar.update(
+                task,
+                total=p.rows,
+                completed=p.rows_done,
+                rate=f"{rate:,.0f}",
+                chunks=f"{p.chunks_done}/{p.chunks}",
+                rejected=p.rejected,
+            )
 
         yield update

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -18,7 +18,7 @@ from .records import Kind
 # is in Kafka" and "its marker is in Kafka" are the same fact.
 COMMITS_TOPIC = "k2jobs.commits"
 COMMITS_PARTITION = 0
-Headers = Sequence[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 class ChunkFenced(PublishError):
@@ -86,21 +86,25 @@ class ChunkTransaction:
     def __init__(self, settings: Settings, job_id: str, chunk_index: int, timeout_s: float = 30.0) -> None:
         self.errors = DeliveryErrors()
         self._timeout_s = timeout_s
-        self._producer = Producer(settings.kafka_config(**{
-            "transactional.id": transactional_id(job_id, chunk_index),
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 500_000,
-            "queue.buffering.max.kbytes": 262_144,
-            "message.timeout.ms": 45_000,
-            "transaction.timeout.ms": 60_000,
-            "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
-            "delivery.report.only.error": True,
-            "on_delivery": self.errors,
-        }))
+        self._producer = Producer(
+            settings.kafka_config(
+                **{
+                    "transactional.id": transactional_id(job_id, chunk_index),
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "compression.type": "lz4",
+                    "linger.ms": 20,
+                    "batch.size": 1_000_000,
+                    "queue.buffering.max.messages": 500_000,
+                    "queue.buffering.max.kbytes": 262_144,
+                    "message.timeout.ms": 45_000,
+                    "transaction.timeout.ms": 60_000,
+                    "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+                    "delivery.report.only.error": True,
+                    "on_delivery": self.errors,
+                }
+            )
+        )
         try:
             self._producer.init_transactions(timeout_s)
         except KafkaException as exc:
@@ -137,22 +141,25 @@ class ChunkTransaction:
             raise PublishError(f"{self.errors.count} deliveries failed: {self.errors.first}")
 
     def abort(self) -> None:
-        try:
+        # Fenced or broker gone: the coordinator aborts it on timeout or fencing anyway.
+        with contextlib.suppress(KafkaException):
             self._producer.abort_transaction(self._timeout_s)
-        except KafkaException:
-            pass  # fenced or broker gone: the coordinator aborts it on timeout or fencing
 
 
 class MarkerReader:
     """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer(settings.kafka_config(**{
-            "group.id": "k2jobs-marker-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }))
+        self._consumer = Consumer(
+            settings.kafka_config(
+                **{
+                    "group.id": "k2jobs-marker-reader",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": True,
+                }
+            )
+        )
         self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
 
     def end_offset(self, timeout_s: float = 10.0) -> int:
@@ -173,7 +180,7 @@ class MarkerReader:
             while time.monotonic() < deadline:
                 msg = self._consumer.poll(0.5)
                 if msg is not None and msg.error() is None and msg.key() == key:
-                    return orjson.loads(msg.value())  # type: ignore[no-any-return]
+                    return orjson.loads(msg.value() or b"null")  # type: ignore[no-any-return]
                 position = self._consumer.position([self._tp])[0].offset
                 if position >= target:
                     return None
@@ -190,6 +197,4 @@ def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
     try:
         admin_client(settings).list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaUnavailable(
-            f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s"
-        ) from exc
+        raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s") from exc

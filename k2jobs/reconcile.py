@@ -28,20 +28,32 @@ def reconcile_job(job_id: str, plan: JobPlan, results: dict[int, dict[str, Any]]
                 failures.append({"path": file.path, "chunk": index, "error": result.get("error") or "failed"})
                 continue
             if result["published"] + result["rejected"] != chunk.rows:
-                failures.append({
-                    "path": file.path, "chunk": index,
-                    "error": f"planned {chunk.rows} rows, published {result['published']} "
-                             f"and rejected {result['rejected']}",
-                })
+                failures.append(
+                    {
+                        "path": file.path,
+                        "chunk": index,
+                        "error": f"planned {chunk.rows} rows, published {result['published']} "
+                        f"and rejected {result['rejected']}",
+                    }
+                )
             published += result["published"]
             rejected += result["rejected"]
             reasons.extend(result.get("reasons", [])[: MAX_FILE_REASONS - len(reasons)])
         if rejected:
-            failures.append({"path": file.path, "chunk": None, "error": f"{rejected} rows rejected", "reasons": reasons})
-        files.append({
-            "path": file.path, "kind": file.kind, "rows": file.rows, "published": published,
-            "rejected": rejected, "chunks": len(file.chunks), "reasons": reasons,
-        })
+            failures.append(
+                {"path": file.path, "chunk": None, "error": f"{rejected} rows rejected", "reasons": reasons}
+            )
+        files.append(
+            {
+                "path": file.path,
+                "kind": file.kind,
+                "rows": file.rows,
+                "published": published,
+                "rejected": rejected,
+                "chunks": len(file.chunks),
+                "reasons": reasons,
+            }
+        )
     totals = {
         "rows": plan.rows,
         "published": sum(f["published"] for f in files),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import re
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import orjson
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a file holds; each kind has its own columns and topics."""
 
     TRADE = "trades"
@@ -103,8 +103,7 @@ def _check_field(name: str, value: str) -> object:
     if name in PRICE_FIELDS:
         if _PRICE_RE.match(value) is None:
             raise RowError(
-                f"{name} {value!r} is not a plain non-negative decimal "
-                "(at most 12 integer digits and 6 decimals)"
+                f"{name} {value!r} is not a plain non-negative decimal (at most 12 integer digits and 6 decimals)"
             )
         return value
     if name in INTEGER_FIELDS:
@@ -181,10 +180,10 @@ class RowParser:
         time_match = _TIME_RE.match(clock)
         if time_match is None:
             raise RowError(f"time {clock!r} is not HH:MM:SS[.fff]")
-        ts = exchange_timestamp_ms(date, *time_match.groups(), self.exchange)  # type: ignore[arg-type]
+        hh, mm, ss, frac = time_match.groups()
+        ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)
         value: dict[str, object] = {**self._base, "exchange_timestamp": ts}
-        for name, raw in zip(self._columns[2:], fields[2:]):
+        for name, raw in zip(self._columns[2:], fields[2:], strict=True):
             value[name] = _check_field(name, raw)
         value["ingestion_timestamp"] = ingestion_ms
         return orjson.dumps(value)
-

@@ -54,8 +54,12 @@ class Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             proc = subprocess.Popen(
-                self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=self.env,
+                self.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
             )
         self.pidfile.write_text(str(proc.pid))
         return proc.pid
@@ -68,8 +72,9 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def _wait(what: str, check: Callable[[], bool], service: Service | None = None,
-          timeout_s: float = READY_TIMEOUT_S) -> None:
+def _wait(
+    what: str, check: Callable[[], bool], service: Service | None = None, timeout_s: float = READY_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -102,42 +107,100 @@ class Stack:
         data = self.dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         command = [
-            _need("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-            "--appendonly", "yes", "--save", "", "--daemonize", "no",
+            _need("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
         ]
         if self.redis_url.password:
             command += ["--requirepass", self.redis_url.password]
-        return Service("redis", command, self.dir / "logs" / "redis.log", self.dir / "redis.pid",
-                       f"redis-server 127.0.0.1:{port}", self._redis_ready)
+        return Service(
+            "redis",
+            command,
+            self.dir / "logs" / "redis.log",
+            self.dir / "redis.pid",
+            f"redis-server 127.0.0.1:{port}",
+            self._redis_ready,
+        )
 
     def kafka_service(self) -> Service:
         props = self._kafka_properties()
         log4j = resources.files("k2jobs") / "resources" / "log4j2.properties"
         command = [
-            "java", "-Xms512m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*", "kafka.Kafka", str(props),
+            "java",
+            "-Xms512m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{kafka_libs()}/*",
+            "kafka.Kafka",
+            str(props),
         ]
-        return Service("kafka", command, self.dir / "logs" / "kafka.log", self.dir / "kafka.pid",
-                       str(props), self._kafka_ready)
+        return Service(
+            "kafka", command, self.dir / "logs" / "kafka.log", self.dir / "kafka.pid", str(props), self._kafka_ready
+        )
 
     def worker_service(self, number: int) -> Service:
         name = f"k2w{number}-{self.kafka_port}@%h"
         command = [
-            sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", "k2jobs.chunks,k2jobs.control",
-            "-c", "1", "-n", name, "-E", "--loglevel", "INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "k2jobs.app",
+            "worker",
+            "-Q",
+            "k2jobs.chunks,k2jobs.control",
+            "-c",
+            "1",
+            "-n",
+            name,
+            "-E",
+            "--loglevel",
+            "INFO",
         ]
         env = {**os.environ, "K2_DATA_ROOT": str(self.settings.data_root)}
-        return Service(f"worker-{number}", command, self.dir / "logs" / f"worker-{number}.log",
-                       self.dir / f"worker-{number}.pid", name, lambda: True, env)
+        return Service(
+            f"worker-{number}",
+            command,
+            self.dir / "logs" / f"worker-{number}.log",
+            self.dir / f"worker-{number}.pid",
+            name,
+            lambda: True,
+            env,
+        )
 
     def flower_service(self) -> Service:
         port = self.settings.flower_port
         command = [
-            sys.executable, "-m", "celery", "-A", "k2jobs.app", "flower", f"--port={port}",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "k2jobs.app",
+            "flower",
+            f"--port={port}",
             "--address=127.0.0.1",
         ]
-        return Service("flower", command, self.dir / "logs" / "flower.log", self.dir / "flower.pid",
-                       f"--port={port}", self._flower_ready)
+        return Service(
+            "flower",
+            command,
+            self.dir / "logs" / "flower.log",
+            self.dir / "flower.pid",
+            f"--port={port}",
+            self._flower_ready,
+        )
 
     def worker_services(self) -> list[Service]:
         """Workers wanted now, plus any started earlier beyond that number."""
@@ -176,31 +239,51 @@ class Stack:
         data.mkdir(parents=True, exist_ok=True)
         host, port, ctrl = self.kafka_host, self.kafka_port, self.controller_port
         props = self.dir / "kafka" / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller", "node.id=1",
-            f"controller.quorum.bootstrap.servers={host}:{ctrl}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctrl}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data}", f"num.partitions={self.settings.partitions}",
-            "offsets.topic.replication.factor=1", "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1", "transaction.state.log.num.partitions=4",
-            "offsets.topic.num.partitions=4",
-            "share.coordinator.state.topic.replication.factor=1", "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0", "auto.create.topics.enable=false", "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={host}:{ctrl}",
+                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctrl}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    f"num.partitions={self.settings.partitions}",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=4",
+                    "offsets.topic.num.partitions=4",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
         if not (data / "meta.properties").exists():
             self._format_storage(props)
         return props
 
     def _format_storage(self, props: Path) -> None:
         cp = f"{kafka_libs()}/*"
-        cluster = subprocess.run(["java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid"],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        cluster = (
+            subprocess.run(
+                ["java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         done = subprocess.run(
             ["java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props), "--standalone"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {done.stderr.strip() or done.stdout.strip()}")
@@ -248,8 +331,14 @@ class Stack:
     def kafka_service_pid(self) -> int | None:
         # The Kafka service object writes properties; reading status must not need the jars.
         pidfile = self.dir / "kafka.pid"
-        probe = Service("kafka", [], self.dir / "logs" / "kafka.log", pidfile,
-                        str(self.dir / "kafka" / "server.properties"), lambda: True)
+        probe = Service(
+            "kafka",
+            [],
+            self.dir / "logs" / "kafka.log",
+            pidfile,
+            str(self.dir / "kafka" / "server.properties"),
+            lambda: True,
+        )
         return probe.pid()
 
     def down(self) -> list[str]:
@@ -298,9 +387,18 @@ def kafka_libs() -> Path:
     staging = KAFKA_CACHE.with_name(KAFKA_CACHE.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     done = subprocess.run(
-        [_need("mvn"), "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        capture_output=True, text=True,
+        [
+            _need("mvn"),
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise StackError(f"resolving Kafka {KAFKA_VERSION} from Maven Central failed:\n{done.stdout[-2000:]}")

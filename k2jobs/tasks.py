@@ -20,10 +20,34 @@ from .publisher import ChunkFenced, ChunkTransaction
 log = logging.getLogger(__name__)
 MAX_RETRIES = 30
 MAX_BACKOFF_S = 30
+PROGRESS = "PROGRESS"
+PROGRESS_EVERY_S = 0.5
 
 
-@app.task(name="k2jobs.process_chunk", bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=MAX_RETRIES)
+class FlowerProgress:
+    """Shows a running chunk's rows in Flower: a PROGRESS state and a task-progress event, at most every 0.5 s."""
+
+    def __init__(self, task: Task, job_id: str, plan: ChunkPlan) -> None:
+        self.task, self.job_id, self.plan = task, job_id, plan
+        self.last = 0.0
+
+    def __call__(self, rows_done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S or self.task.request.id is None:
+            return
+        self.last = now
+        meta = {
+            "job_id": self.job_id,
+            "chunk": self.plan.index,
+            "path": self.plan.path,
+            "rows_done": rows_done,
+            "rows": self.plan.rows,
+        }
+        self.task.update_state(state=PROGRESS, meta=meta)
+        self.task.send_event("task-progress", **meta)
+
+
+@app.task(name="k2jobs.process_chunk", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
 def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[str, Any]:
     """Load one chunk of a job into Kafka, exactly once."""
     clients = worker_clients()
@@ -32,8 +56,14 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
     try:
         resolve_inside(clients.settings.data_root, clients.settings.data_root / plan.data_path)
         result = process_chunk(
-            job_id, plan, clients.settings.data_root, clients.settings.batch_rows, clients.ledger,
-            clients.markers, lambda job, index: ChunkTransaction(clients.settings, job, index),
+            job_id,
+            plan,
+            clients.settings.data_root,
+            clients.settings.batch_rows,
+            clients.ledger,
+            clients.markers,
+            lambda job, index: ChunkTransaction(clients.settings, job, index),
+            FlowerProgress(self, job_id, plan),
         )
     except UnsafePathError as exc:
         result = chunk_result(plan, FAILED, {}, str(exc))
@@ -50,8 +80,14 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
         raise self.retry(exc=exc, countdown=min(MAX_BACKOFF_S, 2**self.request.retries)) from None
     log.info(
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
-        job_id, plan.index, plan.path, plan.rows, result["published"], result["rejected"],
-        result["status"], time.monotonic() - started,
+        job_id,
+        plan.index,
+        plan.path,
+        plan.rows,
+        result["published"],
+        result["rejected"],
+        result["status"],
+        time.monotonic() - started,
     )
     return result
 
@@ -62,4 +98,3 @@ def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any
     ledger = worker_clients().ledger
     report = finish_job(ledger, job_id)
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}
-

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -36,18 +36,28 @@ def job_topics() -> list[str]:
     return [kind.topic for kind in Kind] + [kind.dlq_topic for kind in Kind]
 
 
-def read_job_messages(settings: Settings, job_id: str, topics: list[str] | None = None,
-                      timeout_s: float = 60.0) -> Iterator[JobMessage]:
+def read_job_messages(
+    settings: Settings, job_id: str, topics: list[str] | None = None, timeout_s: float = 60.0
+) -> Iterator[JobMessage]:
     """Every committed message whose job_id header is `job_id`, reading each partition to its end."""
-    consumer = Consumer(settings.kafka_config(**{
-        "group.id": f"k2jobs-verify-{job_id}", "enable.auto.commit": False,
-        "isolation.level": "read_committed", "enable.partition.eof": True, "log_level": 0,
-    }))
+    consumer = Consumer(
+        settings.kafka_config(
+            **{
+                "group.id": f"k2jobs-verify-{job_id}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "log_level": 0,
+            }
+        )
+    )
     wanted = job_id.encode()
     try:
         metadata = consumer.list_topics(timeout=10)
         partitions = [
-            TopicPartition(t, p, 0) for t in (topics or job_topics()) if t in metadata.topics
+            TopicPartition(t, p, 0)
+            for t in (topics or job_topics())
+            if t in metadata.topics
             for p in metadata.topics[t].partitions
         ]
         ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
@@ -61,16 +71,17 @@ def read_job_messages(settings: Settings, job_id: str, topics: list[str] | None 
             elif time.monotonic() - idle_since > timeout_s:
                 raise KafkaUnavailable(f"no messages from Kafka for {timeout_s:.0f}s while verifying")
             for msg in batch:
-                where = (msg.topic(), msg.partition())
+                topic, partition = cast(str, msg.topic()), cast(int, msg.partition())
                 if msg.error() is not None:
-                    remaining.discard(where)  # partition EOF (the last stable offset)
+                    remaining.discard((topic, partition))  # partition EOF (the last stable offset)
                     continue
+                offset = cast(int, msg.offset())
                 headers = dict(msg.headers() or [])
                 if headers.get("job_id") == wanted:
-                    yield JobMessage(msg.topic(), msg.key(), msg.value(), headers["source"].decode(),
-                                     msg.partition(), msg.offset())
-                if msg.offset() + 1 >= ends[where]:
-                    remaining.discard(where)
+                    source = cast(bytes, headers["source"]).decode()
+                    yield JobMessage(topic, msg.key(), cast(bytes, msg.value()), source, partition, offset)
+                if offset + 1 >= ends[(topic, partition)]:
+                    remaining.discard((topic, partition))
     except KafkaException as exc:
         raise KafkaUnavailable(f"reading back from Kafka failed: {exc.args[0]}") from exc
     finally:
@@ -93,14 +104,26 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
     files = []
     for file in plan.files:
         expected = by_path.get(file.path, {"published": None, "rejected": None})
-        ok = (expected["published"] == published[file.path] and expected["rejected"] == rejected[file.path]
-              and published[file.path] + rejected[file.path] == file.rows)
-        files.append({
-            "path": file.path, "rows": file.rows, "published": expected["published"],
-            "rejected": expected["rejected"], "found_published": published[file.path],
-            "found_rejected": rejected[file.path], "ok": ok,
-        })
+        ok = (
+            expected["published"] == published[file.path]
+            and expected["rejected"] == rejected[file.path]
+            and published[file.path] + rejected[file.path] == file.rows
+        )
+        files.append(
+            {
+                "path": file.path,
+                "rows": file.rows,
+                "published": expected["published"],
+                "rejected": expected["rejected"],
+                "found_published": published[file.path],
+                "found_rejected": rejected[file.path],
+                "ok": ok,
+            }
+        )
     return {
-        "job_id": job_id, "ok": report is not None and duplicates == 0 and all(f["ok"] for f in files),
-        "report_status": None if report is None else report["status"], "duplicates": duplicates, "files": files,
+        "job_id": job_id,
+        "ok": report is not None and duplicates == 0 and all(f["ok"] for f in files),
+        "report_status": None if report is None else report["status"],
+        "duplicates": duplicates,
+        "files": files,
     }

@@ -38,12 +38,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def run_k2(*args: str, check: bool = False, timeout: float = 300, env: dict[str, str] | None = None,
-           cwd: Path = DATA_ROOT) -> subprocess.CompletedProcess[str]:
+def run_k2(
+    *args: str, check: bool = False, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path = DATA_ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m k2jobs ...` as a user would, from the data root."""
     return subprocess.run(
-        [sys.executable, "-m", "k2jobs", *args], capture_output=True, text=True, timeout=timeout,
-        check=check, env={**os.environ, **(env or {})}, cwd=cwd,
+        [sys.executable, "-m", "k2jobs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 

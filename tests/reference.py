@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 SYDNEY = ZoneInfo("Australia/Sydney")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SYMBOLS = {3153: "MWR", 7078: "BHP", 7181: "DVN", 7458: "RIO"}
 
 
@@ -21,13 +21,28 @@ def epoch_ms(date: str, time: str) -> int:
 def expected_value(kind: str, company_id: int, line: str) -> dict:  # type: ignore[type-arg]
     """The message value k2jobs must publish for one valid CSV line (without ingestion_timestamp)."""
     fields = next(csv.reader([line]))
-    base = {"symbol": SYMBOLS[company_id], "company_id": company_id, "exchange": "ASX",
-            "exchange_timestamp": epoch_ms(fields[0], fields[1])}
+    base = {
+        "symbol": SYMBOLS[company_id],
+        "company_id": company_id,
+        "exchange": "ASX",
+        "exchange_timestamp": epoch_ms(fields[0], fields[1]),
+    }
     if kind == "trades":
-        return {**base, "price": fields[2], "volume": int(fields[3]), "qualifiers": int(fields[4]),
-                "venue": fields[5] or None, "buyer_id": fields[6] or None}
-    return {**base, "bid_price": fields[2], "ask_price": fields[3], "bid_volume": int(fields[4]),
-            "ask_volume": int(fields[5])}
+        return {
+            **base,
+            "price": fields[2],
+            "volume": int(fields[3]),
+            "qualifiers": int(fields[4]),
+            "venue": fields[5] or None,
+            "buyer_id": fields[6] or None,
+        }
+    return {
+        **base,
+        "bid_price": fields[2],
+        "ask_price": fields[3],
+        "bid_volume": int(fields[4]),
+        "ask_volume": int(fields[5]),
+    }
 
 
 def source_lines(root: Path, relative: str) -> dict[int, str]:

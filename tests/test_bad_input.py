@@ -18,8 +18,16 @@ from k2jobs.verify import read_job_messages
 from .conftest import DATA_ROOT, run_k2
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-BAD_TRADE_LINES = {4: "expected 7 fields", 5: "date", 6: "time", 7: "price", 8: "price", 9: "volume",
-                   10: "UTF-8", 13: "price"}
+BAD_TRADE_LINES = {
+    4: "expected 7 fields",
+    5: "date",
+    6: "time",
+    7: "price",
+    8: "price",
+    9: "volume",
+    10: "UTF-8",
+    13: "price",
+}
 BAD_QUOTE_LINES = {2: "ask_price", 3: "expected 6 fields", 4: "expected 6 fields", 5: "bid_price"}
 
 
@@ -144,9 +152,21 @@ def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(stac
 def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> None:  # type: ignore[no-untyped-def]
     from k2jobs.app import app
 
-    chunk = {"index": 0, "path": "trades/7078.csv", "data_path": "../../../../etc/passwd", "kind": "trades",
-             "symbol": "BHP", "company_id": 7078, "start": 0, "end": 10, "first_line": 1, "rows": 1,
-             "crc32": 0, "file_size": 10, "file_mtime_ns": 0}
+    chunk = {
+        "index": 0,
+        "path": "trades/7078.csv",
+        "data_path": "../../../../etc/passwd",
+        "kind": "trades",
+        "symbol": "BHP",
+        "company_id": 7078,
+        "start": 0,
+        "end": 10,
+        "first_line": 1,
+        "rows": 1,
+        "crc32": 0,
+        "file_size": 10,
+        "file_mtime_ns": 0,
+    }
     result = app.send_task("k2jobs.process_chunk", args=("rogue-job", chunk)).get(timeout=60)
     assert result["status"] == "failed"
     assert "outside the data root" in result["error"]
@@ -154,8 +174,20 @@ def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> Non
 
 def test_password_protected_redis(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     server = subprocess.Popen(
-        ["redis-server", "--port", "16380", "--bind", "127.0.0.1", "--requirepass", "s3cret", "--save", "",
-         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            "16380",
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "s3cret",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
     )
     try:
         for _ in range(50):

@@ -15,8 +15,12 @@ from .conftest import DATA_ROOT, run_k2
 from .reference import expected_value, source_lines
 
 SAMPLE_ROWS = {
-    "trades/7078.csv": 91_631, "trades/7181.csv": 232, "trades/3153.csv": 11,
-    "quotes/7078.csv": 77_849, "quotes/7181.csv": 549, "quotes/3153.csv": 60,
+    "trades/7078.csv": 91_631,
+    "trades/7181.csv": 232,
+    "trades/3153.csv": 11,
+    "quotes/7078.csv": 77_849,
+    "quotes/7181.csv": 549,
+    "quotes/3153.csv": 60,
 }
 
 

@@ -25,8 +25,15 @@ def parsed(parser: RowParser, line: bytes) -> dict:  # type: ignore[type-arg]
 
 def test_trade_from_the_readme_is_exact() -> None:
     assert parsed(TRADES, b"03/10/2014,07:57:14.754,36.667,20000,3,X,") == {
-        "symbol": "BHP", "company_id": 7078, "exchange": "ASX", "exchange_timestamp": 1394398634754,
-        "price": "36.667", "volume": 20000, "qualifiers": 3, "venue": "X", "buyer_id": None,
+        "symbol": "BHP",
+        "company_id": 7078,
+        "exchange": "ASX",
+        "exchange_timestamp": 1394398634754,
+        "price": "36.667",
+        "volume": 20000,
+        "qualifiers": 3,
+        "venue": "X",
+        "buyer_id": None,
     }
 
 
@@ -117,7 +124,8 @@ dates = st.dates(min_value=__import__("datetime").date(1990, 1, 1), max_value=__
 times = st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
 prices = st.builds(
     lambda i, f: f"{i}.{f}" if f else str(i),
-    st.integers(0, 10**12 - 1), st.text(string.digits, max_size=6),
+    st.integers(0, 10**12 - 1),
+    st.text(string.digits, max_size=6),
 )
 ints = st.integers(0, 2**63 - 1)
 texts = st.text(string.ascii_letters + string.digits + " -_", max_size=8)

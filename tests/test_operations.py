@@ -1,0 +1,93 @@
+"""What operators see: live progress, status while running, Flower's task metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+import urllib.request
+
+from .conftest import DATA_ROOT, run_k2
+
+
+def run_on_terminal(*args: str, timeout_s: float = 300) -> tuple[int, str]:
+    """Run `python -m k2jobs ...` with a pseudo-terminal as stdout and stderr; return exit code and screen."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "k2jobs", *args],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=DATA_ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(30), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_submit_on_a_terminal_shows_live_progress(stack) -> None:  # type: ignore[no-untyped-def]
+    code, screen = run_on_terminal("submit", "sample", "--chunk-rows", "10000")
+    assert code == 0, screen
+    percentages = {int(p) for p in re.findall(r"(\d+)%", screen)}
+    assert 100 in percentages
+    assert "170332/170332" in screen  # rows published of total
+    assert re.search(r"chunks \d+/18", screen)
+    assert "SUCCEEDED" in screen
+
+
+def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ignore[no-untyped-def]
+    done = run_k2("submit", "sample")
+    assert done.returncode == 0
+    assert "\x1b[" not in done.stderr  # no terminal control codes in logs
+    assert re.search(r"job \S+ SUCCEEDED .*170332 rows, 170332 published, 0 rejected", done.stdout)
+
+
+def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # type: ignore[no-untyped-def]
+    done = run_k2("submit", "sample", "--no-wait", "--json", "--chunk-rows", "5000")
+    job_id = json.loads(done.stdout)["job_id"]
+    status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
+    if "totals" not in status:  # still running: the live numbers
+        assert status["rows"] == 170_332 and status["chunks"] == 39
+        assert 0 <= status["rows_done"] <= status["rows"]
+    final = run_k2("status", job_id, "--wait", "--json")
+    assert final.returncode == 0
+    assert json.loads(final.stdout)["totals"]["published"] == 170_332
+    assert ledger.progress(job_id) == 170_332  # per-chunk progress adds up to every row
+
+
+def test_flower_metrics_list_succeeded_k2jobs_tasks(stack) -> None:  # type: ignore[no-untyped-def]
+    assert run_k2("submit", "sample").returncode == 0
+    url = stack["flower"]["url"] + "/metrics"
+    deadline = time.monotonic() + 30
+    found: list[str] = []
+    while time.monotonic() < deadline and not found:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        found = [
+            line
+            for line in text.splitlines()
+            if 'task="k2jobs.process_chunk"' in line and 'type="task-succeeded"' in line
+        ]
+        time.sleep(0.5)
+    assert found, "Flower's /metrics has no succeeded k2jobs.process_chunk events"
+    assert float(found[0].rsplit(" ", 1)[1]) >= 1
