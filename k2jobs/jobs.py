@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 from collections.abc import Callable
@@ -46,8 +47,9 @@ def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int]) -> None:
     """One chunk task per index as the header of a chord whose callback reconciles the job."""
     header = [app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[i]))) for i in indexes]
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
-    result = chord(header)(callback)
-    del result  # drop it now: its __del__ talks to Redis, which fails at interpreter exit
+    chord(header)(callback)
+    # Collect the chord's AsyncResults now: their __del__ talks to Redis, which fails at interpreter exit.
+    gc.collect()
 
 
 def submit_job(
@@ -111,11 +113,11 @@ def wait_for_report(
     all_done_since: float | None = None
     while True:
         report = ledger.report(job_id)
-        if report is not None:
-            return report
         progress = job_progress(ledger, job_id)
         if on_progress is not None:
-            on_progress(progress)
+            on_progress(progress)  # once more at the end, so the display ends on the final numbers
+        if report is not None:
+            return report
         if progress.chunks_done >= progress.chunks:
             all_done_since = all_done_since or time.monotonic()
             if time.monotonic() - all_done_since > CALLBACK_GRACE_S:
