@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import secrets
 import time
 from collections.abc import Callable
@@ -48,8 +47,20 @@ def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int]) -> None:
     header = [app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[i]))) for i in indexes]
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
     chord(header)(callback)
-    # Collect the chord's AsyncResults now: their __del__ talks to Redis, which fails at interpreter exit.
-    gc.collect()
+    _forget_pending_results()
+
+
+def _forget_pending_results() -> None:
+    """Detach the chord's AsyncResults: the client never waits on them.
+
+    Left alone, the Redis backend keeps them pending and their __del__ unsubscribes from Redis at
+    interpreter exit, which prints a traceback after the report.
+    """
+    for mapping in getattr(app.backend, "_pending_results", ()):
+        for waiters in mapping.values():
+            for pending in list(waiters.values()):
+                pending.backend = None
+        mapping.clear()
 
 
 def submit_job(

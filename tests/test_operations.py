@@ -59,6 +59,7 @@ def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ign
     done = run_k2("submit", "sample")
     assert done.returncode == 0
     assert "\x1b[" not in done.stderr  # no terminal control codes in logs
+    assert "Traceback" not in done.stderr
     assert re.search(r"job \S+ SUCCEEDED .*170332 rows, 170332 published, 0 rejected", done.stdout)
 
 
