@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .planning import ChunkPlan, resolve_inside
-from .publisher import COMMITS_TOPIC, ChunkTransaction, Headers, MarkerReader, marker_key
+from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, Message, marker_key
 from .records import Kind, RowError, RowParser
 
 log = logging.getLogger(__name__)
@@ -55,17 +56,21 @@ def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes
     return orjson.dumps(value)
 
 
-Message = tuple[str, bytes, bytes, Headers]  # topic, key, value, headers
+@dataclass
+class ParsedChunk:
+    """A chunk's rows, parsed: (topic, value, line number) each, and the counts."""
+
+    rows: list[tuple[str, bytes, int]]
+    key: bytes
+    counts: dict[str, Any]
 
 
-def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message], dict[str, Any]]:
-    """Every row of a chunk as a data or dead-letter message, with the counts; pure."""
+def parse_rows(data: bytes, chunk: ChunkPlan) -> ParsedChunk:
+    """Every row of a chunk as a data or dead-letter message value; pure."""
     kind = Kind(chunk.kind)
     parser = RowParser(kind, chunk.symbol, chunk.company_id)
-    topic, dlq, key = kind.topic, kind.dlq_topic, parser.key
-    job_header: tuple[str, str | bytes | None] = ("job_id", job_id.encode())
-    prefix = f"{chunk.path}:"
-    messages: list[Message] = []
+    topic, dlq = kind.topic, kind.dlq_topic
+    rows: list[tuple[str, bytes, int]] = []
     rejected = 0
     reasons: list[str] = []
     now_ms = int(time.time() * 1000)
@@ -76,25 +81,33 @@ def parse_rows(data: bytes, chunk: ChunkPlan, job_id: str) -> tuple[list[Message
             line = line[:-1]
         if not line.strip():
             continue
-        headers: Headers = [job_header, ("source", f"{prefix}{line_no}".encode())]
         try:
-            messages.append((topic, key, parser.parse(line, now_ms), headers))
+            rows.append((topic, parser.parse(line, now_ms), line_no))
         except RowError as exc:
-            messages.append((dlq, key, dead_letter(str(exc), chunk, line_no, line), headers))
+            rows.append((dlq, dead_letter(str(exc), chunk, line_no, line), line_no))
             rejected += 1
             if len(reasons) < MAX_REASONS:
                 reasons.append(f"line {line_no}: {exc}")
-    counts = {"rows": chunk.rows, "published": len(messages) - rejected, "rejected": rejected, "reasons": reasons}
-    return messages, counts
+    counts = {"rows": chunk.rows, "published": len(rows) - rejected, "rejected": rejected, "reasons": reasons}
+    return ParsedChunk(rows, parser.key, counts)
 
 
-def send_messages(txn: ChunkTransaction, messages: list[Message], batch_rows: int, progress: ProgressHook) -> None:
+def as_messages(rows: list[tuple[str, bytes, int]], key: bytes, chunk: ChunkPlan, job_id: str) -> Iterator[Message]:
+    """Kafka messages for parsed rows, with their job_id and source headers."""
+    job_header: tuple[str, str | bytes | None] = ("job_id", job_id.encode())
+    prefix = f"{chunk.path}:"
+    for topic, value, line_no in rows:
+        yield topic, key, value, [job_header, ("source", f"{prefix}{line_no}".encode())]
+
+
+def send_rows(
+    txn: ChunkTransaction, parsed: ParsedChunk, chunk: ChunkPlan, job_id: str, batch_rows: int, progress: ProgressHook
+) -> None:
     """Queue a chunk's messages in the open transaction, polling and reporting progress per batch."""
-    for start in range(0, len(messages), batch_rows):
-        for topic, key, value, headers in messages[start : start + batch_rows]:
-            txn.send(topic, key, value, headers)
-        txn.poll()
-        progress(min(len(messages), start + batch_rows))
+    rows = parsed.rows
+    for start in range(0, len(rows), batch_rows):
+        txn.send_batch(as_messages(rows[start : start + batch_rows], parsed.key, chunk, job_id))
+        progress(min(len(rows), start + batch_rows))
 
 
 class _Opening:
@@ -155,7 +168,8 @@ def process_chunk(
         return ledger.chunk_result(job_id, chunk.index) or result
     # Opening the transaction fences any earlier attempt, so after it the marker check is final.
     opening = _Opening(open_transaction, job_id, chunk.index)
-    messages, counts = parse_rows(data, chunk, job_id)
+    parsed = parse_rows(data, chunk)
+    counts = parsed.counts
     txn = opening.get()
     key = marker_key(job_id, chunk.index)
     earlier = ledger.marker_from(job_id, chunk.index)
@@ -179,7 +193,7 @@ def process_chunk(
         if on_progress is not None:
             on_progress(rows_done)
 
-    send_messages(txn, messages, batch_rows, progress)
+    send_rows(txn, parsed, chunk, job_id, batch_rows, progress)
     txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())])
     txn.commit()
     result = chunk_result(chunk, COMMITTED, counts)

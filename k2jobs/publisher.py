@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -19,6 +20,7 @@ from .records import Kind
 COMMITS_TOPIC = "k2jobs.commits"
 COMMITS_PARTITION = 0
 Headers = list[tuple[str, str | bytes | None]]
+Message = tuple[str, bytes, bytes, Headers]  # topic, key, value, headers
 
 
 class ChunkFenced(PublishError):
@@ -127,7 +129,17 @@ class ChunkTransaction:
             except KafkaException as exc:
                 raise _wrap(exc, "produce") from exc
 
-    def poll(self) -> None:
+    def send_batch(self, messages: Iterable[Message]) -> None:
+        """Queue many messages, then serve delivery reports; the hot loop of a chunk."""
+        produce = self._producer.produce
+        try:
+            for topic, key, value, headers in messages:
+                try:
+                    produce(topic, value, key, headers=headers)
+                except BufferError:
+                    self.send(topic, key, value, headers)
+        except KafkaException as exc:
+            raise _wrap(exc, "produce") from exc
         self._producer.poll(0)
 
     def commit(self) -> None:

@@ -359,8 +359,8 @@ class Stack:
 
 def _stop(service: Service) -> bool:
     pid = service.pid()
-    service.pidfile.unlink(missing_ok=True) if pid is None else None
     if pid is None:
+        service.pidfile.unlink(missing_ok=True)
         return False
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S

@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from redis import RedisError
 
 from .app import app, worker_clients
 from .chunk import chunk_result, process_chunk
@@ -71,7 +72,9 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
     except ChunkFenced:
         log.warning("chunk %s of job %s is being loaded by a newer attempt", plan.index, job_id)
         raise Ignore() from None
-    except PublishError as exc:
+    except (PublishError, RedisError) as exc:
+        # Transient: Kafka or Redis away. Retrying keeps the chord waiting for this chunk rather
+        # than failing it; the transaction and the marker check make the retry safe.
         if self.request.retries >= MAX_RETRIES:
             result = chunk_result(plan, FAILED, {}, f"gave up after {MAX_RETRIES} retries: {exc}")
             clients.ledger.record_result(job_id, plan.index, result)

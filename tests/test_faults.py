@@ -137,3 +137,16 @@ def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings
     sources = Counter(m.source for m in read_job_messages(settings, job_id, ["market.trades.raw"]))
     assert sum(1 for s in sources if s.startswith("trades/7078.csv:")) == 91_631
     assert max(sources.values()) == 1
+
+
+def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+    """The acceptance scenario: one worker (all its processes) and the broker die mid-job."""
+    job_id = start_job(big_input)
+    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    os.killpg(stack_pid("worker-1"), signal.SIGKILL)
+    kafka = stack_pid("kafka")
+    os.killpg(kafka, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
+    up = run_k2("stack", "up", "--workers", "2")
+    assert up.returncode == 0, up.stderr
+    assert_exact(settings, job_id)

@@ -128,7 +128,8 @@ prices = st.builds(
     st.text(string.digits, max_size=6),
 )
 ints = st.integers(0, 2**63 - 1)
-texts = st.text(string.ascii_letters + string.digits + " -_", max_size=8)
+# Any text a venue or buyer id may hold unquoted: escapes, control characters, non-ASCII.
+texts = st.text(st.characters(blacklist_characters=',"\r\n\x00', blacklist_categories=("Cs",)), max_size=8)
 
 
 @settings(max_examples=300, deadline=None)
