@@ -42,6 +42,7 @@ RESULTS = BENCH / "results"
 KINDS = ("trades", "quotes")
 COMPANY_IDS = (7078, 7181, 3153)  # ids listed in company_info.csv; tiled rows are spread over them
 SMOKE_ROWS = 20_000
+CEILING_RUNS = 3
 SIZE_SAMPLE_ROWS = 20_000  # rows per kind used to measure the k2jobs message size
 SYDNEY = ZoneInfo("Australia/Sydney")
 TOPICS = {"java": "bench.raw.java", "python": "bench.raw.python", "naive": "bench.naive"}
@@ -401,8 +402,10 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     if not args.skip_java:
         print(f"java ceiling: {2 * rows:,} records from real k2jobs messages (~{info['message_bytes']} bytes)")
         results.append(java_ceiling(settings.kafka_bootstrap, 2 * rows, WORK / "payloads.jsonl"))
-    print("python ceiling ...")
-    results.append(python_ceiling(settings.kafka_bootstrap))
+    print(f"python ceiling (best of {CEILING_RUNS}) ...")
+    # A ceiling is the best the producer can do: the first run on a cold broker is often much slower.
+    runs = [python_ceiling(settings.kafka_bootstrap) for _ in range(CEILING_RUNS)]
+    results.append(max(runs, key=lambda r: r.rate))
     print("naive loader ...")
     results.append(naive_loader(settings.kafka_bootstrap))
     for workers in (1, 2):

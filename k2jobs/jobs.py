@@ -118,7 +118,7 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
 
 
 def wait_for_report(
-    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.5
+    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.2
 ) -> dict[str, Any]:
     """Block until the job's report exists, reconciling it here if the callback was lost."""
     all_done_since: float | None = None

@@ -19,6 +19,17 @@ from .records import Kind
 # is in Kafka" and "its marker is in Kafka" are the same fact.
 COMMITS_TOPIC = "k2jobs.commits"
 COMMITS_PARTITION = 0
+# Tunable through K2_KAFKA_OPT_* (e.g. K2_KAFKA_OPT_COMPRESSION_TYPE=zstd); exactness does not depend on them.
+PRODUCER_DEFAULTS: dict[str, object] = {
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 262_144,
+    "message.timeout.ms": 45_000,  # below transaction.timeout.ms, as librdkafka requires
+    "transaction.timeout.ms": 60_000,
+    "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+}
 Headers = list[tuple[str, str | bytes | None]]
 Message = tuple[str, bytes, bytes, Headers]  # topic, key, value, headers
 
@@ -88,25 +99,17 @@ class ChunkTransaction:
     def __init__(self, settings: Settings, job_id: str, chunk_index: int, timeout_s: float = 30.0) -> None:
         self.errors = DeliveryErrors()
         self._timeout_s = timeout_s
-        self._producer = Producer(
-            settings.kafka_config(
-                **{
-                    "transactional.id": transactional_id(job_id, chunk_index),
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "compression.type": "lz4",
-                    "linger.ms": 20,
-                    "batch.size": 1_000_000,
-                    "queue.buffering.max.messages": 500_000,
-                    "queue.buffering.max.kbytes": 262_144,
-                    "message.timeout.ms": 45_000,
-                    "transaction.timeout.ms": 60_000,
-                    "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
-                    "delivery.report.only.error": True,
-                    "on_delivery": self.errors,
-                }
-            )
+        conf = {**PRODUCER_DEFAULTS, **settings.kafka_config()}  # K2_KAFKA_OPT_* may tune the defaults
+        conf.update(
+            {
+                "transactional.id": transactional_id(job_id, chunk_index),
+                "enable.idempotence": True,
+                "acks": "all",
+                "delivery.report.only.error": True,
+                "on_delivery": self.errors,
+            }
         )
+        self._producer = Producer(conf)
         try:
             self._producer.init_transactions(timeout_s)
         except KafkaException as exc:

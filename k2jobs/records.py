@@ -144,7 +144,7 @@ class RowParser:
         self._columns = COLUMNS[kind]
         self._base = {"symbol": symbol, "company_id": company_id, "exchange": exchange}
         self._head = orjson.dumps(self._base).decode()[:-1]  # '{"symbol":...,"exchange":"ASX"'
-        self._hours: dict[tuple[str, str], int] = {}  # (date, hour) -> epoch ms at the start of that hour
+        self._minutes: dict[str, int] = {}  # "MM/DD/YYYY,HH:MM" -> epoch ms at the start of that minute
         self.key = f"{exchange}.{symbol}".encode()
 
     def parse(self, line: bytes, ingestion_ms: int) -> bytes:
@@ -155,19 +155,24 @@ class RowParser:
             raise RowError(f"line is not valid UTF-8 (bad byte at position {exc.start})") from None
         match = self._fast.match(text)
         if match is not None:
-            return self._fast_value(match.groups(), ingestion_ms)
+            return self._fast_value(text, match.groups(), ingestion_ms)
         return self._checked_value(split_fields(text), ingestion_ms)
 
-    def _fast_value(self, g: tuple[Any, ...], ingestion_ms: int) -> bytes:
+    def _fast_value(self, text: str, g: tuple[Any, ...], ingestion_ms: int) -> bytes:
+        date, hh, mm, ss, frac = g[0], g[1], g[2], g[3], g[4]
+        minute = text[:16]  # "MM/DD/YYYY,HH:MM": the fast pattern fixes these positions
+        minute_ms = self._minutes.get(minute)
+        if minute_ms is None or ss > "59":
+            ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)  # validates; raises naming the time
+            self._minutes[minute] = ts - int(ss) * 1000 - _millis(frac)
+            return self._format(g, ts, ingestion_ms)
+        # "SS" + "fff" read as one integer is the milliseconds within the minute.
+        ts = minute_ms + (int(ss + frac) if frac and len(frac) == 3 else int(ss) * 1000 + _millis(frac))
+        return self._format(g, ts, ingestion_ms)
+
+    def _format(self, g: tuple[Any, ...], ts: int, ingestion_ms: int) -> bytes:
         # Formatted by hand: every value here matched a strict pattern, and text fields go through
         # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
-        date, hh, mm, ss, frac = g[0], g[1], g[2], g[3], g[4]
-        hour_ms = self._hours.get((date, hh))
-        if hour_ms is None or mm > "59" or ss > "59":
-            ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)
-            self._hours[(date, hh)] = ts - (int(mm) * 60_000 + int(ss) * 1000 + _millis(frac))
-        else:
-            ts = hour_ms + int(mm) * 60_000 + int(ss) * 1000 + _millis(frac)
         if self.kind is Kind.TRADE:
             # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.
             return (
