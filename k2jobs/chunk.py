@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .planning import ChunkPlan, resolve_inside
 from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, Message, marker_key
-from .records import Kind, RowError, RowParser
+from .records import Kind, RowError, RowParser, decode_line
 
 log = logging.getLogger(__name__)
 MAX_REASONS = 5  # rejection reasons kept per chunk for the report
@@ -69,27 +69,33 @@ def parse_rows(data: bytes, chunk: ChunkPlan) -> ParsedChunk:
     """Every row of a chunk as a data or dead-letter message value; pure."""
     kind = Kind(chunk.kind)
     parser = RowParser(kind, chunk.symbol, chunk.company_id)
-    topic, dlq = kind.topic, kind.dlq_topic
+    parse_line, topic, dlq = parser.parse_line, kind.topic, kind.dlq_topic
     rows: list[tuple[str, bytes, int]] = []
-    rejected = 0
     reasons: list[str] = []
+    rejected = 0
     now_ms = int(time.time() * 1000)
-    line_no = chunk.first_line - 1
-    for line in data.split(b"\n"):
-        line_no += 1
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line.strip():
-            continue
+    for line_no, line in enumerate(_lines(data), start=chunk.first_line):
         try:
-            rows.append((topic, parser.parse(line, now_ms), line_no))
+            value = parse_line(line if isinstance(line, str) else decode_line(line), now_ms)
         except RowError as exc:
-            rows.append((dlq, dead_letter(str(exc), chunk, line_no, line), line_no))
+            raw: bytes = line.encode() if isinstance(line, str) else line
+            rows.append((dlq, dead_letter(str(exc), chunk, line_no, raw.removesuffix(b"\r")), line_no))
             rejected += 1
             if len(reasons) < MAX_REASONS:
                 reasons.append(f"line {line_no}: {exc}")
+            continue
+        if value is not None:
+            rows.append((topic, value, line_no))
     counts = {"rows": chunk.rows, "published": len(rows) - rejected, "rejected": rejected, "reasons": reasons}
     return ParsedChunk(rows, parser.key, counts)
+
+
+def _lines(data: bytes) -> Sequence[str | bytes]:
+    """The chunk's lines (line endings but CR removed): decoded at once when the chunk is valid UTF-8."""
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return data.split(b"\n")  # some line is not UTF-8: decode line by line to reject just that one
 
 
 def as_messages(rows: list[tuple[str, bytes, int]], key: bytes, chunk: ChunkPlan, job_id: str) -> Iterator[Message]:

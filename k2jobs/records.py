@@ -44,12 +44,15 @@ _TIME = r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,3}))?"
 _PRICE = r"(\d{1,12}(?:\.\d{1,6})?)"
 _INT = r"(\d{1,18})"
 _TEXT = r'([^,"]*)'
+_LAST_TEXT = r'([^,"]*?)'  # lazy, so a CRLF line's "\r" is left to the line ending
+_LINE_END = r"\r?\Z"
 # Whole-line patterns accept the common, unquoted, valid row in one call; anything they
 # refuse goes through the field-by-field path, which either accepts it or names the problem.
 _FAST = {
-    Kind.TRADE: re.compile(",".join([_DATE, _TIME, _PRICE, _INT, _INT, _TEXT, _TEXT]) + r"\Z"),
-    Kind.QUOTE: re.compile(",".join([_DATE, _TIME, _PRICE, _PRICE, _INT, _INT]) + r"\Z"),
+    Kind.TRADE: re.compile(",".join([_DATE, _TIME, _PRICE, _INT, _INT, _TEXT, _LAST_TEXT]) + _LINE_END),
+    Kind.QUOTE: re.compile(",".join([_DATE, _TIME, _PRICE, _PRICE, _INT, _INT]) + _LINE_END),
 }
+BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: a line of only these is blank, here as at plan time
 _DATE_RE = re.compile(r"(\d\d)/(\d\d)/(\d{4})\Z")
 _TIME_RE = re.compile(_TIME + r"\Z")
 _PRICE_RE = re.compile(_PRICE + r"\Z")
@@ -134,6 +137,14 @@ def _check_field(name: str, value: str) -> object:
     raise AssertionError(f"unknown field {name}")
 
 
+def decode_line(line: bytes) -> str:
+    """A line as text; raises RowError naming the first byte that is not UTF-8."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RowError(f"line is not valid UTF-8 (bad byte at position {exc.start})") from None
+
+
 class RowParser:
     """Turns the raw lines of one file into JSON message values."""
 
@@ -149,30 +160,33 @@ class RowParser:
 
     def parse(self, line: bytes, ingestion_ms: int) -> bytes:
         """One line (without its line ending) to a message value; raises RowError."""
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RowError(f"line is not valid UTF-8 (bad byte at position {exc.start})") from None
+        value = self.parse_line(decode_line(line), ingestion_ms)
+        if value is None:
+            raise RowError("the line is blank")
+        return value
+
+    def parse_line(self, text: str, ingestion_ms: int) -> bytes | None:
+        """A decoded line (a trailing CR allowed) to a message value, None if blank; raises RowError."""
         match = self._fast.match(text)
         if match is not None:
             return self._fast_value(text, match.groups(), ingestion_ms)
+        if text.endswith("\r"):
+            text = text[:-1]
+        if not text.strip(BLANK):
+            return None
         return self._checked_value(split_fields(text), ingestion_ms)
 
     def _fast_value(self, text: str, g: tuple[Any, ...], ingestion_ms: int) -> bytes:
+        # Formatted by hand: every value here matched a strict pattern, and text fields go through
+        # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
         date, hh, mm, ss, frac = g[0], g[1], g[2], g[3], g[4]
         minute = text[:16]  # "MM/DD/YYYY,HH:MM": the fast pattern fixes these positions
         minute_ms = self._minutes.get(minute)
         if minute_ms is None or ss > "59":
             ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)  # validates; raises naming the time
             self._minutes[minute] = ts - int(ss) * 1000 - _millis(frac)
-            return self._format(g, ts, ingestion_ms)
-        # "SS" + "fff" read as one integer is the milliseconds within the minute.
-        ts = minute_ms + (int(ss + frac) if frac and len(frac) == 3 else int(ss) * 1000 + _millis(frac))
-        return self._format(g, ts, ingestion_ms)
-
-    def _format(self, g: tuple[Any, ...], ts: int, ingestion_ms: int) -> bytes:
-        # Formatted by hand: every value here matched a strict pattern, and text fields go through
-        # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
+        else:  # "SS" + "fff" read as one integer is the milliseconds within the minute
+            ts = minute_ms + (int(ss + frac) if frac and len(frac) == 3 else int(ss) * 1000 + _millis(frac))
         if self.kind is Kind.TRADE:
             # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.
             return (

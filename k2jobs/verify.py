@@ -37,9 +37,17 @@ def job_topics() -> list[str]:
 
 
 def read_job_messages(
-    settings: Settings, job_id: str, topics: list[str] | None = None, timeout_s: float = 60.0
+    settings: Settings,
+    job_id: str,
+    topics: list[str] | None = None,
+    timeout_s: float = 60.0,
+    since_ms: int | None = None,
 ) -> Iterator[JobMessage]:
-    """Every committed message whose job_id header is `job_id`, reading each partition to its end."""
+    """Every committed message whose job_id header is `job_id`, reading each partition to its end.
+
+    With `since_ms` (the job's creation time), reading starts at the first message written after it,
+    rather than at the start of every partition.
+    """
     consumer = Consumer(
         settings.kafka_config(
             **{
@@ -60,8 +68,12 @@ def read_job_messages(
             if t in metadata.topics
             for p in metadata.topics[t].partitions
         ]
+        if since_ms is not None and partitions:
+            by_time = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in partitions]
+            # A partition with nothing written since then answers -1: it has nothing of this job.
+            partitions = [tp for tp in consumer.offsets_for_times(by_time, timeout=10) if tp.offset >= 0]
         ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
-        remaining = {k for k, end in ends.items() if end > 0}
+        remaining = {(tp.topic, tp.partition) for tp in partitions if ends[(tp.topic, tp.partition)] > tp.offset}
         consumer.assign(partitions)
         idle_since = time.monotonic()
         while remaining:
@@ -96,7 +108,9 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
     rejected: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     dlq_topics = {kind.dlq_topic for kind in Kind}
-    for msg in read_job_messages(settings, job_id):
+    # Messages carry their producer's timestamp; a minute's margin covers clocks that differ a little.
+    since_ms = int(float(ledger.job_meta(job_id)["created"]) * 1000) - 60_000
+    for msg in read_job_messages(settings, job_id, since_ms=since_ms):
         (rejected if msg.topic in dlq_topics else published)[msg.path] += 1
         sources[msg.source] += 1
     duplicates = sum(n - 1 for n in sources.values() if n > 1)

@@ -88,3 +88,15 @@ def workdir(stack, request) -> Path:  # type: ignore[no-untyped-def]
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+@pytest.fixture()
+def read_back(settings, ledger):  # type: ignore[no-untyped-def]
+    """read_back(job_id, topics=None): the job's committed messages, read from its start time on."""
+    from k2jobs.verify import read_job_messages
+
+    def read(job_id: str, topics: list[str] | None = None) -> list:  # type: ignore[type-arg]
+        since_ms = int(float(ledger.job_meta(job_id)["created"]) * 1000) - 60_000
+        return list(read_job_messages(settings, job_id, topics, since_ms=since_ms))
+
+    return read

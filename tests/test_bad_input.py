@@ -13,8 +13,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from k2jobs.verify import read_job_messages
-
 from .conftest import DATA_ROOT, run_k2
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -41,7 +39,7 @@ def submit(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_k2("submit", str(directory.relative_to(DATA_ROOT)), "--json", *args)
 
 
-def test_bad_rows_are_dead_lettered_and_good_rows_published_once(stack, settings, bad_rows) -> None:  # type: ignore[no-untyped-def]
+def test_bad_rows_are_dead_lettered_and_good_rows_published_once(stack, settings, bad_rows, read_back) -> None:  # type: ignore[no-untyped-def]
     done = submit(bad_rows, "--chunk-rows", "5")
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
@@ -56,7 +54,7 @@ def test_bad_rows_are_dead_lettered_and_good_rows_published_once(stack, settings
 
     sources: Counter[str] = Counter()
     dead: dict[str, dict] = {}  # type: ignore[type-arg]
-    for msg in read_job_messages(settings, report["job_id"]):
+    for msg in read_back(report["job_id"]):
         sources[msg.source] += 1
         if msg.topic.endswith(".dlq"):
             dead[msg.source] = orjson.loads(msg.value)
@@ -124,7 +122,9 @@ def test_unknown_files_are_skipped_when_asked(stack, bad_rows) -> None:  # type:
     assert json.loads(done.stdout)["totals"]["rows"] == 21
 
 
-def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(stack, settings, workdir) -> None:  # type: ignore[no-untyped-def]
+def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(
+    stack, settings, workdir, read_back
+) -> None:  # type: ignore[no-untyped-def]
     from k2jobs.app import app
 
     (workdir / "trades").mkdir()
@@ -146,7 +146,7 @@ def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(stac
     assert report["status"] == "failed"
     assert report["totals"]["published"] == 0
     assert "changed after submit" in report["failures"][0]["error"]
-    assert list(read_job_messages(settings, job_id)) == []
+    assert list(read_back(job_id)) == []
 
 
 def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> None:  # type: ignore[no-untyped-def]

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from k2jobs.verify import read_job_messages
-
 from .conftest import DATA_ROOT, SAMPLE, run_k2
 
 pytestmark = pytest.mark.fault
@@ -61,26 +59,26 @@ def stack_pid(name: str) -> int:
     return status[name]["pid"]  # type: ignore[no-any-return]
 
 
-def assert_exact(settings, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def assert_exact(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def]
     done = run_k2("status", job_id, "--wait", "--json", timeout=600)
     report = json.loads(done.stdout)
     assert done.returncode == 0, report
     assert report["status"] == "succeeded"
     assert report["totals"] == {"rows": ROWS, "published": ROWS, "rejected": 0}
-    sources = Counter(msg.source for msg in read_job_messages(settings, job_id))
+    sources = Counter(msg.source for msg in read_back(job_id))
     assert len(sources) == ROWS
     assert max(sources.values()) == 1, [s for s, n in sources.items() if n > 1][:5]
 
 
-def test_worker_killed_mid_chunk(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+def test_worker_killed_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
     os.killpg(stack_pid("worker-1"), signal.SIGKILL)  # the worker and all its processes
     assert run_k2("stack", "up", "--workers", "2").returncode == 0
-    assert_exact(settings, job_id)
+    assert_exact(read_back, job_id)
 
 
-def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
     kafka = stack_pid("kafka")
@@ -89,20 +87,20 @@ def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input)
     time.sleep(2)  # in-flight transactions fail while the broker is away
     up = run_k2("stack", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
-    assert_exact(settings, job_id)
+    assert_exact(read_back, job_id)
 
 
-def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
     worker = stack_pid("worker-1")
     os.kill(worker, signal.SIGTERM)
     wait_until(lambda: not Path(f"/proc/{worker}").exists(), timeout_s=120, what="warm shutdown")
     assert run_k2("stack", "up", "--workers", "2").returncode == 0
-    assert_exact(settings, job_id)
+    assert_exact(read_back, job_id)
 
 
-def test_resume_reenqueues_only_uncommitted_chunks(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+def test_resume_reenqueues_only_uncommitted_chunks(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     from k2jobs.app import app
 
     app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
@@ -116,10 +114,10 @@ def test_resume_reenqueues_only_uncommitted_chunks(stack, settings, ledger, big_
     assert json.loads(done.stdout)["totals"]["published"] == ROWS
     again = run_k2("resume", job_id, "--json", timeout=600)  # nothing left to do: nothing published twice
     assert again.returncode == 0
-    assert_exact(settings, job_id)
+    assert_exact(read_back, job_id)
 
 
-def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings, ledger) -> None:  # type: ignore[no-untyped-def]
+def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings, ledger, read_back) -> None:  # type: ignore[no-untyped-def]
     """The window where Kafka committed a chunk but its worker died before Redis heard of it."""
     from dataclasses import asdict
 
@@ -134,12 +132,12 @@ def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings
     ledger.redis.hdel(f"k2:job:{job_id}:results", str(chunk.index))  # Redis never heard of the commit
     again = app.send_task("k2jobs.process_chunk", args=(job_id, asdict(chunk))).get(timeout=120)
     assert again == first  # the same, deterministic result: the chord would count it once
-    sources = Counter(m.source for m in read_job_messages(settings, job_id, ["market.trades.raw"]))
+    sources = Counter(m.source for m in read_back(job_id, ["market.trades.raw"]))
     assert sum(1 for s in sources if s.startswith("trades/7078.csv:")) == 91_631
     assert max(sources.values()) == 1
 
 
-def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledger, big_input) -> None:  # type: ignore[no-untyped-def]
+def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     """The acceptance scenario: one worker (all its processes) and the broker die mid-job."""
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
@@ -149,4 +147,4 @@ def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledg
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
     up = run_k2("stack", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
-    assert_exact(settings, job_id)
+    assert_exact(read_back, job_id)

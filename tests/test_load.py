@@ -9,8 +9,6 @@ from pathlib import Path
 
 import orjson
 
-from k2jobs.verify import read_job_messages
-
 from .conftest import DATA_ROOT, run_k2
 from .reference import expected_value, source_lines
 
@@ -30,7 +28,7 @@ def submit_json(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     return done.returncode, json.loads(done.stdout)
 
 
-def test_sample_loads_every_row_exactly_once_and_bit_exact(stack, settings) -> None:  # type: ignore[no-untyped-def]
+def test_sample_loads_every_row_exactly_once_and_bit_exact(stack, settings, read_back) -> None:  # type: ignore[no-untyped-def]
     started_ms = int(time.time() * 1000)
     code, report = submit_json("sample", "--chunk-rows", "20000")
     assert code == 0, report
@@ -43,7 +41,7 @@ def test_sample_loads_every_row_exactly_once_and_bit_exact(stack, settings) -> N
 
     sources: Counter[str] = Counter()
     lines = {path: source_lines(DATA_ROOT / "sample", path) for path in SAMPLE_ROWS}
-    for msg in read_job_messages(settings, report["job_id"]):
+    for msg in read_back(report["job_id"]):
         assert not msg.topic.endswith(".dlq"), msg.value
         sources[msg.source] += 1
         path, line_no = msg.source.rsplit(":", 1)
@@ -59,14 +57,14 @@ def test_sample_loads_every_row_exactly_once_and_bit_exact(stack, settings) -> N
         assert {f"{path}:{n}" for n in rows} <= set(sources), path
 
 
-def test_known_timestamp_and_decimal_are_exact(stack, settings, workdir) -> None:  # type: ignore[no-untyped-def]
+def test_known_timestamp_and_decimal_are_exact(stack, settings, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
     (workdir / "trades").mkdir()
     (workdir / "reference-data").mkdir()
     (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
     (workdir / "trades" / "7078.csv").write_bytes(b"03/10/2014,07:57:14.754,36.6670,20000,3,,\r\n")
     code, report = submit_json(str(workdir.relative_to(DATA_ROOT)))
     assert code == 0, report
-    [msg] = list(read_job_messages(settings, report["job_id"]))
+    [msg] = list(read_back(report["job_id"]))
     value = orjson.loads(msg.value)
     assert value["exchange_timestamp"] == 1394398634754
     assert value["price"] == "36.6670"
