@@ -109,11 +109,20 @@ def as_messages(rows: list[tuple[str, bytes, int]], key: bytes, chunk: ChunkPlan
 def send_rows(
     txn: ChunkTransaction, parsed: ParsedChunk, chunk: ChunkPlan, job_id: str, batch_rows: int, progress: ProgressHook
 ) -> None:
-    """Queue a chunk's messages in the open transaction, polling and reporting progress per batch."""
+    """Queue a chunk's messages in the open transaction, polling and reporting progress per batch.
+
+    Consumes `parsed.rows`: each batch is dropped once Kafka's client holds a copy, so the values
+    are not kept twice.
+    """
     rows = parsed.rows
-    for start in range(0, len(rows), batch_rows):
-        txn.send_batch(as_messages(rows[start : start + batch_rows], parsed.key, chunk, job_id))
-        progress(min(len(rows), start + batch_rows))
+    total = len(rows)
+    rows.reverse()  # take batches from the end: dropping them costs nothing
+    for start in range(0, total, batch_rows):
+        batch = rows[-batch_rows:]
+        batch.reverse()
+        del rows[-batch_rows:]
+        txn.send_batch(as_messages(batch, parsed.key, chunk, job_id))
+        progress(min(total, start + batch_rows))
 
 
 class _Opening:
@@ -175,6 +184,7 @@ def process_chunk(
     # Opening the transaction fences any earlier attempt, so after it the marker check is final.
     opening = _Opening(open_transaction, job_id, chunk.index)
     parsed = parse_rows(data, chunk)
+    del data  # memory stays flat: a chunk's bytes, values and Kafka's queue are never all held at once
     counts = parsed.counts
     txn = opening.get()
     key = marker_key(job_id, chunk.index)

@@ -25,7 +25,7 @@ PRODUCER_DEFAULTS: dict[str, object] = {
     "linger.ms": 20,
     "batch.size": 1_000_000,
     "queue.buffering.max.messages": 500_000,
-    "queue.buffering.max.kbytes": 262_144,
+    "queue.buffering.max.kbytes": 32_768,  # bounded: a full queue makes produce() wait, memory stays flat
     "message.timeout.ms": 45_000,  # below transaction.timeout.ms, as librdkafka requires
     "transaction.timeout.ms": 60_000,
     "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition

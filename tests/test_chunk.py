@@ -47,3 +47,31 @@ def test_crlf_and_lf_give_the_same_values() -> None:
     strip = lambda rows: [(t, orjson.loads(v) | {"ingestion_timestamp": 0}, n) for t, v, n in rows]  # noqa: E731
     assert strip(parse_rows(crlf, chunk).rows) == strip(parse_rows(lf, chunk).rows)
     assert orjson.loads(parse_rows(crlf, chunk).rows[0][1])["buyer_id"] is None
+
+
+class RecordingTransaction:
+    """Stands in for Kafka's client in a pure test of batching: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple]] = []  # type: ignore[type-arg]
+
+    def send_batch(self, messages) -> None:  # type: ignore[no-untyped-def]
+        self.batches.append(list(messages))
+
+
+def test_rows_are_sent_in_order_in_batches_with_their_headers() -> None:
+    from k2jobs.chunk import send_rows
+
+    plan = plan_job(CORPUS.parent, CORPUS, 100)
+    chunk = next(c for c in plan.chunks if c.path == "trades/7078.csv")
+    parsed = parse_rows((CORPUS / chunk.path).read_bytes()[chunk.start : chunk.end], chunk)
+    expected = [(t, v) for t, v, _ in parsed.rows]
+    done: list[int] = []
+    txn = RecordingTransaction()
+    send_rows(txn, parsed, chunk, "job-1", 5, done.append)  # type: ignore[arg-type]
+    assert [len(b) for b in txn.batches] == [5, 5, 2]
+    assert done == [5, 10, 12]
+    sent = [m for batch in txn.batches for m in batch]
+    assert [(t, v) for t, _, v, _ in sent] == expected
+    assert sent[0][3] == [("job_id", b"job-1"), ("source", b"trades/7078.csv:1")]
+    assert {key for _, key, _, _ in sent} == {b"ASX.BHP"}
