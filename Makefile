@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Apache Kafka's own jars from Maven Central, resolved once into ~/.cache/k2jobs.
 kafka: $(VENV)/.installed
-	$(BIN)/python -c "from k2jobs.stack import kafka_libs; print('kafka jars:', kafka_libs())"
+	$(BIN)/python -c "from k2jobs.local_kafka import kafka_libs; print('kafka jars:', kafka_libs())"
 
 up: install
 	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2}

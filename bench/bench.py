@@ -267,7 +267,7 @@ def ensure_topics(bootstrap: str, partitions: int) -> None:
 
 def java_ceiling(bootstrap: str, records: int, payloads: Path) -> Result:
     """Kafka's own ProducerPerformance, its final summary line parsed."""
-    from k2jobs.stack import kafka_libs
+    from k2jobs.local_kafka import kafka_libs
 
     log4j = WORK / "log4j2-tools.properties"
     log4j.write_text(QUIET_LOG4J)

@@ -43,7 +43,7 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config(log_level=0))
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> None:
+def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> None:
     """Create the data, dead-letter and commit-marker topics when missing."""
     admin = admin_client(settings)
     try:

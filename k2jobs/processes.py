@@ -1,0 +1,97 @@
+"""Processes the local stack runs: started in their own session, found again through pid files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StackError
+
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process the stack runs, identified by its pid file."""
+
+    name: str
+    command: list[str]
+    log: Path
+    pidfile: Path
+    marker: str  # a string its command line holds, so a recycled pid is not mistaken for it
+    ready: Callable[[], bool]
+    env: dict[str, str] | None = None
+
+    def pid(self) -> int | None:
+        """The pid of the running process, or None if it is not running."""
+        try:
+            pid = int(self.pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            return None
+        if self.marker not in cmdline or is_zombie(pid):
+            return None
+        return pid
+
+    def start(self) -> int:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            proc = subprocess.Popen(
+                self.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
+        self.pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def wait_until_ready(
+    what: str, check: Callable[[], bool], service: Service | None = None, timeout_s: float = READY_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if service is not None and service.pid() is None:
+            raise StackError(f"{what} exited while starting; see {service.log}")
+        time.sleep(0.25)
+    raise StackError(f"{what} was not ready after {timeout_s:.0f}s")
+
+
+def stop(service: Service) -> bool:
+    pid = service.pid()
+    if pid is None:
+        service.pidfile.unlink(missing_ok=True)
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and not is_zombie(pid) and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    if Path(f"/proc/{pid}").exists() and not is_zombie(pid):
+        os.killpg(pid, signal.SIGKILL)
+    service.pidfile.unlink(missing_ok=True)
+    return True
+
+
+def need_program(program: str) -> str:
+    path = shutil.which(program) or (f"/usr/bin/{program}" if Path(f"/usr/bin/{program}").exists() else None)
+    if path is None:
+        raise StackError(f"{program} is not installed (make install puts it there: apt-get install redis-server)")
+    return path
