@@ -48,7 +48,14 @@ def _build_clients(**_: object) -> None:
     worker_clients()
 
 
-@worker_process_shutdown.connect
-def _close_clients(**_: object) -> None:
+def close_worker_clients() -> None:
+    """Close this process's clients, if it built any."""
+    global _clients
     if _clients is not None and _clients.pid == os.getpid():
         _clients.markers.close()
+        _clients = None
+
+
+@worker_process_shutdown.connect
+def _close_clients(**_: object) -> None:
+    close_worker_clients()
