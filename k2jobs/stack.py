@@ -59,7 +59,7 @@ class Stack:
             command,
             self.dir / "logs" / "redis.log",
             self.dir / "redis.pid",
-            f"redis-server 127.0.0.1:{port}",
+            self._probe("redis").marker,
             self._redis_ready,
         )
 
@@ -199,40 +199,27 @@ class Stack:
 
         wait_until_ready("celery workers", all_answer)
 
+    def _probe(self, name: str) -> Service:
+        """Redis's or Kafka's pid file and command-line marker, without building (or needing) their commands."""
+        markers = {
+            "redis": f"redis-server 127.0.0.1:{self.redis_url.port or 6379}",
+            "kafka": str(self.dir / "kafka" / "server.properties"),
+        }
+        return Service(name, [], self.dir / "logs" / f"{name}.log", self.dir / f"{name}.pid", markers[name], bool)
+
     def status(self) -> dict[str, Any]:
         """Pids of the running services (None where not running)."""
-        flower = self.flower_service()
         return {
-            "redis": {"pid": self.redis_service().pid(), "url": self.settings.redis_url},
-            "kafka": {"pid": self.kafka_service_pid(), "bootstrap": self.settings.kafka_bootstrap},
+            "redis": {"pid": self._probe("redis").pid(), "url": self.settings.redis_url},
+            "kafka": {"pid": self._probe("kafka").pid(), "bootstrap": self.settings.kafka_bootstrap},
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
-            "flower": {"pid": flower.pid(), "url": self.flower_url()},
+            "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
         }
 
-    def kafka_service_pid(self) -> int | None:
-        # The Kafka service object writes properties; reading status must not need the jars.
-        pidfile = self.dir / "kafka.pid"
-        probe = Service(
-            "kafka",
-            [],
-            self.dir / "logs" / "kafka.log",
-            pidfile,
-            str(self.dir / "kafka" / "server.properties"),
-            lambda: True,
-        )
-        return probe.pid()
-
     def down(self) -> list[str]:
-        """Stop what this stack started, workers first so they finish their chunks."""
-        stopped = []
-        services = [*self.worker_services(), self.flower_service()]
-        for service in services:
-            if stop(service):
-                stopped.append(service.name)
-        for pidfile, name in ((self.dir / "kafka.pid", "kafka"), (self.dir / "redis.pid", "redis")):
-            marker = str(self.dir / "kafka" / "server.properties") if name == "kafka" else "redis-server"
-            if stop(Service(name, [], self.dir, pidfile, marker, lambda: True)):
-                stopped.append(name)
+        """Stop what this stack started: workers first so they finish their chunks, Redis last."""
+        services = [*self.worker_services(), self.flower_service(), self._probe("kafka"), self._probe("redis")]
+        stopped = [service.name for service in services if stop(service)]
         for worker_pid in self.dir.glob("worker-*.pid"):
             worker_pid.unlink(missing_ok=True)
         return stopped
