@@ -9,16 +9,20 @@ export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
 install: system-deps $(VENV)/.installed kafka
 
-# The real Redis server (Debian's package) and Java 17 + Maven for the Kafka broker.
+# The real Redis server (Debian's package), a C compiler, and Java 17 + Maven for the Kafka broker.
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v cc >/dev/null || { \
+	  echo "installing gcc (Debian package) for k2jobs' compiled row parser"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gcc >/dev/null; }
 	@command -v java >/dev/null || { echo "Java 17+ is required for Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka's jars (apt-get install maven)"; exit 1; }
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml k2jobs/_fastrows.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .batches import ChunkRows
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .planning import ChunkPlan, resolve_inside
-from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, Message, marker_key
-from .records import Kind, RowError, RowParser, decode_line
+from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, marker_key
+from .records import Kind
 
 log = logging.getLogger(__name__)
-MAX_REASONS = 5  # rejection reasons kept per chunk for the report
 TransactionFactory = Callable[[str, int], ChunkTransaction]
 ProgressHook = Callable[[int], None]
 
@@ -46,105 +42,17 @@ def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
     return data
 
 
-def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes:
-    """The JSON value of a rejected row: reason, where it came from, and the original line."""
-    value: dict[str, Any] = {"error": error, "file": chunk.path, "line": line_no, "kind": chunk.kind}
-    try:
-        value["raw"], value["raw_encoding"] = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        value["raw"], value["raw_encoding"] = base64.b64encode(raw).decode("ascii"), "base64"
-    return orjson.dumps(value)
+def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress: ProgressHook) -> None:
+    """Parse and queue a chunk's messages batch by batch in the open transaction, reporting progress.
 
-
-@dataclass
-class ParsedChunk:
-    """A chunk's rows, parsed: (topic, value, line number) each, and the counts."""
-
-    rows: list[tuple[str, bytes, int]]
-    key: bytes
-    counts: dict[str, Any]
-
-
-def parse_rows(data: bytes, chunk: ChunkPlan) -> ParsedChunk:
-    """Every row of a chunk as a data or dead-letter message value; pure."""
-    kind = Kind(chunk.kind)
-    parser = RowParser(kind, chunk.symbol, chunk.company_id)
-    parse_line, topic, dlq = parser.parse_line, kind.topic, kind.dlq_topic
-    rows: list[tuple[str, bytes, int]] = []
-    reasons: list[str] = []
-    rejected = 0
-    now_ms = int(time.time() * 1000)
-    for line_no, line in enumerate(_lines(data), start=chunk.first_line):
-        try:
-            value = parse_line(line if isinstance(line, str) else decode_line(line), now_ms)
-        except RowError as exc:
-            raw: bytes = line.encode() if isinstance(line, str) else line
-            rows.append((dlq, dead_letter(str(exc), chunk, line_no, raw.removesuffix(b"\r")), line_no))
-            rejected += 1
-            if len(reasons) < MAX_REASONS:
-                reasons.append(f"line {line_no}: {exc}")
-            continue
-        if value is not None:
-            rows.append((topic, value, line_no))
-    counts = {"rows": chunk.rows, "published": len(rows) - rejected, "rejected": rejected, "reasons": reasons}
-    return ParsedChunk(rows, parser.key, counts)
-
-
-def _lines(data: bytes) -> Sequence[str | bytes]:
-    """The chunk's lines (line endings but CR removed): decoded at once when the chunk is valid UTF-8."""
-    try:
-        return data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        return data.split(b"\n")  # some line is not UTF-8: decode line by line to reject just that one
-
-
-def as_messages(rows: list[tuple[str, bytes, int]], key: bytes, chunk: ChunkPlan, job_id: str) -> Iterator[Message]:
-    """Kafka messages for parsed rows, with their job_id and source headers."""
-    job_header: tuple[str, str | bytes | None] = ("job_id", job_id.encode())
-    prefix = f"{chunk.path}:"
-    for topic, value, line_no in rows:
-        yield topic, key, value, [job_header, ("source", f"{prefix}{line_no}".encode())]
-
-
-def send_rows(
-    txn: ChunkTransaction, parsed: ParsedChunk, chunk: ChunkPlan, job_id: str, batch_rows: int, progress: ProgressHook
-) -> None:
-    """Queue a chunk's messages in the open transaction, polling and reporting progress per batch.
-
-    Consumes `parsed.rows`: each batch is dropped once Kafka's client holds a copy, so the values
-    are not kept twice.
+    Only one batch of values exists at a time: memory stays flat however large the chunk.
     """
-    rows = parsed.rows
-    total = len(rows)
-    rows.reverse()  # take batches from the end: dropping them costs nothing
-    for start in range(0, total, batch_rows):
-        batch = rows[-batch_rows:]
-        batch.reverse()
-        del rows[-batch_rows:]
-        txn.send_batch(as_messages(batch, parsed.key, chunk, job_id))
-        progress(min(total, start + batch_rows))
-
-
-class _Opening:
-    """Opens a chunk's transaction on a thread: the broker round trips overlap with parsing."""
-
-    def __init__(self, open_transaction: TransactionFactory, job_id: str, index: int) -> None:
-        self._result: ChunkTransaction | BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(open_transaction, job_id, index), daemon=True)
-        self._thread.start()
-
-    def _run(self, open_transaction: TransactionFactory, job_id: str, index: int) -> None:
-        try:
-            self._result = open_transaction(job_id, index)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._result = exc
-
-    def get(self) -> ChunkTransaction:
-        self._thread.join()
-        if isinstance(self._result, BaseException):
-            raise self._result
-        assert self._result is not None
-        return self._result
+    kind = Kind(rows.chunk.kind)
+    for batch in rows.batches(batch_lines):
+        txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
+        if batch.dead:
+            txn.send_batch(kind.dlq_topic, rows.key, batch.dead, batch.dead_headers)
+        progress(rows.published + rows.rejected)
 
 
 def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: str | None = None) -> dict[str, Any]:
@@ -182,11 +90,7 @@ def process_chunk(
         ledger.record_result(job_id, chunk.index, result)
         return ledger.chunk_result(job_id, chunk.index) or result
     # Opening the transaction fences any earlier attempt, so after it the marker check is final.
-    opening = _Opening(open_transaction, job_id, chunk.index)
-    parsed = parse_rows(data, chunk)
-    del data  # memory stays flat: a chunk's bytes, values and Kafka's queue are never all held at once
-    counts = parsed.counts
-    txn = opening.get()
+    txn = open_transaction(job_id, chunk.index)
     key = marker_key(job_id, chunk.index)
     earlier = ledger.marker_from(job_id, chunk.index)
     if earlier is not None:
@@ -196,10 +100,6 @@ def process_chunk(
             result = chunk_result(chunk, COMMITTED, marker)
             ledger.record_result(job_id, chunk.index, result)
             return result
-    if counts["published"] + counts["rejected"] != chunk.rows:
-        result = chunk_result(chunk, FAILED, counts, "row count differs from the plan")
-        ledger.record_result(job_id, chunk.index, result)
-        return result
     ledger.set_marker_from(job_id, chunk.index, markers.end_offset())
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
@@ -209,7 +109,14 @@ def process_chunk(
         if on_progress is not None:
             on_progress(rows_done)
 
-    send_rows(txn, parsed, chunk, job_id, batch_rows, progress)
+    rows = ChunkRows(data, chunk, job_id)
+    send_rows(txn, rows, batch_rows, progress)
+    counts = rows.counts()
+    if counts["published"] + counts["rejected"] != chunk.rows:
+        txn.abort()  # nothing of this chunk becomes visible
+        result = chunk_result(chunk, FAILED, counts, "row count differs from the plan")
+        ledger.record_result(job_id, chunk.index, result)
+        return result
     txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())])
     txn.commit()
     result = chunk_result(chunk, COMMITTED, counts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -29,9 +29,12 @@ PRODUCER_DEFAULTS: dict[str, object] = {
     "message.timeout.ms": 45_000,  # below transaction.timeout.ms, as librdkafka requires
     "transaction.timeout.ms": 60_000,
     "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+    # Connect to every broker as soon as metadata names it. With sparse connections, init_transactions
+    # often finds no connected broker right after bootstrap and waits for librdkafka's 500 ms
+    # coordinator-query timer: measured here, 2 of 5 chunk producers waited 0.5 s; with this, none (3 ms).
+    "enable.sparse.connections": False,
 }
 Headers = list[tuple[str, str | bytes | None]]
-Message = tuple[str, bytes, bytes, Headers]  # topic, key, value, headers
 
 
 class ChunkFenced(PublishError):
@@ -132,15 +135,15 @@ class ChunkTransaction:
             except KafkaException as exc:
                 raise _wrap(exc, "produce") from exc
 
-    def send_batch(self, messages: Iterable[Message]) -> None:
+    def send_batch(self, topic: str, key: bytes, values: Sequence[bytes], headers: Sequence[Headers]) -> None:
         """Queue many messages, then serve delivery reports; the hot loop of a chunk."""
         produce = self._producer.produce
         try:
-            for topic, key, value, headers in messages:
+            for value, message_headers in zip(values, headers, strict=True):
                 try:
-                    produce(topic, value, key, headers=headers)
+                    produce(topic, value, key, headers=message_headers)
                 except BufferError:
-                    self.send(topic, key, value, headers)
+                    self.send(topic, key, value, message_headers)
         except KafkaException as exc:
             raise _wrap(exc, "produce") from exc
         self._producer.poll(0)

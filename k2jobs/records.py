@@ -46,17 +46,18 @@ _INT = r"(\d{1,18})"
 _TEXT = r'([^,"]*)'
 _LAST_TEXT = r'([^,"]*?)'  # lazy, so a CRLF line's "\r" is left to the line ending
 _LINE_END = r"\r?\Z"
+# Digits are ASCII digits only (re.ASCII): "١٢" is not a volume, and a price is published as written.
 # Whole-line patterns accept the common, unquoted, valid row in one call; anything they
 # refuse goes through the field-by-field path, which either accepts it or names the problem.
 _FAST = {
-    Kind.TRADE: re.compile(",".join([_DATE, _TIME, _PRICE, _INT, _INT, _TEXT, _LAST_TEXT]) + _LINE_END),
-    Kind.QUOTE: re.compile(",".join([_DATE, _TIME, _PRICE, _PRICE, _INT, _INT]) + _LINE_END),
+    Kind.TRADE: re.compile(",".join([_DATE, _TIME, _PRICE, _INT, _INT, _TEXT, _LAST_TEXT]) + _LINE_END, re.ASCII),
+    Kind.QUOTE: re.compile(",".join([_DATE, _TIME, _PRICE, _PRICE, _INT, _INT]) + _LINE_END, re.ASCII),
 }
 BLANK = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: a line of only these is blank, here as at plan time
-_DATE_RE = re.compile(r"(\d\d)/(\d\d)/(\d{4})\Z")
-_TIME_RE = re.compile(_TIME + r"\Z")
-_PRICE_RE = re.compile(_PRICE + r"\Z")
-_INT_RE = re.compile(r"\d+\Z")
+_DATE_RE = re.compile(r"(\d\d)/(\d\d)/(\d{4})\Z", re.ASCII)
+_TIME_RE = re.compile(_TIME + r"\Z", re.ASCII)
+_PRICE_RE = re.compile(_PRICE + r"\Z", re.ASCII)
+_INT_RE = re.compile(r"\d+\Z", re.ASCII)
 
 
 _PLAIN_TEXT = re.compile(r"[ !#-\[\]-~]*\Z")  # printable ASCII that needs no JSON escaping
@@ -154,7 +155,7 @@ class RowParser:
         self._fast = _FAST[kind]
         self._columns = COLUMNS[kind]
         self._base = {"symbol": symbol, "company_id": company_id, "exchange": exchange}
-        self._head = orjson.dumps(self._base).decode()[:-1]  # '{"symbol":...,"exchange":"ASX"'
+        self.head = orjson.dumps(self._base).decode()[:-1]  # '{"symbol":...,"exchange":"ASX"'
         self._minutes: dict[str, int] = {}  # "MM/DD/YYYY,HH:MM" -> epoch ms at the start of that minute
         self.key = f"{exchange}.{symbol}".encode()
 
@@ -190,12 +191,12 @@ class RowParser:
         if self.kind is Kind.TRADE:
             # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.
             return (
-                f'{self._head},"exchange_timestamp":{ts},"price":"{g[5]}","volume":{int(g[6])},'
+                f'{self.head},"exchange_timestamp":{ts},"price":"{g[5]}","volume":{int(g[6])},'
                 f'"qualifiers":{int(g[7])},"venue":{json_text(g[8])},"buyer_id":{json_text(g[9])},'
                 f'"ingestion_timestamp":{ingestion_ms}}}'
             ).encode()
         return (
-            f'{self._head},"exchange_timestamp":{ts},"bid_price":"{g[5]}","ask_price":"{g[6]}",'
+            f'{self.head},"exchange_timestamp":{ts},"bid_price":"{g[5]}","ask_price":"{g[6]}",'
             f'"bid_volume":{int(g[7])},"ask_volume":{int(g[8])},"ingestion_timestamp":{ingestion_ms}}}'
         ).encode()
 

@@ -180,7 +180,7 @@ def test_flower_runs_the_flower_subcommand(services: dict[str, dict[str, Any]]) 
     assert option(args, "--address") == "0.0.0.0"
 
 
-def test_dockerfile_installs_the_project_as_non_root(services: dict[str, dict[str, Any]]) -> None:
+def test_dockerfile_builds_the_compiled_parser_and_runs_as_non_root(services: dict[str, dict[str, Any]]) -> None:
     build = services["worker"]["build"]
     context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
     dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
@@ -192,7 +192,12 @@ def test_dockerfile_installs_the_project_as_non_root(services: dict[str, dict[st
     needed = {project["project"]["readme"], "pyproject.toml", "k2jobs"}
     needed |= {module + ".py" for module in project["tool"]["setuptools"]["py-modules"]}
     assert needed <= copied, f"pip install . needs {sorted(needed - copied)}"
-    assert "RUN pip install ." in lines
+    stages = "\n".join(lines).split("\nFROM ")
+    build, final = stages[1].splitlines(), stages[-1].splitlines()  # stages[0]: the comments above
+    assert any(line.startswith("RUN apt-get") and " gcc " in line for line in build), "the C fast path needs gcc"
+    assert "RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in build
+    assert "COPY --from=build /wheels /wheels" in final
+    assert 'RUN python -c "import k2jobs._fastrows"' in final, "the image must fail to build without the fast path"
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
 

@@ -92,6 +92,10 @@ def test_sydney_time_is_daylight_saving_aware(date: str, time: str, expected: in
         (b"03/10/2014,07:57:14.754,1.5,99999999999999999999,3,,", "volume '99999999999999999999'"),
         (b"03/10/2014,07:57:14.754,1.5,1,3,\xff,", "not valid UTF-8"),
         (b'03/10/2014,07:57:14.754,"1.5,1,3,,', "quoting"),
+        # Digits are ASCII digits: other scripts' digits are not read as numbers or passed on as prices.
+        ("03/10/2014,07:57:14.754,\u0663.5,1,3,,".encode(), "price '\u0663.5'"),
+        ("03/10/2014,07:57:14.754,1.5,\u0663,3,,".encode(), "volume '\u0663'"),
+        ("\u0660\u0663/10/2014,07:57:14.754,1.5,1,3,,".encode(), "date '\u0660\u0663/10/2014'"),
     ],
 )
 def test_invalid_trade_rows_are_rejected_naming_the_problem(line: bytes, field: str) -> None:

@@ -1,0 +1,403 @@
+/* The hot path of k2jobs: a chunk's common, valid, unquoted rows to Kafka message values and headers.
+ *
+ * It accepts a line only when k2jobs.records' whole-line pattern accepts it AND every text field is
+ * printable ASCII that needs no JSON escaping; it then writes exactly the bytes RowParser writes
+ * (tests/test_fastrows.py compares the two on generated and real rows). Every other line -- blank,
+ * quoted, invalid, not ASCII, out-of-range clock, not a calendar date -- is handed back to Python
+ * ("deferred"), which either accepts it or names the problem. So this file has no error messages and
+ * no time-zone rules: the start of each (date, hour) in exchange time comes from a Python callable.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { KIND_TRADE = 0, KIND_QUOTE = 1 };
+#define MAX_LINE 512 /* longer lines go to Python; keeps the output buffer bounded */
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    PyObject *head;       /* bytes: '{"symbol":"BHP","company_id":7078,"exchange":"ASX"' */
+    PyObject *hour_ms;    /* callable(date: str, hour: int) -> int | None (None: not a calendar date) */
+    PyObject *job_header; /* ("job_id", b"...") shared by every message */
+    PyObject *source;     /* "source" */
+    PyObject *prefix;     /* bytes: "trades/7078.csv:" */
+    char *out;            /* room for one value */
+    char cached_date[10];
+    int cached_hour; /* -1: nothing cached */
+    long long cached_ms;
+} FastRows;
+
+typedef struct {
+    const char *p, *e;
+} Cursor;
+
+static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* A run of 1..max ASCII digits; 0 when there is none or it is longer. */
+static inline Py_ssize_t digit_run(Cursor *c, Py_ssize_t max) {
+    const char *start = c->p;
+    while (c->p < c->e && is_digit(*c->p)) c->p++;
+    Py_ssize_t n = c->p - start;
+    return (n >= 1 && n <= max) ? n : 0;
+}
+
+static inline int take(Cursor *c, char ch) {
+    if (c->p < c->e && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Exactly two digits as a number, or -1. */
+static inline int two_digits(Cursor *c) {
+    if (c->e - c->p < 2 || !is_digit(c->p[0]) || !is_digit(c->p[1])) return -1;
+    int v = (c->p[0] - '0') * 10 + (c->p[1] - '0');
+    c->p += 2;
+    return v;
+}
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Span;
+
+/* \d{1,12}(\.\d{1,6})? */
+static int price(Cursor *c, Span *out) {
+    out->s = c->p;
+    if (!digit_run(c, 12)) return 0;
+    if (take(c, '.') && !digit_run(c, 6)) return 0;
+    out->n = c->p - out->s;
+    return 1;
+}
+
+/* \d{1,18} */
+static int integer(Cursor *c, Span *out) {
+    out->s = c->p;
+    out->n = digit_run(c, 18);
+    return out->n != 0;
+}
+
+/* Text up to the next comma (or the end): printable ASCII without '"' or '\\', so it needs no escaping. */
+static int plain_text(Cursor *c, Span *out, int last) {
+    out->s = c->p;
+    while (c->p < c->e && *c->p != ',') {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') return 0;
+        c->p++;
+    }
+    out->n = c->p - out->s;
+    return last ? c->p == c->e : 1;
+}
+
+static inline char *put(char *w, const char *s, Py_ssize_t n) {
+    memcpy(w, s, (size_t)n);
+    return w + n;
+}
+#define PUT_LIT(w, lit) put((w), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+static char *put_ll(char *w, long long v) {
+    char tmp[24];
+    int i = 0;
+    unsigned long long u = v < 0 ? (unsigned long long)(-(v + 1)) + 1 : (unsigned long long)v;
+    if (v < 0) *w++ = '-';
+    do {
+        tmp[i++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (i) *w++ = tmp[--i];
+    return w;
+}
+
+/* An integer as JSON: its digits without leading zeros, as Python's int() then str() gives. */
+static char *put_int(char *w, Span v) {
+    while (v.n > 1 && v.s[0] == '0') {
+        v.s++;
+        v.n--;
+    }
+    return put(w, v.s, v.n);
+}
+
+static char *put_text(char *w, Span v) {
+    if (v.n == 0) return PUT_LIT(w, "null");
+    *w++ = '"';
+    w = put(w, v.s, v.n);
+    *w++ = '"';
+    return w;
+}
+
+/* Epoch ms at the start of the line's hour; 1 ok, 0 defer (not a date), -1 Python error. */
+static int hour_start(FastRows *self, const char *date, int hour, long long *ms) {
+    if (self->cached_hour == hour && memcmp(self->cached_date, date, 10) == 0) {
+        *ms = self->cached_ms;
+        return 1;
+    }
+    PyObject *result = PyObject_CallFunction(self->hour_ms, "s#i", date, (Py_ssize_t)10, hour);
+    if (result == NULL) return -1;
+    if (result == Py_None) {
+        Py_DECREF(result);
+        return 0;
+    }
+    long long v = PyLong_AsLongLong(result);
+    Py_DECREF(result);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    memcpy(self->cached_date, date, 10);
+    self->cached_hour = hour;
+    self->cached_ms = v;
+    *ms = v;
+    return 1;
+}
+
+/* One line (without its '\n') to a value in self->out: its length, 0 to defer, -1 on a Python error. */
+static Py_ssize_t format_row(FastRows *self, const char *s, const char *e, long long ingestion_ms) {
+    if (e > s && e[-1] == '\r') e--;
+    if (e - s > MAX_LINE) return 0;
+    Cursor c = {s, e};
+    /* MM/DD/YYYY */
+    const char *date = c.p;
+    if (e - s < 10) return 0;
+    for (int i = 0; i < 10; i++) {
+        if (i == 2 || i == 5 ? date[i] != '/' : !is_digit(date[i])) return 0;
+    }
+    c.p += 10;
+    if (!take(&c, ',')) return 0;
+    /* HH:MM:SS(.f{1,3})? */
+    int hh = two_digits(&c);
+    if (hh < 0 || !take(&c, ':')) return 0;
+    int mm = two_digits(&c);
+    if (mm < 0 || !take(&c, ':')) return 0;
+    int ss = two_digits(&c);
+    if (ss < 0) return 0;
+    int millis = 0;
+    if (take(&c, '.')) {
+        const char *f = c.p;
+        Py_ssize_t n = digit_run(&c, 3);
+        if (!n) return 0;
+        for (int i = 0; i < 3; i++) millis = millis * 10 + (i < n ? f[i] - '0' : 0);
+    }
+    if (!take(&c, ',') || hh > 23 || mm > 59 || ss > 59) return 0;
+
+    Span f[5];
+    int ok;
+    if (self->kind == KIND_TRADE) {
+        ok = price(&c, &f[0]) && take(&c, ',') && integer(&c, &f[1]) && take(&c, ',') && integer(&c, &f[2]) &&
+             take(&c, ',') && plain_text(&c, &f[3], 0) && take(&c, ',') && plain_text(&c, &f[4], 1);
+    } else {
+        ok = price(&c, &f[0]) && take(&c, ',') && price(&c, &f[1]) && take(&c, ',') && integer(&c, &f[2]) &&
+             take(&c, ',') && integer(&c, &f[3]) && c.p == c.e;
+    }
+    if (!ok) return 0;
+
+    long long hour_ms;
+    int found = hour_start(self, date, hh, &hour_ms);
+    if (found <= 0) return found;
+    long long ts = hour_ms + mm * 60000LL + ss * 1000LL + millis;
+
+    char *w = self->out;
+    w = put(w, PyBytes_AS_STRING(self->head), PyBytes_GET_SIZE(self->head));
+    w = PUT_LIT(w, ",\"exchange_timestamp\":");
+    w = put_ll(w, ts);
+    if (self->kind == KIND_TRADE) {
+        w = PUT_LIT(w, ",\"price\":\"");
+        w = put(w, f[0].s, f[0].n);
+        w = PUT_LIT(w, "\",\"volume\":");
+        w = put_int(w, f[1]);
+        w = PUT_LIT(w, ",\"qualifiers\":");
+        w = put_int(w, f[2]);
+        w = PUT_LIT(w, ",\"venue\":");
+        w = put_text(w, f[3]);
+        w = PUT_LIT(w, ",\"buyer_id\":");
+        w = put_text(w, f[4]);
+    } else {
+        w = PUT_LIT(w, ",\"bid_price\":\"");
+        w = put(w, f[0].s, f[0].n);
+        w = PUT_LIT(w, "\",\"ask_price\":\"");
+        w = put(w, f[1].s, f[1].n);
+        w = PUT_LIT(w, "\",\"bid_volume\":");
+        w = put_int(w, f[2]);
+        w = PUT_LIT(w, ",\"ask_volume\":");
+        w = put_int(w, f[3]);
+    }
+    w = PUT_LIT(w, ",\"ingestion_timestamp\":");
+    w = put_ll(w, ingestion_ms);
+    *w++ = '}';
+    return w - self->out;
+}
+
+/* [("job_id", ...), ("source", b"<path>:<line>")] */
+static PyObject *message_headers(FastRows *self, long long line_no) {
+    char buf[32];
+    char *end = put_ll(buf, line_no);
+    Py_ssize_t plen = PyBytes_GET_SIZE(self->prefix);
+    PyObject *source = PyBytes_FromStringAndSize(NULL, plen + (end - buf));
+    if (source == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(source), PyBytes_AS_STRING(self->prefix), (size_t)plen);
+    memcpy(PyBytes_AS_STRING(source) + plen, buf, (size_t)(end - buf));
+    PyObject *pair = PyTuple_New(2);
+    PyObject *list = PyList_New(2);
+    if (pair == NULL || list == NULL) {
+        Py_DECREF(source);
+        Py_XDECREF(pair);
+        Py_XDECREF(list);
+        return NULL;
+    }
+    Py_INCREF(self->source);
+    PyTuple_SET_ITEM(pair, 0, self->source);
+    PyTuple_SET_ITEM(pair, 1, source);
+    Py_INCREF(self->job_header);
+    PyList_SET_ITEM(list, 0, self->job_header);
+    PyList_SET_ITEM(list, 1, pair);
+    return list;
+}
+
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL) return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+PyDoc_STRVAR(parse_doc,
+             "parse(data, pos, line_no, max_lines, ingestion_ms) -> (values, headers, deferred, pos, line_no)\n\n"
+             "Up to max_lines lines of data from byte pos (line number line_no). values[i] and headers[i] are\n"
+             "None for each deferred line, listed in deferred as (i, line_no, raw line without '\\n').");
+
+static PyObject *FastRows_parse(FastRows *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, max_lines;
+    long long line_no, ingestion_ms;
+    if (!PyArg_ParseTuple(args, "y*nLnL", &view, &pos, &line_no, &max_lines, &ingestion_ms)) return NULL;
+    PyObject *values = PyList_New(0), *headers = PyList_New(0), *deferred = PyList_New(0);
+    if (values == NULL || headers == NULL || deferred == NULL) goto fail;
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "pos is outside data");
+        goto fail;
+    }
+    const char *buf = view.buf;
+    for (Py_ssize_t n = 0; n < max_lines && pos < view.len; n++, line_no++) {
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', (size_t)(view.len - pos));
+        const char *e = nl ? nl : buf + view.len;
+        pos = (e - buf) + (nl ? 1 : 0);
+        Py_ssize_t len = format_row(self, s, e, ingestion_ms);
+        if (len < 0) goto fail;
+        if (len > 0) {
+            if (append_new(values, PyBytes_FromStringAndSize(self->out, len)) < 0) goto fail;
+            if (append_new(headers, message_headers(self, line_no)) < 0) goto fail;
+            continue;
+        }
+        PyObject *entry = Py_BuildValue("(nLy#)", PyList_GET_SIZE(values), line_no, s, (Py_ssize_t)(e - s));
+        if (append_new(deferred, entry) < 0 || PyList_Append(values, Py_None) < 0 ||
+            PyList_Append(headers, Py_None) < 0)
+            goto fail;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(NNNnL)", values, headers, deferred, pos, line_no);
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(values);
+    Py_XDECREF(headers);
+    Py_XDECREF(deferred);
+    return NULL;
+}
+
+static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"kind", "head", "hour_ms", "job_header", "prefix", NULL};
+    int kind;
+    PyObject *head, *hour_ms, *job_header, *prefix;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iSOOS", kwlist, &kind, &head, &hour_ms, &job_header, &prefix))
+        return -1;
+    if (kind != KIND_TRADE && kind != KIND_QUOTE) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0 (trade) or 1 (quote)");
+        return -1;
+    }
+    if (!PyCallable_Check(hour_ms)) {
+        PyErr_SetString(PyExc_TypeError, "hour_ms must be callable");
+        return -1;
+    }
+    if (!PyTuple_Check(job_header) || PyTuple_GET_SIZE(job_header) != 2) {
+        PyErr_SetString(PyExc_TypeError, "job_header must be a (name, value) tuple");
+        return -1;
+    }
+    char *out = PyMem_Malloc((size_t)(PyBytes_GET_SIZE(head) + 2 * MAX_LINE + 256));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(self->out);
+    self->out = out;
+    self->kind = kind;
+    Py_INCREF(head);
+    Py_XSETREF(self->head, head);
+    Py_INCREF(hour_ms);
+    Py_XSETREF(self->hour_ms, hour_ms);
+    Py_INCREF(job_header);
+    Py_XSETREF(self->job_header, job_header);
+    Py_INCREF(prefix);
+    Py_XSETREF(self->prefix, prefix);
+    Py_XSETREF(self->source, PyUnicode_InternFromString("source"));
+    if (self->source == NULL) return -1;
+    self->cached_hour = -1;
+    return 0;
+}
+
+static void FastRows_dealloc(FastRows *self) {
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->hour_ms);
+    Py_CLEAR(self->job_header);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->prefix);
+    PyMem_Free(self->out);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int FastRows_traverse(FastRows *self, visitproc visit, void *arg) {
+    Py_VISIT(self->hour_ms);
+    Py_VISIT(self->job_header);
+    return 0;
+}
+
+static int FastRows_clear(FastRows *self) {
+    Py_CLEAR(self->hour_ms);
+    Py_CLEAR(self->job_header);
+    return 0;
+}
+
+static PyMethodDef FastRows_methods[] = {
+    {"parse", (PyCFunction)FastRows_parse, METH_VARARGS, parse_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FastRowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "k2jobs._fastrows.FastRows",
+    .tp_doc = PyDoc_STR("FastRows(kind, head, hour_ms, job_header, prefix): a file's rows to message values"),
+    .tp_basicsize = sizeof(FastRows),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastRows_init,
+    .tp_dealloc = (destructor)FastRows_dealloc,
+    .tp_traverse = (traverseproc)FastRows_traverse,
+    .tp_clear = (inquiry)FastRows_clear,
+    .tp_methods = FastRows_methods,
+};
+
+static struct PyModuleDef fastrows_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "k2jobs._fastrows",
+    .m_doc = "Compiled fast path for k2jobs' common rows; see k2jobs/batches.py.", .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__fastrows(void) {
+    if (PyType_Ready(&FastRowsType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&fastrows_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&FastRowsType);
+    if (PyModule_AddObject(m, "FastRows", (PyObject *)&FastRowsType) < 0) {
+        Py_DECREF(&FastRowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,130 @@
+"""A chunk's bytes to batches of Kafka messages: compiled fast path for common rows, Python for the rest; pure."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from .planning import ChunkPlan
+from .publisher import Headers
+from .records import Kind, RowError, RowParser, decode_line, hour_start_ms
+
+try:
+    from ._fastrows import FastRows
+except ImportError:  # installed without a C compiler: every row takes the Python path
+    FastRows = None
+
+COMPILED = FastRows is not None
+MAX_REASONS = 5  # rejection reasons kept per chunk for the report
+Parsed = tuple[list[Any], list[Any], list[tuple[int, int, bytes]], int, int]
+
+
+class LineParser(Protocol):
+    def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion_ms: int) -> Parsed: ...
+
+
+class DeferAll:
+    """The parser used without the compiled one: it hands every line to Python."""
+
+    def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion_ms: int) -> Parsed:
+        deferred: list[tuple[int, int, bytes]] = []
+        while len(deferred) < max_lines and pos < len(data):
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            deferred.append((len(deferred), line_no, data[pos:end]))
+            pos, line_no = min(end + 1, len(data)), line_no + 1
+        return [None] * len(deferred), [None] * len(deferred), deferred, pos, line_no
+
+
+def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes:
+    """The JSON value of a rejected row: reason, where it came from, and the original line."""
+    value: dict[str, Any] = {"error": error, "file": chunk.path, "line": line_no, "kind": chunk.kind}
+    try:
+        value["raw"], value["raw_encoding"] = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        value["raw"], value["raw_encoding"] = base64.b64encode(raw).decode("ascii"), "base64"
+    return orjson.dumps(value)
+
+
+@dataclass
+class Batch:
+    """The messages of consecutive lines: data values with their headers in source order, and dead letters."""
+
+    values: list[bytes]
+    headers: list[Headers]
+    dead: list[bytes]
+    dead_headers: list[Headers]
+
+
+class ChunkRows:
+    """Parses one chunk batch by batch, keeping its counts; every non-blank line becomes one message."""
+
+    def __init__(
+        self, data: bytes, chunk: ChunkPlan, job_id: str, compiled: bool = COMPILED, ingestion_ms: int | None = None
+    ) -> None:
+        kind = Kind(chunk.kind)
+        self.chunk = chunk
+        self.published = self.rejected = 0
+        self.reasons: list[str] = []
+        self._data = data
+        self._rows = RowParser(kind, chunk.symbol, chunk.company_id)
+        self.key = self._rows.key
+        self._job_header = ("job_id", job_id.encode())
+        self._prefix = f"{chunk.path}:"
+        self._ingestion_ms = int(time.time() * 1000) if ingestion_ms is None else ingestion_ms
+        self._lines: LineParser = DeferAll()
+        if compiled and FastRows is not None:
+            exchange = self._rows.exchange
+
+            def hour_ms(date: str, hour: int) -> int | None:
+                try:
+                    return hour_start_ms(date, hour, exchange)
+                except RowError:
+                    return None  # not a calendar date: the line is deferred and Python names the problem
+
+            self._lines = FastRows(
+                list(Kind).index(kind), self._rows.head.encode(), hour_ms, self._job_header, self._prefix.encode()
+            )
+
+    def headers(self, line_no: int) -> Headers:
+        return [self._job_header, ("source", f"{self._prefix}{line_no}".encode())]
+
+    def batches(self, batch_lines: int) -> Iterator[Batch]:
+        """Batches of up to `batch_lines` lines each, in order, until the chunk's bytes are used up."""
+        pos, line_no = 0, self.chunk.first_line
+        while pos < len(self._data):
+            values, headers, deferred, pos, line_no = self._lines.parse(
+                self._data, pos, line_no, batch_lines, self._ingestion_ms
+            )
+            batch = Batch(values, headers, [], [])
+            if deferred:
+                self._parse_deferred(batch, deferred)
+            self.published += len(batch.values)
+            self.rejected += len(batch.dead)
+            yield batch
+
+    def _parse_deferred(self, batch: Batch, deferred: list[tuple[int, int, bytes]]) -> None:
+        """Lines the fast path left alone: accepted by the full parser, rejected with a reason, or blank."""
+        for index, line_no, raw in deferred:
+            try:
+                value = self._rows.parse_line(decode_line(raw), self._ingestion_ms)
+            except RowError as exc:
+                batch.dead.append(dead_letter(str(exc), self.chunk, line_no, raw.removesuffix(b"\r")))
+                batch.dead_headers.append(self.headers(line_no))
+                if len(self.reasons) < MAX_REASONS:
+                    self.reasons.append(f"line {line_no}: {exc}")
+                continue
+            if value is not None:
+                batch.values[index], batch.headers[index] = value, self.headers(line_no)
+        batch.values = [v for v in batch.values if v is not None]
+        batch.headers = [h for h in batch.headers if h is not None]
+
+    def counts(self) -> dict[str, Any]:
+        """What the chunk's marker and result record: planned rows, published, rejected, first reasons."""
+        rows = self.chunk.rows
+        return {"rows": rows, "published": self.published, "rejected": self.rejected, "reasons": self.reasons}
