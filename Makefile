@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka demo test test-unit lint format bench bench-smoke up down clean
+.PHONY: install system-deps kafka demo test test-unit lint format bench bench-check bench-smoke up down clean
 
 install: system-deps $(VENV)/.installed kafka
 
@@ -58,6 +58,10 @@ format: install
 
 bench: install
 	$(BIN)/python bench/bench.py --rows $${ROWS:-1000000}
+
+# The acceptance check of the throughput targets: exits 1 unless all are met (~1M rows, a few minutes).
+bench-check: install
+	$(BIN)/python bench/bench.py --rows 1000000 --check
 
 bench-smoke: install
 	$(BIN)/python bench/bench.py --smoke

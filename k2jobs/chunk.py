@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import zlib
 from collections.abc import Callable
@@ -48,11 +49,19 @@ def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress
     Only one batch of values exists at a time: memory stays flat however large the chunk.
     """
     kind = Kind(rows.chunk.kind)
-    for batch in rows.batches(batch_lines):
-        txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
-        if batch.dead:
-            txn.send_batch(kind.dlq_topic, rows.key, batch.dead, batch.dead_headers)
-        progress(rows.published + rows.rejected)
+    # The loop makes two short-lived containers per row (headers) and no reference cycles: reference
+    # counting frees everything, and the cyclic collector would only rescan them (~10% of a worker's time).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for batch in rows.batches(batch_lines):
+            txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
+            if batch.dead:
+                txn.send_batch(kind.dlq_topic, rows.key, batch.dead, batch.dead_headers)
+            progress(rows.published + rows.rejected)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: str | None = None) -> dict[str, Any]:

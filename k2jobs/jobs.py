@@ -67,12 +67,15 @@ def submit_job(
     settings: Settings, ledger: Ledger, directory: Path, chunk_rows: int, skip_unknown: bool = False
 ) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
+    started = time.perf_counter()
     plan = plan_job(settings.data_root, directory, chunk_rows, skip_unknown)
+    planned = time.perf_counter()
     ledger.ping()
     ensure_topics(settings)  # also the reachability check: it fails within seconds if Kafka is away
     job_id = new_job_id()
     ledger.create_job(job_id, plan, {"chunk_rows": chunk_rows, "batch_rows": settings.batch_rows})
     enqueue_chunks(job_id, plan, list(range(len(plan.chunks))))
+    ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)
     return job_id, plan
 
 
@@ -117,7 +120,7 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
 
 
 def wait_for_report(
-    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.2
+    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.5
 ) -> dict[str, Any]:
     """Block until the job's report exists, reconciling it here if the callback was lost."""
     all_done_since: float | None = None
@@ -134,4 +137,4 @@ def wait_for_report(
                 return finish_job(ledger, job_id)
         else:
             all_done_since = None
-        time.sleep(interval_s)
+        ledger.wait_for_report_signal(job_id, interval_s)

@@ -41,6 +41,10 @@ def _report(job_id: str) -> str:
     return f"k2:job:{job_id}:report"
 
 
+def _reported(job_id: str) -> str:
+    return f"k2:job:{job_id}:reported"  # a list pushed to when the report is saved: wakes a waiting submit
+
+
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     """A Redis client that fails within `timeout_s` instead of hanging."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s + 25)
@@ -83,6 +87,10 @@ class Ledger:
         for key in (_job(job_id), _plan(job_id)):
             pipe.expire(key, TTL_S)
         pipe.execute()
+
+    def set_submit_timings(self, job_id: str, plan_s: float, enqueue_s: float) -> None:
+        """How long submit took to plan (read, cut, count, checksum) and then to check, record and enqueue."""
+        self.redis.hset(_job(job_id), mapping={"plan_s": round(plan_s, 3), "enqueue_s": round(enqueue_s, 3)})
 
     def job_meta(self, job_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(_job(job_id))
@@ -152,10 +160,16 @@ class Ledger:
         pipe = self.redis.pipeline()
         pipe.set(_report(job_id), orjson.dumps(report), ex=TTL_S)
         pipe.hset(_job(job_id), "status", report["status"])
+        pipe.rpush(_reported(job_id), 1)
+        pipe.expire(_reported(job_id), 60)
         pipe.execute()
+
+    def wait_for_report_signal(self, job_id: str, timeout_s: float) -> None:
+        """Return as soon as a report is saved for the job (by anyone), or after `timeout_s`."""
+        self.redis.blpop([_reported(job_id)], timeout=timeout_s)
 
     def report(self, job_id: str) -> dict[str, Any] | None:
         return _loads(self.redis.get(_report(job_id)))  # type: ignore[arg-type]
 
     def clear_report(self, job_id: str) -> None:
-        self.redis.delete(_report(job_id))
+        self.redis.delete(_report(job_id), _reported(job_id))

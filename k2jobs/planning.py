@@ -77,9 +77,9 @@ class JobPlan:
         )
 
 
-def count_rows(data: bytes) -> int:
-    """Non-blank lines in `data`; a last line without a line ending counts."""
-    lines = data.count(b"\n")
+def count_rows(data: bytes, line_endings: int | None = None) -> int:
+    """Non-blank lines in `data`; a last line without a line ending counts. Pass the endings if known."""
+    lines = data.count(b"\n") if line_endings is None else line_endings
     if data and not data.endswith(b"\n"):
         lines += 1
     first_end = data.find(b"\n")
@@ -155,10 +155,16 @@ def find_input_files(directory: Path, skip_unknown: bool = False) -> list[tuple[
     return found
 
 
-def _after_lines(buf: bytes, start: int, lines: int, guess: int) -> int:
-    """Offset just past the `lines`-th line end from `start`, or len(buf) if fewer remain."""
-    end = min(len(buf), start + lines * guess)
+def _after_lines(buf: bytes, start: int, lines: int, guess: float) -> int:
+    """Offset just past the `lines`-th line end from `start`, or len(buf) if fewer remain.
+
+    `guess` is the average line length so far: one count over about a chunk's bytes, then a few steps.
+    """
+    end = min(len(buf), start + int(lines * guess))
     found = buf.count(b"\n", start, end)
+    while found > lines + 64:  # far past: cut the window back in proportion, counting only what is cut off
+        cut = start + (end - start) * lines // found
+        found, end = found - buf.count(b"\n", cut, end), cut
     if found >= lines:
         for _ in range(found - lines):
             end = buf.rfind(b"\n", start, end)
@@ -171,32 +177,34 @@ def _after_lines(buf: bytes, start: int, lines: int, guess: int) -> int:
     return end
 
 
-def cut_ranges(handle: io.BufferedReader, lines_per_chunk: int) -> Iterator[tuple[int, bytes, int]]:
-    """(file offset, bytes, first line number) per chunk, streaming the file in blocks."""
-    data = handle.read(READ_BLOCK)
-    offset, line = 0, 1
+def cut_ranges(
+    handle: io.BufferedReader, lines_per_chunk: int, block: int = READ_BLOCK
+) -> Iterator[tuple[int, bytes, int, int]]:
+    """(file offset, bytes, first line number, line endings in it) per chunk, streaming the file in blocks.
+
+    Every byte is counted once as it is read and once more where a chunk is cut.
+    """
+    data = handle.read(block)
+    offset, line, pos = 0, 1, 0
     if data.startswith(BOM):
         data, offset = data[len(BOM) :], len(BOM)
-    guess = 64
-    while data:
-        eof = False
-        while not eof and data.count(b"\n") < lines_per_chunk:
-            more = handle.read(READ_BLOCK)
+    buffered = data.count(b"\n")  # line endings in data[pos:]
+    guess, eof = 64.0, not data
+    while True:
+        while not eof and buffered < lines_per_chunk:
+            more = handle.read(block)
             eof = not more
-            data += more
-        pos = 0
-        while pos < len(data):
-            end = _after_lines(data, pos, lines_per_chunk, guess)
-            if end == len(data) and not eof and data.count(b"\n", pos) < lines_per_chunk:
-                break  # an incomplete chunk: read more before cutting it
-            piece = data[pos:end]
-            yield offset + pos, piece, line
-            line += piece.count(b"\n")
-            guess = max(1, len(piece) // lines_per_chunk)
-            pos = end
-        data, offset = data[pos:], offset + pos
-        if eof and not data:
-            break
+            data, offset, pos = data[pos:] + more, offset + pos, 0
+            buffered += more.count(b"\n")
+        if pos >= len(data):
+            return
+        if buffered >= lines_per_chunk:
+            end, endings = _after_lines(data, pos, lines_per_chunk, guess), lines_per_chunk
+        else:  # the end of the file: the rest is the last chunk
+            end, endings = len(data), buffered
+        yield offset + pos, data[pos:end], line, endings
+        guess = max(1.0, (end - pos) / lines_per_chunk) * 1.001  # just past the average: rarely short
+        line, buffered, pos = line + endings, buffered - endings, end
 
 
 def plan_file(
@@ -215,8 +223,8 @@ def plan_file(
         raise InputError(f"{relative} cannot be read: {exc.strerror}") from exc
     chunks: list[ChunkPlan] = []
     with handle:
-        for start, piece, first_line in cut_ranges(handle, lines_per_chunk):
-            rows = count_rows(piece)
+        for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):
+            rows = count_rows(piece, endings)
             if rows == 0:
                 continue  # only blank lines: nothing to load, nothing to count
             chunks.append(

@@ -78,22 +78,34 @@ def test_bom_is_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
     assert chunk.start == 3 and chunk.first_line == 1 and chunk.rows == 2
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.sampled_from([b"x", b"", b"  ", b"yy,z", b"\r"]), max_size=60),
     st.integers(1, 7),
     st.sampled_from([b"\n", b"\r\n"]),
     st.booleans(),
+    st.integers(1, 40),
 )
-def test_cutting_never_loses_or_doubles_a_line(lines, per_chunk, ending, trailing) -> None:  # type: ignore[no-untyped-def]
+def test_cutting_never_loses_or_doubles_a_line(lines, per_chunk, ending, trailing, block) -> None:  # type: ignore[no-untyped-def]
     data = ending.join(lines) + (ending if trailing and lines else b"")
-    pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk))  # type: ignore[arg-type]
-    assert b"".join(p for _, p, _ in pieces) == data
-    assert sum(count_rows(p) for _, p, _ in pieces) == count_rows(data)
-    for offset, piece, first_line in pieces:
+    # Small read blocks: chunks and lines straddle the blocks the file is read in.
+    pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk, block))  # type: ignore[arg-type]
+    assert b"".join(p for _, p, _, _ in pieces) == data
+    assert sum(count_rows(p, endings) for _, p, _, endings in pieces) == count_rows(data)
+    for offset, piece, first_line, endings in pieces:
         assert data[offset : offset + len(piece)] == piece
         assert first_line == data[:offset].count(b"\n") + 1
-        assert piece.count(b"\n") <= per_chunk
+        assert endings == piece.count(b"\n") <= per_chunk
+        assert piece.endswith(b"\n") or offset + len(piece) == len(data)
+
+
+def test_cutting_follows_line_lengths_that_change_along_the_file() -> None:
+    # Long lines first, then short ones: the estimate from the first chunk overshoots by thousands of lines.
+    data = b"".join([b"x" * 199 + b"\n"] * 100 + [b"y\n"] * 5000 + [b"z" * 99 + b"\n"] * 300)
+    pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), 100, 4096))  # type: ignore[arg-type]
+    assert [endings for _, _, _, endings in pieces] == [100] * 54
+    assert b"".join(piece for _, piece, _, _ in pieces) == data
+    assert all(piece.count(b"\n") == 100 for _, piece, _, _ in pieces)
 
 
 # -- refusals ----------------------------------------------------------------------------------------
