@@ -23,7 +23,7 @@ class Settings:
     data_root: Path = Path(".")
     flower_port: int = 5555
     partitions: int = 6
-    chunk_rows: int = 100_000
+    chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
