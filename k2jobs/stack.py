@@ -103,7 +103,7 @@ class Stack:
             "--loglevel",
             "INFO",
         ]
-        # Few malloc arenas: librdkafka's and the transaction-opening threads would otherwise each grow
+        # Few malloc arenas: librdkafka's threads (new ones for every chunk's producer) would otherwise each grow
         # an arena of their own, and a worker's memory would creep up chunk after chunk.
         env = {"MALLOC_ARENA_MAX": "2", **os.environ, "K2_DATA_ROOT": str(self.settings.data_root)}
         return Service(

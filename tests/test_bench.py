@@ -1,0 +1,42 @@
+"""The benchmark script itself, in its tiny smoke mode: it must keep working (`make bench`, `make bench-check`).
+
+Speed is not asserted here (the smoke input is far too small and CI machines vary): the targets are
+met in `make bench-check`. This checks that every measurement runs against its own real stack, that
+k2jobs loads every row, and that the table and results file are written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "smoke.json"
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_run_measures_everything_side_by_side() -> None:
+    RESULTS.unlink(missing_ok=True)
+    done = subprocess.run(
+        [sys.executable, "bench/bench.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| k2jobs, 2 workers | 40,000 |" in done.stdout
+    results = json.loads(RESULTS.read_text())
+    rows = {r["name"]: r["rows"] for r in results["results"]}
+    assert rows == {
+        "Kafka ProducerPerformance (Java)": 40_000,
+        "raw CSV lines, 1 Python process": 20_000,
+        "naive loader, 1 process": 40_000,
+        "k2jobs, 1 worker": 40_000,
+        "k2jobs, 2 workers": 40_000,
+    }
+    k2 = [r for r in results["results"] if r["name"].startswith("k2jobs")]
+    assert all(r["rss_mb"] and r["extra"]["plan_s"] >= 0 and r["extra"]["job_id"] for r in k2)
+    assert all(len(r["extra"]["worker_processes"]) >= n for r, n in zip(k2, (1, 2), strict=True))
+    assert set(results["targets"]) == {"vs_naive", "vs_python_ceiling", "rss_mb"}
