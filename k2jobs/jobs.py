@@ -43,8 +43,13 @@ def new_job_id() -> str:
 
 
 def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int]) -> None:
-    """One chunk task per index as the header of a chord whose callback reconciles the job."""
-    header = [app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[i]))) for i in indexes]
+    """One chunk task per index as the header of a chord whose callback reconciles the job.
+
+    Largest chunks first: workers take tasks in queue order, so the job ends on small chunks and no
+    worker is left with a big one while the others sit idle.
+    """
+    ordered = sorted(indexes, key=lambda i: -plan.chunks[i].rows)
+    header = [app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[i]))) for i in ordered]
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
     chord(header)(callback)
     _forget_pending_results()
