@@ -143,6 +143,12 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
                 f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
                 f"{file['found_rejected']}/{file['rejected']} dead-lettered"
             )
+        for stalled in result["stalled_partitions"]:
+            print(
+                f"note: {stalled['topic']}-{stalled['partition']}: committed reading stops at offset "
+                f"{stalled['stable_offset']} of {stalled['end_offset']} (a transaction is open there, or hanging: "
+                "kafka-transactions.sh find-hanging)"
+            )
         print("verified" if result["ok"] else "MISMATCH")
     return EXIT_OK if result["ok"] else EXIT_JOB_FAILED
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from .config import Settings
 from .errors import KafkaUnavailable
 from .ledger import Ledger
+from .publisher import admin_client
 from .records import Kind
 
 
@@ -34,6 +36,16 @@ class JobMessage:
 
 def job_topics() -> list[str]:
     return [kind.topic for kind in Kind] + [kind.dlq_topic for kind in Kind]
+
+
+@dataclass(frozen=True)
+class StalledPartition:
+    """A partition whose committed data ends before its last message: an open (or hanging) transaction."""
+
+    topic: str
+    partition: int
+    stable_offset: int  # read_committed consumers stop here
+    end_offset: int
 
 
 def read_job_messages(
@@ -100,6 +112,24 @@ def read_job_messages(
         consumer.close()
 
 
+def stalled_partitions(settings: Settings, timeout_s: float = 10.0) -> list[StalledPartition]:
+    """Partitions of the job topics whose committed end (last stable offset) is short of their end."""
+    admin = admin_client(settings)
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        partitions = [TopicPartition(t, p) for t in job_topics() if t in topics for p in topics[t].partitions]
+        ends = {}
+        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+            futures = admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in partitions}, isolation_level=level, request_timeout=timeout_s
+            )
+            ends[level] = {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read partition offsets: {exc.args[0]}") from exc
+    stable, end = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
+    return [StalledPartition(*tp, stable[tp], end[tp]) for tp in sorted(end) if stable[tp] < end[tp]]
+
+
 def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any]:
     """Count a job's messages per file and topic and compare with its report."""
     report = ledger.report(job_id)
@@ -140,4 +170,6 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
         "report_status": None if report is None else report["status"],
         "duplicates": duplicates,
         "files": files,
+        # Where committed reading stopped short: a transaction still open there, or one Kafka left hanging.
+        "stalled_partitions": [asdict(p) for p in stalled_partitions(settings)],
     }

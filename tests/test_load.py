@@ -94,6 +94,39 @@ def test_verify_reads_the_job_back_and_agrees(stack) -> None:  # type: ignore[no
     assert sum(f["found_published"] for f in result["files"]) == 170_332
 
 
+def test_verify_names_a_partition_where_committed_reading_stops(stack, settings) -> None:  # type: ignore[no-untyped-def]
+    """An open transaction ahead of the job's messages: verify says where reading stopped, then agrees."""
+    from confluent_kafka import Producer
+
+    from k2jobs.publisher import PRODUCER_DEFAULTS
+
+    blocker = Producer(
+        settings.kafka_config(
+            **{"transactional.id": f"test-blocker-{time.time_ns()}", "partitioner": PRODUCER_DEFAULTS["partitioner"]}
+        )
+    )
+    blocker.init_transactions(30)
+    blocker.begin_transaction()
+    blocker.produce("market.trades.raw", b"{}", b"ASX.BHP")  # the partition BHP's trades go to
+    blocker.flush(30)
+    try:
+        code, report = submit_json("sample")
+        assert code == 0
+        done = run_k2("verify", report["job_id"], "--json")
+        result = json.loads(done.stdout)
+        assert done.returncode == 1 and result["ok"] is False
+        [stalled] = [p for p in result["stalled_partitions"] if p["topic"] == "market.trades.raw"]
+        assert stalled["stable_offset"] < stalled["end_offset"]
+        bhp = next(f for f in result["files"] if f["path"] == "trades/7078.csv")
+        assert (bhp["found_published"], bhp["ok"]) == (0, False)
+        assert "committed reading stops at offset" in run_k2("verify", report["job_id"]).stdout
+    finally:
+        blocker.abort_transaction(30)
+    again = run_k2("verify", report["job_id"], "--json")
+    assert again.returncode == 0, again.stdout
+    assert json.loads(again.stdout)["stalled_partitions"] == []
+
+
 def test_unknown_job_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
     done = run_k2("status", "no-such-job")
     assert done.returncode == 2
