@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka demo test test-unit lint format bench bench-check bench-smoke up down clean
+.PHONY: install system-deps kafka demo test test-asan test-unit lint format bench bench-check bench-smoke up down clean
 
 install: system-deps $(VENV)/.installed kafka
 
@@ -43,6 +43,18 @@ demo: up
 
 test: install
 	$(BIN)/python -m pytest
+
+# The compiled row parser built with AddressSanitizer + UBSan, on the tests that compare it with the
+# Python parser (generated, arbitrary and real input); the normal build is put back afterwards.
+test-asan: install
+	@mkdir -p build
+	@set -e; so=$$(ls k2jobs/_fastrows*.so); cp "$$so" build/fastrows.so.orig; \
+	trap 'cp build/fastrows.so.orig "'"$$so"'"' EXIT; \
+	cc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	  -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" k2jobs/_fastrows.c -o "$$so"; \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fastrows.py tests/test_chunk.py
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration and not fault"
