@@ -155,3 +155,13 @@ def test_plan_of_the_sample_is_parsed_identically_chunk_by_chunk() -> None:
         values = [[v for b in rows.batches(1000) for v in b.values] for rows in out]
         assert values[0] == values[1]
         assert len(values[0]) == chunk.rows
+
+
+def test_lines_longer_than_the_fast_path_buffer_are_left_to_python() -> None:
+    venue = "V" * 600  # the compiled path takes lines up to 512 bytes
+    data = f"03/10/2014,10:05:44.516,37.51,40000,3,{venue},B7\r\n03/10/2014,10:05:45,37.52,100,3,,\r\n".encode()
+    compiled, python, deferred = both_paths(data, "trades")
+    assert compiled == python
+    assert deferred == 1
+    [values] = [batch[0] for batch in compiled[0]]  # type: ignore[index]
+    assert venue in values[0].decode()
