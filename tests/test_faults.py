@@ -47,20 +47,22 @@ def start_job(big_input: Path) -> str:
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
 
 
-def mid_job(ledger, job_id: str) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
-    """True while a chunk is part-way through sending (10-60% of its rows) and chunks remain to be done.
+def mid_job(ledger, job_id: str, workers: int = 2) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
+    """True while each worker's chunk is part-way through sending (10-60% of its rows) and chunks remain.
 
-    Killing then lands mid-transaction, not in the few milliseconds after a commit when the broker is
-    writing its commit markers: a broker killed -9 there can come back without the markers (Kafka skips
-    markers for partitions that have no leader yet), leaving a hanging transaction -- see README.
+    Killing then lands mid-transaction for every worker, never in the milliseconds after a commit when the
+    broker is writing its commit markers: a single-node broker killed -9 there can come back without the
+    markers (Kafka skips markers for partitions that have no leader yet), leaving a hanging transaction --
+    see README. A chunk past 10% began well after its worker's previous commit, and a worker between
+    chunks has none running, so every worker must have one.
     """
     rows = {c.index: c.rows for c in ledger.plan(job_id).chunks}
 
     def check() -> bool:
         done = ledger.results(job_id)
         progress = ledger.redis.hgetall(f"k2:job:{job_id}:progress")
-        sending = [int(i) for i, n in progress.items() if int(i) not in done and 0.1 < int(n) / rows[int(i)] < 0.6]
-        return bool(sending) and len(done) < len(rows) - 2
+        running = [int(n) / rows[int(i)] for i, n in progress.items() if int(i) not in done]
+        return len(running) == workers and all(0.1 < share < 0.6 for share in running) and len(done) < len(rows) - 2
 
     return check
 
