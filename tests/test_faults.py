@@ -47,22 +47,28 @@ def start_job(big_input: Path) -> str:
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
 
 
-def mid_job(ledger, job_id: str, workers: int = 2) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
-    """True while each worker's chunk is part-way through sending (10-60% of its rows) and chunks remain.
+def mid_job(ledger, job_id: str, between_commits: bool = False) -> Callable[[], bool]:  # type: ignore[no-untyped-def]
+    """True while a chunk is part-way through sending (10-90% of its rows) and chunks remain to be done.
 
-    Killing then lands mid-transaction for every worker, never in the milliseconds after a commit when the
-    broker is writing its commit markers: a single-node broker killed -9 there can come back without the
-    markers (Kafka skips markers for partitions that have no leader yet), leaving a hanging transaction --
-    see README. A chunk past 10% began well after its worker's previous commit, and a worker between
-    chunks has none running, so every worker must have one.
+    With `between_commits` (for killing the broker), also: no chunk is about to commit (all under 90%) and
+    no chunk finished in the last 50 ms. A single-node broker killed -9 in the milliseconds after a commit,
+    while it writes the commit's markers, can come back without them (Kafka skips markers for partitions
+    that have no leader yet), leaving a hanging transaction -- see README. That is Kafka's, not the
+    scenario these tests are about.
     """
     rows = {c.index: c.rows for c in ledger.plan(job_id).chunks}
+    last: dict[str, float] = {}
 
     def check() -> bool:
         done = ledger.results(job_id)
         progress = ledger.redis.hgetall(f"k2:job:{job_id}:progress")
         running = [int(n) / rows[int(i)] for i, n in progress.items() if int(i) not in done]
-        return len(running) == workers and all(0.1 < share < 0.6 for share in running) and len(done) < len(rows) - 2
+        now = time.monotonic()
+        if last.get("done") != len(done):
+            last.update(done=len(done), since=now)
+        if len(done) >= len(rows) - 2 or not any(0.1 < share < 0.9 for share in running):
+            return False
+        return not between_commits or (all(share < 0.9 for share in running) and now - last["since"] > 0.05)
 
     return check
 
@@ -97,7 +103,7 @@ def test_worker_killed_mid_chunk(stack, settings, ledger, big_input, read_back) 
 def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     kafka = stack_pid("kafka")
     job_id = start_job(big_input)
-    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    wait_until(mid_job(ledger, job_id, between_commits=True), what="a chunk in progress")
     os.killpg(kafka, signal.SIGKILL)
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
     time.sleep(2)  # in-flight transactions fail while the broker is away
@@ -157,7 +163,7 @@ def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledg
     """The acceptance scenario: one worker (all its processes) and the broker die mid-job."""
     worker, kafka = stack_pid("worker-1"), stack_pid("kafka")
     job_id = start_job(big_input)
-    wait_until(mid_job(ledger, job_id), what="a chunk in progress")
+    wait_until(mid_job(ledger, job_id, between_commits=True), what="a chunk in progress")
     os.killpg(worker, signal.SIGKILL)
     os.killpg(kafka, signal.SIGKILL)
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
