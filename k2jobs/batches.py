@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,17 +28,44 @@ class LineParser(Protocol):
     def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion_ms: int) -> Parsed: ...
 
 
-class DeferAll:
-    """The parser used without the compiled one: it hands every line to Python."""
+class PythonLines:
+    """The line parser used without the compiled one: the Python parser on every line.
+
+    Like the compiled parser, it hands back ("defers") what it does not turn into a value -- blank lines and
+    rows it rejects -- and ChunkRows deals with those (parsing a rejected row again, for its reason).
+    """
+
+    def __init__(self, rows: RowParser, headers: Callable[[int], Headers]) -> None:
+        self._parse_line, self._headers = rows.parse_line, headers
 
     def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion_ms: int) -> Parsed:
+        end = pos
+        for _ in range(max_lines):
+            newline = data.find(b"\n", end)
+            end = len(data) if newline < 0 else newline + 1
+            if end >= len(data):
+                break
+        piece = data[pos:end]
+        raw_lines = piece.split(b"\n")
+        if piece.endswith(b"\n"):
+            raw_lines.pop()  # what follows the last line ending is not a line
+        try:
+            texts: list[str | None] = list(piece.decode("utf-8").split("\n"))
+        except UnicodeDecodeError:
+            texts = [None] * len(raw_lines)  # some line is not UTF-8: every line is decoded on its own later
+        values: list[bytes | None] = []
+        headers: list[Headers | None] = []
         deferred: list[tuple[int, int, bytes]] = []
-        while len(deferred) < max_lines and pos < len(data):
-            end = data.find(b"\n", pos)
-            end = len(data) if end < 0 else end
-            deferred.append((len(deferred), line_no, data[pos:end]))
-            pos, line_no = min(end + 1, len(data)), line_no + 1
-        return [None] * len(deferred), [None] * len(deferred), deferred, pos, line_no
+        for number, raw, text in zip(range(line_no, line_no + len(raw_lines)), raw_lines, texts, strict=False):
+            try:
+                value = None if text is None else self._parse_line(text, ingestion_ms)
+            except RowError:
+                value = None
+            if value is None:
+                deferred.append((len(values), number, raw))
+            values.append(value)
+            headers.append(None if value is None else self._headers(number))
+        return values, headers, deferred, end, line_no + len(raw_lines)
 
 
 def dead_letter(error: str, chunk: ChunkPlan, line_no: int, raw: bytes) -> bytes:
@@ -77,7 +104,7 @@ class ChunkRows:
         self._job_header = ("job_id", job_id.encode())
         self._prefix = f"{chunk.path}:"
         self._ingestion_ms = int(time.time() * 1000) if ingestion_ms is None else ingestion_ms
-        self._lines: LineParser = DeferAll()
+        self._lines: LineParser = PythonLines(self._rows, self.headers)
         if compiled and FastRows is not None:
             exchange = self._rows.exchange
 
