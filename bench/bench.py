@@ -189,21 +189,26 @@ def k2(env: dict[str, str], *args: str, timeout: float = 600, ok: tuple[int, ...
     return done.stdout
 
 
+def start_workers(env: dict[str, str], workers: int, old: tuple[int, ...] = ()) -> float:
+    """`stack up` with `workers` workers, none of them one of the `old` pids; seconds it took."""
+    started = time.perf_counter()
+    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--json", timeout=600))
+    running = [w for w in status["workers"] if w["pid"] and w["pid"] not in old]
+    if len(running) != workers:
+        raise BenchError(f"stack up started {len(running)} new workers, wanted {workers}: {status}")
+    return time.perf_counter() - started
+
+
 def restart_stack(env: dict[str, str], workers: int) -> float:
     """Stop the bench stack fully and start it with `workers`; seconds."""
     k2(env, "stack", "down", timeout=300)
-    started = time.perf_counter()
-    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--json", timeout=600))
-    running = [w for w in status["workers"] if w["pid"]]
-    if len(running) != workers:
-        raise BenchError(f"stack up started {len(running)} workers, wanted {workers}: {status}")
-    return time.perf_counter() - started
+    return start_workers(env, workers)
 
 
 def restart_workers(env: dict[str, str], workers: int) -> float:
     """Fresh worker processes (fresh memory peaks), `workers` of them; the broker stays up and warm. Seconds."""
     status = json.loads(k2(env, "stack", "status", "--json"))
-    pids = [w["pid"] for w in status["workers"] if w["pid"]]
+    pids = tuple(w["pid"] for w in status["workers"] if w["pid"])
     for pid in pids:
         os.kill(pid, signal.SIGTERM)  # warm shutdown: the worker is idle, so it exits at once
     deadline = time.monotonic() + 60
@@ -211,12 +216,7 @@ def restart_workers(env: dict[str, str], workers: int) -> float:
         if time.monotonic() > deadline:
             raise BenchError(f"workers {pids} did not stop within 60 s")
         time.sleep(0.1)
-    started = time.perf_counter()
-    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--json", timeout=600))
-    running = [w for w in status["workers"] if w["pid"] and w["pid"] not in pids]
-    if len(running) != workers:
-        raise BenchError(f"stack up started {len(running)} new workers, wanted {workers}: {status}")
-    return time.perf_counter() - started
+    return start_workers(env, workers, old=pids)
 
 
 def warm_up(env: dict[str, str]) -> None:
