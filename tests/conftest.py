@@ -17,15 +17,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_STACK = REPO / ".k2stack-test"
+# K2_TEST_SLOT=N (default 0) moves the test stack to other ports and folder, so several checkouts can
+# run their suites side by side on one machine.
+SLOT = int(os.environ.get("K2_TEST_SLOT") or 0)
+TEST_STACK = REPO / (".k2stack-test" if SLOT == 0 else f".k2stack-test-{SLOT}")
 DATA_ROOT = TEST_STACK / "data-root"
 SAMPLE = REPO / "data" / "sample"
+PORT_SHIFT = 100 * SLOT
 
 TEST_ENV = {
-    "K2_REDIS_URL": "redis://127.0.0.1:16379/0",
-    "K2_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
+    "K2_REDIS_URL": f"redis://127.0.0.1:{16379 + PORT_SHIFT}/0",
+    "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{19092 + PORT_SHIFT}",
     "K2_STACK_DIR": str(TEST_STACK),
-    "K2_FLOWER_PORT": "15555",
+    "K2_FLOWER_PORT": str(15555 + PORT_SHIFT),
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
 }

@@ -151,9 +151,9 @@ def test_unreachable_kafka_fails_fast_and_enqueues_nothing(stack, ledger) -> Non
     assert ledger.recent_jobs(1000) == before
 
 
-def test_stack_status_lists_every_process(stack) -> None:  # type: ignore[no-untyped-def]
+def test_stack_status_lists_every_process(stack, settings) -> None:  # type: ignore[no-untyped-def]
     done = run_k2("stack", "status", "--json", check=True)
     status = json.loads(done.stdout)
     assert status["redis"]["pid"] and status["kafka"]["pid"] and status["flower"]["pid"]
     assert len(status["workers"]) == 2 and all(w["pid"] for w in status["workers"])
-    assert status["flower"]["url"].endswith(":15555")
+    assert status["flower"]["url"].endswith(f":{settings.flower_port}")
