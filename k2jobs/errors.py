@@ -11,6 +11,10 @@ class InputError(K2Error):
     """The input cannot be loaded as given; nothing was enqueued."""
 
 
+class AlreadyLoaded(InputError):
+    """The input's content was published by a succeeded job already (and --again was not given)."""
+
+
 class UnsafePathError(InputError):
     """A path resolves outside the data root."""
 
