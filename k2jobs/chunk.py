@@ -137,7 +137,11 @@ def process_chunk(
             on_progress(rows_done)
 
     rows = ChunkRows(data, chunk, job_id)
-    send_rows(txn, rows, batch_rows, progress)
+    try:
+        send_rows(txn, rows, batch_rows, progress)
+    except BaseException:
+        txn.abort()  # at once: an open transaction holds back every read_committed consumer of its partitions
+        raise
     counts = rows.counts()
     if counts["published"] + counts["rejected"] != chunk.rows:
         txn.abort()  # nothing of this chunk becomes visible

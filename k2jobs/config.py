@@ -26,6 +26,7 @@ class Settings:
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
+    stall_after_s: int = 0  # a running job none of whose chunks moved for this long is driven on; 0: visibility + 60
     chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
@@ -80,5 +81,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         chunk_retries=_int(env, "K2_CHUNK_RETRIES", defaults.chunk_retries),
+        stall_after_s=_int(
+            env, "K2_STALL_AFTER", _int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s) + 60
+        ),
         kafka_options=kafka_options_from(env),
     )

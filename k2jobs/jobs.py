@@ -18,7 +18,7 @@ from .errors import AlreadyLoaded
 from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
-from .reconcile import SUCCEEDED, reconcile_job
+from .reconcile import SUCCEEDED, chunks_to_come, reconcile_job
 
 # If every chunk has a result but the chord callback has not reported after this long
 # (celery #4207: a callback can be lost), the client reconciles the job itself.
@@ -147,12 +147,24 @@ def resume_job(ledger: Ledger, job_id: str) -> list[int]:
     pending = [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != COMMITTED]
     ledger.clear_failures(job_id, pending)
     ledger.clear_report(job_id)
-    ledger.set_status(job_id, "running")
+    ledger.set_running(job_id)
     if pending:
         enqueue_chunks(job_id, plan, pending, ledger.job_options(job_id).get("ordered", True))
     else:
         finish_job(ledger, job_id)
     return pending
+
+
+def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
+    """The chord's callbacks: finish the job unless some chunk is still to come (then None).
+
+    A chord can end early: when a stale attempt of a chunk fails after a newer attempt took over, Celery
+    counts the failure for the chunk's chain. The job supervisor finishes such a job once it stops moving.
+    """
+    plan = ledger.plan(job_id)
+    if chunks_to_come(plan, ledger.results(job_id), ledger.job_options(job_id).get("ordered", True)):
+        return None
+    return finish_job(ledger, job_id)
 
 
 def finish_job(ledger: Ledger, job_id: str) -> dict[str, Any]:

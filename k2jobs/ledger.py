@@ -14,6 +14,8 @@ from .planning import JobPlan
 
 TTL_S = 30 * 24 * 3600  # jobs are kept a month, then Redis forgets them
 JOBS_KEY = "k2:jobs"
+RUNNING_KEY = "k2:running"  # ids of jobs without a report: what the job supervisor watches
+SUPERVISOR_KEY = "k2:supervisor"  # which worker's job supervisor acts now (a lock with a time to live)
 LOADED_KEY = "k2:loaded"  # file content (FilePlan.content) -> the succeeded job that published it, kept for good
 COMMITTED, FAILED = "committed", "failed"
 
@@ -81,6 +83,8 @@ class Ledger:
         pipe.hset(_job(job_id), mapping=meta)  # type: ignore[arg-type]
         pipe.set(_plan(job_id), orjson.dumps(plan.to_dict()))
         pipe.zadd(JOBS_KEY, {job_id: now})
+        pipe.sadd(RUNNING_KEY, job_id)
+        pipe.hset(_job(job_id), "touched", now)
         for key in (_job(job_id), _plan(job_id)):
             pipe.expire(key, TTL_S)
         pipe.execute()
@@ -120,8 +124,36 @@ class Ledger:
     def recent_jobs(self, limit: int = 20) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
 
-    def set_status(self, job_id: str, status: str) -> None:
-        self.redis.hset(_job(job_id), "status", status)
+    def set_running(self, job_id: str) -> None:
+        """Mark a job running again (resume), watched by the supervisor from now on."""
+        pipe = self.redis.pipeline()
+        pipe.hset(_job(job_id), mapping={"status": "running", "touched": time.time()})
+        pipe.sadd(RUNNING_KEY, job_id)
+        pipe.execute()
+
+    def running_jobs(self) -> list[str]:
+        return sorted(j.decode() for j in self.redis.smembers(RUNNING_KEY))
+
+    def idle_s(self, job_id: str) -> float:
+        """Seconds since any chunk of the job last moved (progress or result), or since it was (re)started."""
+        touched = self.redis.hget(_job(job_id), "touched")
+        return 0.0 if touched is None else time.time() - float(touched)
+
+    def hold_supervisor_lock(self, token: str, ttl_s: int) -> bool:
+        """Take or keep the supervisor lock for `ttl_s`; False while another supervisor holds it."""
+        if self.redis.set(SUPERVISOR_KEY, token, nx=True, ex=ttl_s):
+            return True
+        if self.redis.get(SUPERVISOR_KEY) == token.encode():
+            self.redis.expire(SUPERVISOR_KEY, ttl_s)
+            return True
+        return False
+
+    def count_redrive(self, job_id: str) -> int:
+        """Count one more re-drive of a stalled job; returns how many there have been."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(_job(job_id), "redrives", 1)
+        pipe.hset(_job(job_id), "touched", time.time())
+        return int(pipe.execute()[0])
 
     # -- chunks -----------------------------------------------------------------------------
     def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
@@ -135,7 +167,7 @@ class Ledger:
             self.redis.hsetnx(key, str(index), orjson.dumps(result))
         else:
             self.redis.hset(key, str(index), orjson.dumps(result))
-        self.redis.hset(_progress(job_id), str(index), result.get("published", 0) + result.get("rejected", 0))
+        self.set_progress(job_id, index, result.get("published", 0) + result.get("rejected", 0))
         for k in (key, _progress(job_id)):
             self.redis.expire(k, TTL_S)
 
@@ -152,7 +184,11 @@ class Ledger:
         return {int(k): orjson.loads(v) for k, v in raw.items()}
 
     def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
-        self.redis.hset(_progress(job_id), str(index), rows_done)
+        """Rows a chunk has handled so far; also marks the job as moving."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(_progress(job_id), str(index), rows_done)
+        pipe.hset(_job(job_id), "touched", time.time())
+        pipe.execute()
 
     def progress(self, job_id: str) -> int:
         return sum(int(v) for v in self.redis.hvals(_progress(job_id)))
@@ -162,6 +198,7 @@ class Ledger:
         pipe = self.redis.pipeline()
         pipe.set(_report(job_id), orjson.dumps(report), ex=TTL_S)
         pipe.hset(_job(job_id), "status", report["status"])
+        pipe.srem(RUNNING_KEY, job_id)
         pipe.rpush(_reported(job_id), 1)
         pipe.expire(_reported(job_id), 60)
         pipe.execute()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -235,6 +237,22 @@ class MarkerReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def warm_up_kafka(settings: Settings, markers: MarkerReader) -> None:
+    """Open a worker's connections and load the coordinators a chunk needs, before its first chunk.
+
+    A transactional producer with this process's own id finds and loads its transaction coordinator (on a
+    fresh broker, that creates Kafka's transaction log); the marker reader fetches metadata.
+    """
+    markers.end_offset()
+    conf = {**PRODUCER_DEFAULTS, **settings.kafka_config()}
+    conf["transactional.id"] = f"k2jobs-warm-up-{socket.gethostname()}-{os.getpid()}"
+    producer = Producer(conf)
+    try:
+        producer.init_transactions(settings.kafka_call_timeout_s)
+    except KafkaException as exc:
+        raise PublishError(f"warming up the Kafka producer: {exc.args[0]}") from exc
 
 
 def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:

@@ -24,6 +24,12 @@ def blocked_by(plan: JobPlan, results: dict[int, dict[str, Any]]) -> dict[int, i
     return blocked
 
 
+def chunks_to_come(plan: JobPlan, results: dict[int, dict[str, Any]], ordered: bool = True) -> list[int]:
+    """Chunks without a result that should still get one: in ordered jobs, those no failed chunk holds back."""
+    blocked = blocked_by(plan, results) if ordered else {}
+    return [c.index for c in plan.chunks if c.index not in results and c.index not in blocked]
+
+
 def never_finished(plan: JobPlan, index: int, blocked: dict[int, int]) -> str:
     """Why a chunk without a result has none."""
     if index not in blocked:

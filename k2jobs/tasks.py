@@ -13,7 +13,7 @@ from redis import RedisError
 from .app import app, worker_clients
 from .chunk import chunk_result, process_chunk
 from .errors import PublishError, UnsafePathError
-from .jobs import finish_job
+from .jobs import finish_job_if_done
 from .ledger import FAILED
 from .planning import ChunkPlan, resolve_inside
 from .publisher import ChunkFenced, ChunkTransaction
@@ -60,31 +60,32 @@ def failure_reason(exc: BaseException, retries: int) -> str:
 
 
 class ChunkTask(Task):  # type: ignore[misc]
-    """A chunk task that records a failed result whatever it raised, so the job still reconciles."""
+    """A chunk task that records a failed result whatever it raised, so the job still reconciles.
+
+    The result is recorded before Celery marks the task failed: that marking can end the chord, whose error
+    callback reconciles the job at once and must find the result there.
+    """
+
+    def retry(self, *args: Any, exc: BaseException | None = None, max_retries: int | None = None, **kwargs: Any) -> Any:
+        limit = self.max_retries if max_retries is None else max_retries
+        if exc is not None and limit is not None and self.request.retries >= limit:
+            self.record_failure(self.request.args, exc)  # Celery's retry raises `exc` now: the chunk has failed
+        return super().retry(*args, exc=exc, max_retries=max_retries, **kwargs)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        self.record_failure(args, exc)  # kept if recorded already: a failed result never replaces another
+
+    def record_failure(self, args: Any, exc: BaseException) -> None:
         try:
-            job_id, chunk = args[0], args[1]
-            index, path, rows = int(chunk["index"]), str(chunk["path"]), int(chunk["rows"])
+            job_id, plan = str(args[0]), ChunkPlan(**args[1])
         except (IndexError, KeyError, TypeError, ValueError):
-            log.error("malformed chunk task %s (args %r): %s", task_id, args, exc)
+            log.error("malformed chunk task (args %r): %s", args, exc)
             return
-        result = {
-            "chunk": index,
-            "path": path,
-            "status": FAILED,
-            "rows": rows,
-            "published": 0,
-            "rejected": 0,
-            "reasons": [],
-            "error": failure_reason(exc, self.request.retries),
-        }
+        result = chunk_result(plan, FAILED, {}, failure_reason(exc, self.request.retries))
         try:
-            worker_clients().ledger.record_result(job_id, index, result)
+            worker_clients().ledger.record_result(job_id, plan.index, result)
         except RedisError as redis_exc:  # the job supervisor finds the chunk without a result later
-            log.error(
-                "chunk %s of job %s failed (%s) and Redis did not take its result: %s", index, job_id, exc, redis_exc
-            )
+            log.error("chunk %s of job %s failed (%s); Redis did not take it: %s", plan.index, job_id, exc, redis_exc)
 
 
 @app.task(
@@ -124,6 +125,11 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: in
     except ChunkFenced:
         log.warning("chunk %s of job %s is being loaded by a newer attempt", plan.index, job_id)
         raise Ignore() from None
+    except (PublishError, RedisError):
+        raise  # retried (autoretry_for); recorded by ChunkTask.retry when no retry is left
+    except Exception as exc:
+        self.record_failure((job_id, chunk), exc)
+        raise
     log.info(
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
         job_id,
@@ -142,5 +148,7 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: in
 def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any]:
     """Chord callback (and its error callback): reconcile the job from Redis, not from the header results."""
     ledger = worker_clients().ledger
-    report = finish_job(ledger, job_id)
+    report = finish_job_if_done(ledger, job_id)
+    if report is None:
+        return {"job_id": job_id, "status": "running"}
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}

@@ -32,6 +32,10 @@ TEST_ENV = {
     "K2_FLOWER_PORT": str(15555 + PORT_SHIFT),
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
+    "K2_STALL_AFTER": "30",
+    # Short Kafka transactions, so a worker stopped longer than one is a test of seconds, not minutes.
+    "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "15000",
+    "K2_KAFKA_OPT_MESSAGE_TIMEOUT_MS": "10000",
 }
 os.environ.update(TEST_ENV)
 
