@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,35 @@ def read_back(settings, ledger):  # type: ignore[no-untyped-def]
         return list(read_job_messages(settings, job_id, topics, since_ms=since_ms))
 
     return read
+
+
+def _chunk_consumers(app) -> set[str]:  # type: ignore[no-untyped-def]
+    queues = app.control.inspect(timeout=2).active_queues() or {}
+    return {name for name, consumed in queues.items() if any(q["name"] == "k2jobs.chunks" for q in consumed)}
+
+
+@contextmanager
+def chunk_consumers_paused() -> Iterator[None]:
+    """The stack's workers stop taking chunks (queued chunks wait), and surely take them again afterwards.
+
+    Celery's control commands are broadcast and not acknowledged by every worker: each is repeated until
+    the workers' queue lists show it took effect.
+    """
+    from k2jobs.app import app
+
+    workers = {name for name in (app.control.inspect(timeout=2).ping() or {})}
+    for _ in range(10):
+        app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
+        if not _chunk_consumers(app) & workers:
+            break
+    else:
+        raise AssertionError("the workers did not stop consuming k2jobs.chunks")
+    try:
+        yield
+    finally:
+        for _ in range(10):
+            app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
+            if workers <= _chunk_consumers(app):
+                break
+        else:
+            raise AssertionError("the workers did not consume k2jobs.chunks again")

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .conftest import DATA_ROOT, run_k2
+from .conftest import DATA_ROOT, chunk_consumers_paused, run_k2
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BAD_TRADE_LINES = {
@@ -125,21 +125,17 @@ def test_unknown_files_are_skipped_when_asked(stack, bad_rows) -> None:  # type:
 def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(
     stack, settings, workdir, read_back
 ) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.app import app
 
     (workdir / "trades").mkdir()
     (workdir / "reference-data").mkdir()
     (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
     data = workdir / "trades" / "7078.csv"
     data.write_bytes(b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n" * 10)
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # hold the chunks in the queue
-    try:
+    with chunk_consumers_paused():  # hold the chunks in the queue
         done = submit(workdir, "--no-wait")
         job_id = json.loads(done.stdout)["job_id"]
         time.sleep(0.01)
         data.write_bytes(b"03/10/2014,10:00:00.000,9.9,1,0,,\r\n" * 10)
-    finally:
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     waited = run_k2("status", job_id, "--wait", "--json")
     assert waited.returncode == 1
     report = json.loads(waited.stdout)

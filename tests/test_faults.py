@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DATA_ROOT, SAMPLE, run_k2
+from .conftest import DATA_ROOT, SAMPLE, chunk_consumers_paused, run_k2
 from .reference import key_order_violations
 
 pytestmark = pytest.mark.fault
@@ -131,12 +131,9 @@ def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input, read
 def test_resume_reenqueues_only_uncommitted_chunks(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     from k2jobs.app import app
 
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
-    try:
+    with chunk_consumers_paused():
         job_id = start_job(big_input)
         app.control.purge()  # the chord's chunks are lost, as if the broker forgot them
-    finally:
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     done = run_k2("resume", job_id, "--json", timeout=600)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["published"] == ROWS

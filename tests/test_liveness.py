@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DATA_ROOT, TEST_STACK, run_k2
+from .conftest import DATA_ROOT, TEST_STACK, chunk_consumers_paused, run_k2
 from .test_faults import ROWS, assert_exact, big_input, mid_job, stack_pid, start_job, wait_until
 
 pytestmark = pytest.mark.fault
@@ -79,32 +79,29 @@ def test_kafka_down_longer_than_the_retries_fails_the_job_then_resume_completes_
     stack, settings, ledger, big_input, read_back
 ) -> None:
     """A worker with a small retry budget: the job fails by itself, naming Kafka; `resume` loads the rest."""
-    from k2jobs.app import app
-
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # only the short-budget worker loads
-    log = (TEST_STACK / "logs" / "short-retries-worker.log").open("ab")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", "k2jobs.chunks,k2jobs.control"]
-        + ["-c", "1", "-n", "short-retries@%h", "--loglevel", "INFO"],
-        env={**os.environ, "K2_CHUNK_RETRIES": "2"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        job_id = start_job(big_input)
-        wait_until(mid_job(ledger, job_id), timeout_s=120, what="a chunk in progress")
-        kafka = stack_pid("kafka")
-        os.killpg(kafka, signal.SIGKILL)
-        done = run_k2("status", job_id, "--wait", "--json", timeout=600)
-        report = json.loads(done.stdout)
-        assert done.returncode == 1 and report["status"] == "failed"
-        reasons = " ".join(f["error"] for f in report["failures"])
-        assert "gave up after 2 retries" in reasons, reasons
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
+    with chunk_consumers_paused():  # only the short-budget worker loads
+        log = (TEST_STACK / "logs" / "short-retries-worker.log").open("ab")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", "k2jobs.chunks,k2jobs.control"]
+            + ["-c", "1", "-n", "short-retries@%h", "--loglevel", "INFO"],
+            env={**os.environ, "K2_CHUNK_RETRIES": "2"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            job_id = start_job(big_input)
+            wait_until(mid_job(ledger, job_id), timeout_s=120, what="a chunk in progress")
+            kafka = stack_pid("kafka")
+            os.killpg(kafka, signal.SIGKILL)
+            done = run_k2("status", job_id, "--wait", "--json", timeout=600)
+            report = json.loads(done.stdout)
+            assert done.returncode == 1 and report["status"] == "failed"
+            reasons = " ".join(f["error"] for f in report["failures"])
+            assert "gave up after 2 retries" in reasons, reasons
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
     up = run_k2("stack", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
     resumed = run_k2("resume", job_id, "--json", timeout=600)

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .conftest import DATA_ROOT, SAMPLE, run_k2
+from .conftest import DATA_ROOT, SAMPLE, chunk_consumers_paused, run_k2
 from .reference import key_order_violations
 
 BHP_TRADES, BHP_QUOTES = 91_631, 77_849
@@ -72,13 +72,11 @@ def test_unordered_loads_everything_once(stack, workdir, read_back) -> None:  # 
 def test_a_failed_chunk_holds_back_the_rest_of_its_key_and_resume_goes_on_in_order(
     stack, workdir, ledger, read_back
 ) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.app import app
 
     rows = write_input(workdir)
     target = workdir / "trades" / "9001.csv"
     original, stat = target.read_bytes(), target.stat()
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
-    try:
+    with chunk_consumers_paused():
         code, reply = submit(workdir, "--chunk-rows", "20000", "--no-wait")
         assert code == 0, reply
         job_id = reply["job_id"]
@@ -88,8 +86,6 @@ def test_a_failed_chunk_holds_back_the_rest_of_its_key_and_resume_goes_on_in_ord
         changed[broken.start] = ord("1") if changed[broken.start] != ord("1") else ord("0")
         target.write_bytes(bytes(changed))  # same size, same time: only the chunk's checksum tells
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    finally:
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     done = run_k2("status", job_id, "--wait", "--json", timeout=600)
     report = json.loads(done.stdout)
     assert done.returncode == 1 and report["status"] == "failed"

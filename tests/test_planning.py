@@ -178,3 +178,54 @@ def test_files_with_only_blank_lines_hold_no_rows(tmp_path: Path) -> None:
     job = make_dir(tmp_path, {"trades/7078.csv": b"\r\n\r\n"})
     with pytest.raises(InputError, match="hold no rows"):
         plan_job(tmp_path, job, 10)
+
+
+@given(
+    lines=st.lists(st.sampled_from([TRADE, b"", b"  ", TRADE + b",x"]), min_size=0, max_size=40),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+    per_chunk=st.integers(min_value=1, max_value=7),
+)
+@settings(max_examples=60, deadline=None)
+def test_file_checksum_is_the_crc32_of_the_whole_file(
+    lines: list[bytes], bom: bool, crlf: bool, per_chunk: int
+) -> None:
+    import tempfile
+    import zlib
+
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"".join(line + (b"\r\n" if crlf else b"\n") for line in lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        job = make_dir(Path(tmp), {"trades/7078.csv": data + TRADE})  # at least one row
+        [file] = plan_job(Path(tmp), job, per_chunk).files
+    assert (file.size, file.crc32) == (len(data + TRADE), zlib.crc32(data + TRADE))
+
+
+def test_same_content_is_the_same_whatever_the_name_or_chunk_size(tmp_path: Path) -> None:
+    data = b"".join(TRADE + b"\r\n" for _ in range(10))
+    job = make_dir(tmp_path, {"trades/7078.csv": data, "trades/9001.csv": data + TRADE + b"\r\n"})
+    (job / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n9001,BHP\n")
+    small, large = plan_job(tmp_path, job, 3), plan_job(tmp_path, job, 1000)
+    assert [f.content for f in small.files] == [f.content for f in large.files]
+    assert small.files[0].content.startswith("trades:7078:") and small.files[1].content.startswith("trades:9001:")
+
+
+def test_key_groups_put_a_keys_files_in_path_order_and_chunks_in_line_order(tmp_path: Path) -> None:
+    trades = b"".join(TRADE + b"\r\n" for _ in range(10))
+    job = make_dir(
+        tmp_path,
+        {
+            "trades/9001.csv": trades,
+            "trades/7078.csv": trades,
+            "trades/7181.csv": trades[: len(trades) // 2],
+            "quotes/7078.csv": b"03/10/2014,10:05:44.516,1.5,1.6,100,200\r\n" * 4,
+        },
+        company_info="company_id,symbol\n7078,BHP\n9001,BHP\n7181,DVN\n",
+    )
+    plan = plan_job(tmp_path, job, 4)
+    groups = [[(plan.chunks[i].path, plan.chunks[i].first_line) for i in group] for group in plan.key_groups()]
+    assert groups == [
+        [("trades/7078.csv", 1), ("trades/7078.csv", 5), ("trades/7078.csv", 9)]
+        + [("trades/9001.csv", 1), ("trades/9001.csv", 5), ("trades/9001.csv", 9)],
+        [("trades/7181.csv", 1), ("trades/7181.csv", 5)],
+        [("quotes/7078.csv", 1)],
+    ]

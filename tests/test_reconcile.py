@@ -100,3 +100,24 @@ def test_settings_come_from_the_environment() -> None:
 def test_bad_numbers_in_the_environment_are_refused(value: str) -> None:
     with pytest.raises(InputError, match="K2_CHUNK_ROWS"):
         load_settings({"K2_CHUNK_ROWS": value})
+
+
+def test_in_an_ordered_job_a_failed_chunk_holds_back_the_rest_of_its_key() -> None:
+    from k2jobs.reconcile import chunks_to_come
+
+    failed = {"status": "failed", "error": "changed"}
+    assert chunks_to_come(PLAN, {0: failed}) == [2]  # chunk 1 comes after chunk 0 in BHP's order; DVN still to come
+    assert chunks_to_come(PLAN, {0: failed}, ordered=False) == [1, 2]
+    assert chunks_to_come(PLAN, {0: committed(20)}) == [1, 2]
+    report = reconcile_job("j", PLAN, {0: failed, 2: committed(5)}, 1)
+    assert {f["chunk"]: f["error"] for f in report["failures"]} == {
+        0: "changed",
+        1: "not loaded, to keep the key's order: chunk 0 (trades/7078.csv) before it did not commit",
+    }
+
+
+def test_job_start_for_the_marker_search_comes_from_the_job_id() -> None:
+    from k2jobs.publisher import CLOCK_MARGIN_MS, job_started_ms
+
+    assert job_started_ms("20261127-031502-9f3a1c") == 1795749302000 - CLOCK_MARGIN_MS
+    assert job_started_ms("not-a-time") == 0  # then every marker is searched
