@@ -58,9 +58,18 @@ def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool) -> int:
     return _report_exit(report)
 
 
+def _check_settings(settings: Settings) -> None:
+    """Refuse (exit 2) a setting the Kafka clients would refuse, before anything starts or is enqueued."""
+    from .publisher import check_client_settings
+
+    check_client_settings(settings)
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from .jobs import submit_job
     from .ledger import Ledger, connect
+
+    _check_settings(settings)
 
     directory = Path(args.directory).absolute()
     chunk_rows = args.chunk_rows or settings.chunk_rows
@@ -101,6 +110,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     from .jobs import resume_job
     from .publisher import check_kafka
 
+    _check_settings(settings)
     ledger = _ledger(settings)
     check_kafka(settings)
     pending = resume_job(ledger, args.job_id)
@@ -158,6 +168,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     stack = Stack(settings, workers=getattr(args, "workers", 2))
     if args.action == "up":
+        _check_settings(settings)
         status = stack.up()
     elif args.action == "down":
         stopped = stack.down()

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import InputError
+from .errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
 
@@ -26,6 +27,7 @@ class Settings:
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
+    stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -44,10 +46,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise InputError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value <= 0:
-        raise InputError(f"{name}={raw!r} must be positive")
+        raise SettingsError(f"{name}={raw!r} must be positive")
     return value
+
+
+def _redis_url(env: Mapping[str, str], default: str) -> str:
+    url = env.get("K2_REDIS_URL") or default
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"K2_REDIS_URL={url!r} is not a redis://, rediss:// or unix:// URL")
+    return url
 
 
 def kafka_options_from(env: Mapping[str, str]) -> dict[str, str]:
@@ -64,7 +73,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     defaults = Settings()
     return Settings(
-        redis_url=env.get("K2_REDIS_URL") or defaults.redis_url,
+        redis_url=_redis_url(env, defaults.redis_url),
         kafka_bootstrap=env.get("K2_KAFKA_BOOTSTRAP") or defaults.kafka_bootstrap,
         stack_dir=Path(env.get("K2_STACK_DIR") or defaults.stack_dir).absolute(),
         data_root=Path(env.get("K2_DATA_ROOT") or os.getcwd()).resolve(),
@@ -73,5 +82,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
+        stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),
         kafka_options=kafka_options_from(env),
     )

@@ -11,6 +11,10 @@ class InputError(K2Error):
     """The input cannot be loaded as given; nothing was enqueued."""
 
 
+class SettingsError(InputError):
+    """A setting (K2_* environment variable) is invalid; the message names it."""
+
+
 class UnsafePathError(InputError):
     """A path resolves outside the data root."""
 
