@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError
+from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError, WaitTimeout
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -20,6 +20,7 @@ EXIT_REFUSED = 2
 EXIT_REDIS_UNAVAILABLE = 3
 EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STACK_FAILED = 5
+EXIT_WAIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -48,12 +49,19 @@ def _ledger(settings: Settings) -> Any:
     return ledger
 
 
-def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool) -> int:
+def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool, timeout_s: float | None = None) -> int:
+    from .diagnose import describe_stall
     from .jobs import wait_for_report
     from .progress import progress_display
 
+    def say_what_is_stuck(stalled_s: float) -> None:
+        lines = [f"job {job_id}: nothing has moved for {stalled_s:.0f}s", *describe_stall(settings, ledger, job_id)]
+        print("\n".join(f"k2jobs: {line}" for line in lines), file=sys.stderr, flush=True)
+
     with progress_display(enabled=not as_json) as show:
-        report = wait_for_report(ledger, job_id, show)
+        report = wait_for_report(
+            ledger, job_id, show, timeout_s=timeout_s, stall_warn_s=settings.stall_warn_s, on_stall=say_what_is_stuck
+        )
     _print_report(report, as_json)
     return _report_exit(report)
 
@@ -83,7 +91,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if not args.json:
         print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows", file=sys.stderr)
-    return _wait(settings, ledger, job_id, args.json)
+    return _wait(settings, ledger, job_id, args.json, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,7 +99,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     ledger = _ledger(settings)
     if args.wait:
-        return _wait(settings, ledger, args.job_id, args.json)
+        return _wait(settings, ledger, args.job_id, args.json, args.timeout)
     report = ledger.report(args.job_id)
     if report is not None:
         _print_report(report, args.json)
@@ -120,7 +128,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json({"job_id": args.job_id, "chunks": pending})
         return EXIT_OK
-    return _wait(settings, ledger, args.job_id, args.json)
+    return _wait(settings, ledger, args.job_id, args.json, args.timeout)
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
@@ -184,6 +192,16 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"with --wait: stop waiting after S seconds, exit {EXIT_WAIT_TIMEOUT} (the job keeps running)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m k2jobs", description="Bulk-load market-data CSV into Kafka.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -202,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows", type=int, default=None, help="lines per chunk task (default 200000, or K2_CHUNK_ROWS)"
     )
     submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
+    _timeout_option(submit)
     submit.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -212,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=(name == "resume"))
         p.add_argument("--json", action="store_true")
+        _timeout_option(p)
         p.set_defaults(func=func)
 
     jobs = sub.add_parser("jobs", help="recent jobs with status and totals")
@@ -242,6 +262,7 @@ ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
     (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
     (StackError, EXIT_STACK_FAILED),
+    (WaitTimeout, EXIT_WAIT_TIMEOUT),
 ]
 
 

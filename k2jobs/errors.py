@@ -45,6 +45,10 @@ class PublishError(K2Error):
     """Kafka did not accept a chunk's transaction; the chunk can be retried."""
 
 
+class WaitTimeout(K2Error):
+    """The wait for a job's report ended before the job did; the job keeps running."""
+
+
 class JobNotFound(K2Error):
     """No job with that id is known to Redis."""
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from celery import chord
+from redis import RedisError
 
 from .app import app
 from .config import Settings
+from .errors import WaitTimeout
 from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
@@ -125,21 +127,55 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
 
 
 def wait_for_report(
-    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.5
+    ledger: Ledger,
+    job_id: str,
+    on_progress: Callable[[Progress], None] | None = None,
+    interval_s: float = 0.5,
+    timeout_s: float | None = None,
+    stall_warn_s: float = 30.0,
+    on_stall: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Block until the job's report exists, reconciling it here if the callback was lost."""
+    """Block until the job's report exists, reconciling it here if the callback was lost.
+
+    When nothing moved (rows, chunks) for `stall_warn_s`, calls `on_stall(seconds)`, again every
+    `stall_warn_s` while it lasts; Redis going away counts as nothing moving. After `timeout_s`, raises
+    WaitTimeout (the job keeps running).
+    """
+    started = moved = time.monotonic()
+    warned: float | None = None
+    seen: tuple[int, int] | None = None
     all_done_since: float | None = None
     while True:
-        report = ledger.report(job_id)
-        progress = job_progress(ledger, job_id)
-        if on_progress is not None:
-            on_progress(progress)  # once more at the end, so the display ends on the final numbers
-        if report is not None:
-            return report
-        if progress.chunks_done >= progress.chunks:
-            all_done_since = all_done_since or time.monotonic()
-            if time.monotonic() - all_done_since > CALLBACK_GRACE_S:
-                return finish_job(ledger, job_id)
-        else:
-            all_done_since = None
-        ledger.wait_for_report_signal(job_id, interval_s)
+        now = time.monotonic()
+        try:
+            report = ledger.report(job_id)
+            progress: Progress | None = job_progress(ledger, job_id)
+        except RedisError:
+            report, progress = None, None
+        if progress is not None:
+            if on_progress is not None:
+                on_progress(progress)  # once more at the end, so the display ends on the final numbers
+            if report is not None:
+                return report
+            if (progress.rows_done, progress.chunks_done) != seen:
+                seen, moved, warned = (progress.rows_done, progress.chunks_done), now, None
+            if progress.chunks_done >= progress.chunks:
+                all_done_since = all_done_since or now
+                if now - all_done_since > CALLBACK_GRACE_S:
+                    return finish_job(ledger, job_id)
+            else:
+                all_done_since = None
+        if on_stall is not None and now - max(moved, warned or moved) >= stall_warn_s:
+            warned = now
+            on_stall(now - moved)
+        if timeout_s is not None and now - started >= timeout_s:
+            raise WaitTimeout(
+                f"job {job_id} has not ended after {timeout_s:g}s of waiting; it keeps running (see `status {job_id}`)"
+            )
+        pause = interval_s if timeout_s is None else min(interval_s, started + timeout_s - now)
+        if pause <= 0:
+            continue  # (a zero timeout would block Redis's BLPOP for ever)
+        try:
+            ledger.wait_for_report_signal(job_id, pause)
+        except RedisError:
+            time.sleep(pause)
