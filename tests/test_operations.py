@@ -15,7 +15,7 @@ import urllib.request
 from .conftest import DATA_ROOT, run_k2
 
 
-def run_on_terminal(*args: str, timeout_s: float = 300) -> tuple[int, str]:
+def run_on_terminal(*args: str, timeout_s: float = 300, columns: int = 200) -> tuple[int, str]:
     """Run `python -m k2jobs ...` with a pseudo-terminal as stdout and stderr; return exit code and screen."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -24,7 +24,7 @@ def run_on_terminal(*args: str, timeout_s: float = 300) -> tuple[int, str]:
         stderr=slave,
         stdin=subprocess.DEVNULL,
         cwd=DATA_ROOT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
     os.close(slave)
     chunks: list[bytes] = []
@@ -53,6 +53,17 @@ def test_submit_on_a_terminal_shows_live_progress(stack) -> None:  # type: ignor
     assert "170332/170332" in screen  # rows published of total
     assert re.search(r"chunks \d+/22", screen)  # 18 chunks for the big files, 1 for each small one
     assert "SUCCEEDED" in screen
+
+
+def test_live_progress_fits_an_80_column_terminal_without_cutting_numbers(stack) -> None:  # type: ignore[no-untyped-def]
+    code, screen = run_on_terminal("submit", "sample", "--chunk-rows", "10000", columns=80)
+    assert code == 0, screen
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in re.split(r"[\r\n]+", screen)]
+    live = [line for line in lines if re.search(r"\d+/170332 rows", line)]
+    assert live, screen
+    assert any("100% 170332/170332 rows • chunks 22/22 • rejected 0" in line for line in live), live[-3:]
+    assert all(len(line.rstrip()) <= 80 for line in live), max(live, key=len)
+    assert "…" not in screen  # nothing cut short
 
 
 def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ignore[no-untyped-def]
