@@ -75,16 +75,40 @@ def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ign
 
 
 def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # type: ignore[no-untyped-def]
-    done = run_k2("submit", "sample", "--no-wait", "--json", "--chunk-rows", "5000")
-    job_id = json.loads(done.stdout)["job_id"]
-    status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
-    if "totals" not in status:  # still running: the live numbers
-        assert status["rows"] == 170_332 and status["chunks"] == 39
-        assert 0 <= status["rows_done"] <= status["rows"]
+    from k2jobs.app import app
+
+    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # hold the job at its start
+    try:
+        done = run_k2("submit", "sample", "--no-wait", "--json", "--chunk-rows", "5000")
+        job_id = json.loads(done.stdout)["job_id"]
+        status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
+        assert status["status"] == "running"
+        assert (status["rows"], status["rows_done"], status["chunks"], status["chunks_done"]) == (170_332, 0, 39, 0)
+        text = run_k2("status", job_id, check=True).stdout
+        assert f"job {job_id} running: 0/170332 rows (0.0%)" in text
+        assert "chunks 0/39" in text
+    finally:
+        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     final = run_k2("status", job_id, "--wait", "--json")
     assert final.returncode == 0
     assert json.loads(final.stdout)["totals"]["published"] == 170_332
     assert ledger.progress(job_id) == 170_332  # per-chunk progress adds up to every row
+    assert json.loads(run_k2("status", job_id, "--json").stdout)["status"] == "succeeded"
+
+
+def test_progress_line_keeps_every_number_whole_at_any_width() -> None:
+    from k2jobs.jobs import Progress
+    from k2jobs.progress import progress_line
+
+    big = Progress("j", "running", 9_999_999_999, 1_234_567_890, 5000, 1234, 17, 12.0)
+    for width in range(32, 200):  # parts are left out whole, never cut
+        bar, text = progress_line(big, width)
+        assert len(text) + (bar + 1 if bar else 0) <= width
+        assert text.startswith(" 12% 1234567890/9999999999 rows"), width
+        if width >= 80:
+            assert text.startswith(" 12% 1234567890/9999999999 rows • chunks 1234/5000 • rejected 17"), width
+    bar, text = progress_line(big, 200)
+    assert (bar, text.endswith("0:01:25 left • 0:00:12")) == (40, True)
 
 
 def test_flower_metrics_list_succeeded_k2jobs_tasks(stack) -> None:  # type: ignore[no-untyped-def]
