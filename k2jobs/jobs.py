@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,27 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
     )
 
 
+@dataclass
+class StallWatch:
+    """When a job's numbers last moved, and whether it is time to say that they do not."""
+
+    every_s: float
+    moved: float = field(default_factory=time.monotonic)
+    warned: float | None = None
+    seen: tuple[int, int] | None = None
+
+    def saw(self, progress: Progress, now: float) -> None:
+        if (progress.rows_done, progress.chunks_done) != self.seen:
+            self.seen, self.moved, self.warned = (progress.rows_done, progress.chunks_done), now, None
+
+    def due(self, now: float) -> bool:
+        """True after `every_s` without movement, then again every `every_s` while it lasts."""
+        if now - max(self.moved, self.warned or self.moved) < self.every_s:
+            return False
+        self.warned = now
+        return True
+
+
 def wait_for_report(
     ledger: Ledger,
     job_id: str,
@@ -141,9 +162,8 @@ def wait_for_report(
     `stall_warn_s` while it lasts; Redis going away counts as nothing moving. After `timeout_s`, raises
     WaitTimeout (the job keeps running).
     """
-    started = moved = time.monotonic()
-    warned: float | None = None
-    seen: tuple[int, int] | None = None
+    started = time.monotonic()
+    stall = StallWatch(stall_warn_s, moved=started)
     all_done_since: float | None = None
     while True:
         now = time.monotonic()
@@ -157,17 +177,15 @@ def wait_for_report(
                 on_progress(progress)  # once more at the end, so the display ends on the final numbers
             if report is not None:
                 return report
-            if (progress.rows_done, progress.chunks_done) != seen:
-                seen, moved, warned = (progress.rows_done, progress.chunks_done), now, None
+            stall.saw(progress, now)
             if progress.chunks_done >= progress.chunks:
                 all_done_since = all_done_since or now
                 if now - all_done_since > CALLBACK_GRACE_S:
                     return finish_job(ledger, job_id)
             else:
                 all_done_since = None
-        if on_stall is not None and now - max(moved, warned or moved) >= stall_warn_s:
-            warned = now
-            on_stall(now - moved)
+        if on_stall is not None and stall.due(now):
+            on_stall(now - stall.moved)
         if timeout_s is not None and now - started >= timeout_s:
             raise WaitTimeout(
                 f"job {job_id} has not ended after {timeout_s:g}s of waiting; it keeps running (see `status {job_id}`)"

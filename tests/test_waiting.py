@@ -57,3 +57,18 @@ def test_stall_description_says_redis_or_kafka_is_unreachable(stack, settings, l
     lines = describe_stall(no_kafka, ledger, job_id)
     assert lines[0] == "stuck: none (every chunk has a result; reconciling)"
     assert "Kafka at 127.0.0.1:1 did not answer within 3s: no chunk can publish" in lines
+
+
+def test_stall_watch_warns_after_the_threshold_then_every_threshold_until_something_moves() -> None:
+    from k2jobs.jobs import Progress, StallWatch
+
+    def at(rows_done: int) -> Progress:
+        return Progress("j", "running", 100, rows_done, 2, 0, 0, 1.0)
+
+    watch = StallWatch(30.0, moved=0.0)
+    watch.saw(at(0), 0.0)
+    assert [watch.due(t) for t in (10.0, 29.9, 30.0, 31.0, 59.0, 60.0)] == [False, False, True, False, False, True]
+    watch.saw(at(0), 61.0)  # same numbers: still stalled
+    assert watch.due(90.0)
+    watch.saw(at(5), 91.0)  # rows moved: quiet again for 30 s
+    assert [watch.due(t) for t in (100.0, 120.9, 121.0)] == [False, False, True]
