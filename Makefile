@@ -39,7 +39,8 @@ down:
 	$(BIN)/python -m k2jobs stack down
 
 demo: up
-	$(BIN)/python -m k2jobs submit data/sample
+	@echo "make demo loads data/sample again on purpose (--again), whatever earlier demos loaded"
+	$(BIN)/python -m k2jobs submit data/sample --again
 
 test: install
 	$(BIN)/python -m pytest

@@ -46,3 +46,8 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
 worker_hijack_root_logger = False
+
+# A chunk is stopped (and recorded as failed) well before Redis would hand it to another worker.
+task_soft_time_limit = _settings.visibility_timeout_s * 3 // 4
+task_time_limit = _settings.visibility_timeout_s * 9 // 10
+k2_chunk_retries = _settings.chunk_retries

@@ -224,7 +224,7 @@ def warm_up(env: dict[str, str]) -> None:
     target = WORK / "warmup"
     if not target.exists():
         shutil.copytree(SAMPLE, target)
-    k2(env, "submit", str(target), "--json", timeout=600)
+    k2(env, "submit", str(target), "--json", "--again", timeout=600)
 
 
 def stop_stack(env: dict[str, str]) -> None:
@@ -399,7 +399,7 @@ def k2jobs_load(env: dict[str, str], workers: int, expected: int) -> Result:
 
     timeout = max(900.0, expected / 200)
     started = time.perf_counter()
-    report = json.loads(k2(env, "submit", str(INPUT), "--wait", "--json", timeout=timeout, ok=(0, 1)))
+    report = json.loads(k2(env, "submit", str(INPUT), "--wait", "--json", "--again", timeout=timeout, ok=(0, 1)))
     seconds = time.perf_counter() - started
     job_id, totals = report["job_id"], report["totals"]
     if report["status"] != "succeeded" or totals["published"] != expected or totals["rejected"]:

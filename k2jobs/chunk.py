@@ -15,7 +15,7 @@ from .batches import ChunkRows
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .planning import ChunkPlan, resolve_inside
-from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, marker_key
+from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, job_started_ms, marker_key
 from .records import Kind
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,18 @@ def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: s
     }
 
 
+def predecessor_failure(job_id: str, after: int, ledger: Ledger, markers: MarkerReader) -> str | None:
+    """Why a chunk of an ordered job must not publish: the chunk before it did not commit (None if it did)."""
+    before = ledger.chunk_result(job_id, after)
+    if before is not None and before["status"] == COMMITTED:
+        return None
+    if before is None and markers.find(marker_key(job_id, after), job_started_ms(job_id)) is not None:
+        return None  # committed in Kafka; only Redis did not hear of it
+    reason = "it has no result" if before is None else f"it failed: {before.get('error')}"
+    where = "" if before is None else f" ({before['path']})"
+    return f"not loaded, to keep the key's order: chunk {after}{where} comes before it and {reason}"
+
+
 def process_chunk(
     job_id: str,
     chunk: ChunkPlan,
@@ -87,29 +99,35 @@ def process_chunk(
     markers: MarkerReader,
     open_transaction: TransactionFactory,
     on_progress: ProgressHook | None = None,
+    after: int | None = None,
 ) -> dict[str, Any]:
-    """Load one chunk exactly once; safe to call again after any crash or retry."""
+    """Load one chunk exactly once; safe to call again after any crash or retry.
+
+    With `after` (ordered jobs), the chunk publishes only if chunk `after` committed, so a key's messages
+    stay in file order; otherwise it records a failure naming that chunk.
+    """
     done = ledger.chunk_result(job_id, chunk.index)
     if done is not None:
         return done
-    try:
-        data = read_chunk(data_root, chunk)
-    except ChunkChanged as exc:
-        result = chunk_result(chunk, FAILED, {}, str(exc))
-        ledger.record_result(job_id, chunk.index, result)
-        return ledger.chunk_result(job_id, chunk.index) or result
-    # Opening the transaction fences any earlier attempt, so after it the marker check is final.
+    reason = None if after is None else predecessor_failure(job_id, after, ledger, markers)
+    if reason is None:
+        try:
+            data = read_chunk(data_root, chunk)
+        except ChunkChanged as exc:
+            reason = str(exc)
+    if reason is not None:
+        ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, reason))
+        return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
+    # Opening the transaction fences any earlier attempt, so after it the marker check is final. The check
+    # reads Kafka from the job's start, so it holds even if Redis lost what an earlier attempt wrote.
     txn = open_transaction(job_id, chunk.index)
     key = marker_key(job_id, chunk.index)
-    earlier = ledger.marker_from(job_id, chunk.index)
-    if earlier is not None:
-        marker = markers.find(key, earlier)
-        if marker is not None:
-            log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
-            result = chunk_result(chunk, COMMITTED, marker)
-            ledger.record_result(job_id, chunk.index, result)
-            return result
-    ledger.set_marker_from(job_id, chunk.index, markers.end_offset())
+    marker = markers.find(key, job_started_ms(job_id))
+    if marker is not None:
+        log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
+        result = chunk_result(chunk, COMMITTED, marker)
+        ledger.record_result(job_id, chunk.index, result)
+        return result
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
 

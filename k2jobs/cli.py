@@ -74,23 +74,29 @@ def _check_settings(settings: Settings) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import submit_job
+    from .jobs import SubmitOptions, submit_job
     from .ledger import Ledger, connect
 
     _check_settings(settings)
 
     directory = Path(args.directory).absolute()
-    chunk_rows = args.chunk_rows or settings.chunk_rows
+    options = SubmitOptions(
+        chunk_rows=args.chunk_rows or settings.chunk_rows,
+        ordered=not args.unordered,
+        again=args.again,
+        skip_unknown=args.skip_unknown,
+    )
     ledger = Ledger(connect(settings.redis_url))
-    job_id, plan = submit_job(settings, ledger, directory, chunk_rows, args.skip_unknown)
+    job_id, plan = submit_job(settings, ledger, directory, options)
+    order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_groups())} keys"
     if not args.wait:
         if args.json:
             _print_json({"job_id": job_id})
         else:
-            print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows enqueued")
+            print(f"job {job_id}: {len(plan.chunks)} chunks ({order}), {plan.rows} rows enqueued")
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows", file=sys.stderr)
+        print(f"job {job_id}: {len(plan.chunks)} chunks ({order}), {plan.rows} rows", file=sys.stderr)
     return _wait(settings, ledger, job_id, args.json, args.timeout)
 
 
@@ -220,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows", type=int, default=None, help="lines per chunk task (default 200000, or K2_CHUNK_ROWS)"
     )
     submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
+    submit.add_argument(
+        "--unordered",
+        action="store_true",
+        help="load every chunk in parallel: faster for one big file, but a key's messages are not in file order",
+    )
+    submit.add_argument(
+        "--again", action="store_true", help="load files whose content a succeeded job already published"
+    )
     _timeout_option(submit)
     submit.set_defaults(func=cmd_submit)
 

@@ -28,8 +28,14 @@ class Settings:
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
     stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
+    chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def kafka_call_timeout_s(self) -> float:
+        """How long one blocking producer call (init, commit) may take: far inside the chunk time limit."""
+        return max(5.0, self.visibility_timeout_s / 8)
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka configuration for any client: bootstrap, security options, overrides."""
@@ -83,5 +89,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),
+        chunk_retries=_int(env, "K2_CHUNK_RETRIES", defaults.chunk_retries),
         kafka_options=kafka_options_from(env),
     )

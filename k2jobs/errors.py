@@ -15,6 +15,10 @@ class SettingsError(InputError):
     """A setting (K2_* environment variable) is invalid; the message names it."""
 
 
+class AlreadyLoaded(InputError):
+    """The input's content was published by a succeeded job already (and --again was not given)."""
+
+
 class UnsafePathError(InputError):
     """A path resolves outside the data root."""
 

@@ -9,16 +9,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery import chord
+from celery import chain, chord
+from celery.canvas import Signature
 from redis import RedisError
 
 from .app import app
 from .config import Settings
-from .errors import WaitTimeout
+from .errors import AlreadyLoaded, WaitTimeout
 from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
-from .reconcile import reconcile_job
+from .reconcile import SUCCEEDED, reconcile_job
 
 # If every chunk has a result but the chord callback has not reported after this long
 # (celery #4207: a callback can be lost), the client reconciles the job itself.
@@ -44,15 +45,42 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int]) -> None:
-    """One chunk task per index as the header of a chord whose callback reconciles the job.
+def _chunk_task(job_id: str, plan: JobPlan, index: int, after: int | None) -> Signature:
+    """The task of one chunk; `after` is the chunk that must have committed before it publishes (ordered jobs)."""
+    return app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[index]), after), immutable=True)
 
-    Largest chunks first: workers take tasks in queue order, so the job ends on small chunks and no
-    worker is left with a big one while the others sit idle.
+
+def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> list[Signature]:
+    """One chain per Kafka key and topic: its chunks run one after the other, in file and line order.
+
+    Keys load in parallel on different workers; within a key, chunk k+1 is enqueued only when chunk k
+    has finished, so no worker ever waits for a chunk queued behind it.
     """
-    ordered = sorted(indexes, key=lambda i: -plan.chunks[i].rows)
-    header = [app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[i]))) for i in ordered]
+    wanted = set(indexes)
+    header: list[Signature] = []
+    for group in plan.key_groups():
+        pending = [i for i in group if i in wanted]
+        if not pending:
+            continue
+        start = group.index(pending[0])  # committed chunks before it stay as they are
+        tasks = [_chunk_task(job_id, plan, group[n], group[n - 1] if n else None) for n in range(start, len(group))]
+        header.append(tasks[0] if len(tasks) == 1 else chain(*tasks))
+    return header
+
+
+def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int], ordered: bool = True) -> None:
+    """The chunks as the header of a chord whose callback reconciles the job.
+
+    Ordered: one chain per key (see ordered_header). Unordered: one task per chunk, largest first, so the job
+    ends on small chunks and no worker is left with a big one while the others sit idle.
+    """
+    if ordered:
+        header = ordered_header(job_id, plan, indexes)
+    else:
+        header = [_chunk_task(job_id, plan, i, None) for i in sorted(indexes, key=lambda i: -plan.chunks[i].rows)]
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
+    # A chunk that raised (retries exhausted, time limit, a bug) fails the chord: reconcile then all the same.
+    callback.link_error(app.signature("k2jobs.reconcile_job", args=([], job_id), immutable=True))
     chord(header)(callback)
     _forget_pending_results()
 
@@ -70,24 +98,51 @@ def _forget_pending_results() -> None:
         mapping.clear()
 
 
-def submit_job(
-    settings: Settings, ledger: Ledger, directory: Path, chunk_rows: int, skip_unknown: bool = False
-) -> tuple[str, JobPlan]:
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How a job loads: chunk size, order, and whether content loaded before may be loaded again."""
+
+    chunk_rows: int
+    ordered: bool = True
+    again: bool = False
+    skip_unknown: bool = False
+
+
+def refuse_reload(ledger: Ledger, plan: JobPlan) -> None:
+    """Refuse files whose content a succeeded job already published (same kind, company, size, checksum)."""
+    earlier = ledger.loaded_contents([f.content for f in plan.files])
+    loaded = [(f.path, earlier[f.content]) for f in plan.files if f.content in earlier]
+    if loaded:
+        listed = "; ".join(f"{path} (as {was['path']} by job {was['job_id']})" for path, was in loaded[:10])
+        more = f" and {len(loaded) - 10} more" if len(loaded) > 10 else ""
+        raise AlreadyLoaded(
+            f"{len(loaded)} of {len(plan.files)} files hold content already published: {listed}{more}. "
+            "Use --again to load them again"
+        )
+
+
+def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: SubmitOptions) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
     started = time.perf_counter()
-    plan = plan_job(settings.data_root, directory, chunk_rows, skip_unknown)
+    plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown)
     planned = time.perf_counter()
     ledger.ping()
+    if not options.again:
+        refuse_reload(ledger, plan)
     ensure_topics(settings)  # also the reachability check: it fails within seconds if Kafka is away
     job_id = new_job_id()
-    ledger.create_job(job_id, plan, {"chunk_rows": chunk_rows, "batch_rows": settings.batch_rows})
-    enqueue_chunks(job_id, plan, list(range(len(plan.chunks))))
+    recorded = {"chunk_rows": options.chunk_rows, "batch_rows": settings.batch_rows, "ordered": options.ordered}
+    ledger.create_job(job_id, plan, recorded)
+    enqueue_chunks(job_id, plan, list(range(len(plan.chunks))), options.ordered)
     ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)
     return job_id, plan
 
 
 def resume_job(ledger: Ledger, job_id: str) -> list[int]:
-    """Re-enqueue the chunks of a job that are not committed; committed ones never run again."""
+    """Re-enqueue the chunks of a job that are not committed; committed ones never run again.
+
+    Ordered jobs go on, key by key, from the first chunk that did not commit.
+    """
     plan = ledger.plan(job_id)
     results = ledger.results(job_id)
     pending = [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != COMMITTED]
@@ -95,7 +150,7 @@ def resume_job(ledger: Ledger, job_id: str) -> list[int]:
     ledger.clear_report(job_id)
     ledger.set_status(job_id, "running")
     if pending:
-        enqueue_chunks(job_id, plan, pending)
+        enqueue_chunks(job_id, plan, pending, ledger.job_options(job_id).get("ordered", True))
     else:
         finish_job(ledger, job_id)
     return pending
@@ -104,8 +159,12 @@ def resume_job(ledger: Ledger, job_id: str) -> list[int]:
 def finish_job(ledger: Ledger, job_id: str) -> dict[str, Any]:
     """Reconcile a job from its plan and chunk results, and store the report."""
     created = float(ledger.job_meta(job_id)["created"])
-    report = reconcile_job(job_id, ledger.plan(job_id), ledger.results(job_id), time.time() - created)
+    plan = ledger.plan(job_id)
+    ordered = ledger.job_options(job_id).get("ordered", True)
+    report = reconcile_job(job_id, plan, ledger.results(job_id), time.time() - created, ordered)
     ledger.save_report(job_id, report)
+    if report["status"] == SUCCEEDED:
+        ledger.remember_loaded(job_id, plan)
     return report
 
 

@@ -14,6 +14,7 @@ from .planning import JobPlan
 
 TTL_S = 30 * 24 * 3600  # jobs are kept a month, then Redis forgets them
 JOBS_KEY = "k2:jobs"
+LOADED_KEY = "k2:loaded"  # file content (FilePlan.content) -> the succeeded job that published it, kept for good
 COMMITTED, FAILED = "committed", "failed"
 
 
@@ -31,10 +32,6 @@ def _results(job_id: str) -> str:
 
 def _progress(job_id: str) -> str:
     return f"k2:job:{job_id}:progress"  # chunk index -> rows handled so far in the current attempt
-
-
-def _attempts(job_id: str) -> str:
-    return f"k2:job:{job_id}:attempts"  # chunk index -> JSON {marker_from}
 
 
 def _report(job_id: str) -> str:
@@ -104,6 +101,22 @@ class Ledger:
             raise JobNotFound(f"no job {job_id!r} in Redis")
         return JobPlan.from_dict(orjson.loads(raw))
 
+    def job_options(self, job_id: str) -> dict[str, Any]:
+        """The options a job was submitted with (chunk rows, order, ...)."""
+        return orjson.loads(self.job_meta(job_id).get("options", "{}"))  # type: ignore[no-any-return]
+
+    def loaded_contents(self, contents: list[str]) -> dict[str, dict[str, str]]:
+        """Which of these file contents a succeeded job published: content -> {job_id, path}."""
+        if not contents:
+            return {}
+        found = self.redis.hmget(LOADED_KEY, contents)
+        return {content: orjson.loads(raw) for content, raw in zip(contents, found, strict=True) if raw is not None}
+
+    def remember_loaded(self, job_id: str, plan: JobPlan) -> None:
+        """Record the file contents a succeeded job published (the earliest job is kept)."""
+        for file in plan.files:
+            self.redis.hsetnx(LOADED_KEY, file.content, orjson.dumps({"job_id": job_id, "path": file.path}))
+
     def recent_jobs(self, limit: int = 20) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]
 
@@ -137,17 +150,6 @@ class Ledger:
     def results(self, job_id: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(_results(job_id))
         return {int(k): orjson.loads(v) for k, v in raw.items()}
-
-    def marker_from(self, job_id: str, index: int) -> int | None:
-        """Where an earlier attempt's commit marker could first appear, if one began."""
-        previous = _loads(self.redis.hget(_attempts(job_id), str(index)))  # type: ignore[arg-type]
-        return None if previous is None else int(previous["marker_from"])
-
-    def set_marker_from(self, job_id: str, index: int, offset: int) -> None:
-        """Remember, before a transaction begins, where its commit marker can first appear."""
-        key = _attempts(job_id)
-        self.redis.hset(key, str(index), orjson.dumps({"marker_from": offset}))
-        self.redis.expire(key, TTL_S)
 
     def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
         self.redis.hset(_progress(job_id), str(index), rows_done)

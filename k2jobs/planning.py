@@ -51,6 +51,13 @@ class FilePlan:
     company_id: int
     rows: int
     chunks: list[int] = field(default_factory=list)
+    size: int = 0
+    crc32: int = 0  # of the whole file: with kind, company and size, what "the same content" means
+
+    @property
+    def content(self) -> str:
+        """The identity of the file's content, whatever its name or place: kind, company, size, checksum."""
+        return f"{self.kind}:{self.company_id}:{self.size}:{self.crc32:08x}"
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,16 @@ class JobPlan:
     @property
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    def key_groups(self) -> list[list[int]]:
+        """Chunk indexes per Kafka key and topic (kind and symbol), in the order they must be published.
+
+        Files of one key follow each other in path order, each file's chunks in line order. Largest group first.
+        """
+        groups: dict[tuple[str, str], list[int]] = {}
+        for file in sorted(self.files, key=lambda f: f.path):
+            groups.setdefault((file.kind, file.symbol), []).extend(file.chunks)
+        return sorted(groups.values(), key=lambda group: -sum(self.chunks[i].rows for i in group))
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,6 +109,46 @@ def count_rows(data: bytes, line_endings: int | None = None) -> int:
     if not maybe_blank:
         return lines
     return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector, row = vector >> 1, row + 1
+    return total
+
+
+def _zeros_operators() -> list[list[int]]:
+    """CRC-32 operators appending 2**n zero bytes, n = 0..63 (zlib's crc32_combine, precomputed)."""
+    one_bit = [0xEDB88320] + [1 << n for n in range(31)]
+    operator = one_bit
+    for _ in range(3):  # 1 bit -> 8 bits: one zero byte
+        operator = [_gf2_times(operator, operator[n]) for n in range(32)]
+    operators = [operator]
+    for _ in range(63):
+        operator = [_gf2_times(operator, operator[n]) for n in range(32)]
+        operators.append(operator)
+    return operators
+
+
+_ZEROS: list[list[int]] = []
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """zlib.crc32(a + b) from crc32(a), crc32(b) and len(b): a file's checksum from its chunks', read once.
+
+    Python's zlib does not expose zlib's crc32_combine; this is the same algorithm.
+    """
+    if not _ZEROS:
+        _ZEROS.extend(_zeros_operators())
+    power = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_ZEROS[power], crc1)
+        len2, power = len2 >> 1, power + 1
+    return crc1 ^ crc2
 
 
 def resolve_inside(root: Path, path: Path) -> Path:
@@ -222,8 +279,13 @@ def plan_file(
     except OSError as exc:
         raise InputError(f"{relative} cannot be read: {exc.strerror}") from exc
     chunks: list[ChunkPlan] = []
+    file_crc = None
     with handle:
         for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):
+            piece_crc = zlib.crc32(piece)
+            if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
+                file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
+            file_crc = crc32_combine(file_crc, piece_crc, len(piece))
             rows = count_rows(piece, endings)
             if rows == 0:
                 continue  # only blank lines: nothing to load, nothing to count
@@ -239,7 +301,7 @@ def plan_file(
                     end=start + len(piece),
                     first_line=first_line,
                     rows=rows,
-                    crc32=zlib.crc32(piece),
+                    crc32=piece_crc,
                     file_size=stat.st_size,
                     file_mtime_ns=stat.st_mtime_ns,
                 )
@@ -251,6 +313,8 @@ def plan_file(
         company_id=company_id,
         rows=sum(c.rows for c in chunks),
         chunks=[c.index for c in chunks],
+        size=stat.st_size,
+        crc32=zlib.crc32(BOM if stat.st_size else b"") if file_crc is None else file_crc,
     )
     return file_plan, chunks
 

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -77,6 +78,19 @@ def marker_key(job_id: str, chunk_index: int) -> bytes:
     return f"{job_id}:{chunk_index}".encode()
 
 
+# Markers carry their producer's clock; ten minutes' margin covers hosts whose clocks differ.
+CLOCK_MARGIN_MS = 600_000
+
+
+def job_started_ms(job_id: str) -> int:
+    """When a job began, from its id (20261127-031502-9f3a1c, UTC), less a margin; 0 if the id has no time."""
+    try:
+        started = datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return 0
+    return max(0, int(started.timestamp() * 1000) - CLOCK_MARGIN_MS)
+
+
 def _wrap(exc: KafkaException, what: str) -> PublishError:
     err = exc.args[0]
     if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
@@ -119,6 +133,7 @@ def marker_consumer_config(settings: Settings) -> dict[str, object]:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
         }
     )
 
@@ -126,13 +141,13 @@ def marker_consumer_config(settings: Settings) -> dict[str, object]:
 class ChunkTransaction:
     """A transactional producer for one chunk: everything it sends commits or aborts together."""
 
-    def __init__(self, settings: Settings, job_id: str, chunk_index: int, timeout_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, job_id: str, chunk_index: int) -> None:
         self.errors = DeliveryErrors()
-        self._timeout_s = timeout_s
+        self._timeout_s = settings.kafka_call_timeout_s
         conf = producer_config(settings, transactional_id(job_id, chunk_index))
         self._producer = Producer({**conf, "on_delivery": self.errors})
         try:
-            self._producer.init_transactions(timeout_s)
+            self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
             raise _wrap(exc, "init_transactions") from exc
 
@@ -196,8 +211,19 @@ class MarkerReader:
         except KafkaException as exc:
             raise PublishError(f"cannot read {COMMITS_TOPIC} offsets: {exc.args[0]}") from exc
 
-    def find(self, key: bytes, start: int, timeout_s: float = 60.0) -> dict | None:  # type: ignore[type-arg]
-        """The committed marker with `key` at or after `start`, or None if there is none."""
+    def first_offset_since(self, since_ms: int, timeout_s: float = 10.0) -> int:
+        """The first marker offset written at or after `since_ms`, or the partition's end if none was."""
+        try:
+            [found] = self._consumer.offsets_for_times(
+                [TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, since_ms)], timeout_s
+            )
+        except KafkaException as exc:
+            raise PublishError(f"cannot look up {COMMITS_TOPIC} offsets by time: {exc.args[0]}") from exc
+        return self.end_offset() if found.offset < 0 else int(found.offset)
+
+    def find(self, key: bytes, since_ms: int, timeout_s: float = 60.0) -> dict | None:  # type: ignore[type-arg]
+        """The committed marker with `key` written since `since_ms`, or None if there is none."""
+        start = self.first_offset_since(since_ms)
         target = self.end_offset()
         if target <= start:
             return None

@@ -11,10 +11,34 @@ MAX_FILE_REASONS = 5
 SUCCEEDED, FAILED = "succeeded", "failed"
 
 
-def reconcile_job(job_id: str, plan: JobPlan, results: dict[int, dict[str, Any]], duration_s: float) -> dict[str, Any]:
+def blocked_by(plan: JobPlan, results: dict[int, dict[str, Any]]) -> dict[int, int]:
+    """Chunk -> the failed or unfinished chunk before it in its key's order (ordered jobs)."""
+    blocked: dict[int, int] = {}
+    for group in plan.key_groups():
+        first_bad = None
+        for index in group:
+            if first_bad is not None:
+                blocked[index] = first_bad
+            elif results.get(index, {}).get("status") != COMMITTED:
+                first_bad = index
+    return blocked
+
+
+def never_finished(plan: JobPlan, index: int, blocked: dict[int, int]) -> str:
+    """Why a chunk without a result has none."""
+    if index not in blocked:
+        return "chunk never finished"
+    before = plan.chunks[blocked[index]]
+    return f"not loaded, to keep the key's order: chunk {before.index} ({before.path}) before it did not commit"
+
+
+def reconcile_job(
+    job_id: str, plan: JobPlan, results: dict[int, dict[str, Any]], duration_s: float, ordered: bool = True
+) -> dict[str, Any]:
     """Compare every chunk's planned rows with what was published and rejected."""
     files: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    blocked = blocked_by(plan, results) if ordered else {}
     for file in plan.files:
         published = rejected = 0
         reasons: list[str] = []
@@ -22,7 +46,7 @@ def reconcile_job(job_id: str, plan: JobPlan, results: dict[int, dict[str, Any]]
             chunk = plan.chunks[index]
             result = results.get(index)
             if result is None:
-                failures.append({"path": file.path, "chunk": index, "error": "chunk never finished"})
+                failures.append({"path": file.path, "chunk": index, "error": never_finished(plan, index, blocked)})
                 continue
             if result["status"] != COMMITTED:
                 failures.append({"path": file.path, "chunk": index, "error": result.get("error") or "failed"})

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import RedisError
 
 from .app import app, worker_clients
@@ -19,10 +19,13 @@ from .planning import ChunkPlan, resolve_inside
 from .publisher import ChunkFenced, ChunkTransaction
 
 log = logging.getLogger(__name__)
-MAX_RETRIES = 30
-MAX_BACKOFF_S = 30
 PROGRESS = "PROGRESS"
 PROGRESS_EVERY_S = 0.5
+_VISIBILITY_S = int(app.conf.broker_transport_options["visibility_timeout"])
+# A retried chunk waits in its worker, unacknowledged, until its countdown ends: every countdown stays
+# well below the visibility timeout, or Redis would hand the waiting chunk to a second worker.
+RETRY_BACKOFF_MAX_S = max(1, _VISIBILITY_S // 2)
+MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
 
 
 class FlowerProgress:
@@ -48,9 +51,57 @@ class FlowerProgress:
         self.task.send_event("task-progress", **meta)
 
 
-@app.task(name="k2jobs.process_chunk", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
-def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[str, Any]:
-    """Load one chunk of a job into Kafka, exactly once."""
+def failure_reason(exc: BaseException, retries: int) -> str:
+    """What the report says about a chunk that raised."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"took longer than the chunk time limit ({app.conf.task_soft_time_limit}s) and was stopped"
+    text = f"{type(exc).__name__}: {exc}"
+    return f"gave up after {retries} retries: {text}" if retries else text
+
+
+class ChunkTask(Task):  # type: ignore[misc]
+    """A chunk task that records a failed result whatever it raised, so the job still reconciles."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        try:
+            job_id, chunk = args[0], args[1]
+            index, path, rows = int(chunk["index"]), str(chunk["path"]), int(chunk["rows"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            log.error("malformed chunk task %s (args %r): %s", task_id, args, exc)
+            return
+        result = {
+            "chunk": index,
+            "path": path,
+            "status": FAILED,
+            "rows": rows,
+            "published": 0,
+            "rejected": 0,
+            "reasons": [],
+            "error": failure_reason(exc, self.request.retries),
+        }
+        try:
+            worker_clients().ledger.record_result(job_id, index, result)
+        except RedisError as redis_exc:  # the job supervisor finds the chunk without a result later
+            log.error(
+                "chunk %s of job %s failed (%s) and Redis did not take its result: %s", index, job_id, exc, redis_exc
+            )
+
+
+@app.task(
+    name="k2jobs.process_chunk",
+    base=ChunkTask,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(PublishError, RedisError),
+    dont_autoretry_for=(ChunkFenced,),
+    max_retries=MAX_RETRIES,
+    retry_backoff=1,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+)
+def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: int | None = None) -> dict[str, Any]:
+    """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed."""
     clients = worker_clients()
     plan = ChunkPlan(**chunk)
     started = time.monotonic()
@@ -65,6 +116,7 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
             clients.markers,
             lambda job, index: ChunkTransaction(clients.settings, job, index),
             FlowerProgress(self, job_id, plan),
+            after=after,
         )
     except UnsafePathError as exc:
         result = chunk_result(plan, FAILED, {}, str(exc))
@@ -72,15 +124,6 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
     except ChunkFenced:
         log.warning("chunk %s of job %s is being loaded by a newer attempt", plan.index, job_id)
         raise Ignore() from None
-    except (PublishError, RedisError) as exc:
-        # Transient: Kafka or Redis away. Retrying keeps the chord waiting for this chunk rather
-        # than failing it; the transaction and the marker check make the retry safe.
-        if self.request.retries >= MAX_RETRIES:
-            result = chunk_result(plan, FAILED, {}, f"gave up after {MAX_RETRIES} retries: {exc}")
-            clients.ledger.record_result(job_id, plan.index, result)
-            return result
-        log.warning("chunk %s of job %s will be retried: %s", plan.index, job_id, exc)
-        raise self.retry(exc=exc, countdown=min(MAX_BACKOFF_S, 2**self.request.retries)) from None
     log.info(
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
         job_id,
@@ -97,7 +140,7 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[s
 
 @app.task(name="k2jobs.reconcile_job", acks_late=True)
 def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any]:
-    """Chord callback: reconcile the job from Redis (not from the header results) and save the report."""
+    """Chord callback (and its error callback): reconcile the job from Redis, not from the header results."""
     ledger = worker_clients().ledger
     report = finish_job(ledger, job_id)
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}

@@ -63,3 +63,27 @@ def source_lines(root: Path, relative: str) -> dict[int, str]:
         for number, line in enumerate(data.split(b"\n"), start=1)
         if line.strip()
     }
+
+
+def key_order_violations(messages: list) -> list[str]:  # type: ignore[type-arg]
+    """Where a key's messages, in the order read from its partition, break file order.
+
+    Each file's lines must strictly increase, and a key's files must come one after the other, in path order.
+    """
+    by_key: dict[tuple[str, bytes], list[tuple[str, int]]] = {}
+    for msg in messages:
+        path, line = msg.source.rsplit(":", 1)
+        by_key.setdefault((msg.topic, msg.key), []).append((path, int(line)))
+    problems = []
+    for (topic, key), sources in by_key.items():
+        finished: set[str] = set()
+        previous: tuple[str, int] | None = None
+        for path, line in sources:
+            if previous is not None and path == previous[0] and line <= previous[1]:
+                problems.append(f"{topic} {key!r}: {path}:{line} after {path}:{previous[1]}")
+            elif previous is not None and path != previous[0]:
+                finished.add(previous[0])
+                if path in finished or path < previous[0]:
+                    problems.append(f"{topic} {key!r}: {path} again or out of path order after {previous[0]}")
+            previous = (path, line)
+    return problems

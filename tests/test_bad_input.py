@@ -36,7 +36,7 @@ def bad_rows(workdir: Path) -> Path:
 
 
 def submit(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_k2("submit", str(directory.relative_to(DATA_ROOT)), "--json", *args)
+    return run_k2("submit", str(directory.relative_to(DATA_ROOT)), "--json", "--again", *args)
 
 
 def test_bad_rows_are_dead_lettered_and_good_rows_published_once(stack, settings, bad_rows, read_back) -> None:  # type: ignore[no-untyped-def]

@@ -13,22 +13,24 @@ from pathlib import Path
 import pytest
 
 from .conftest import DATA_ROOT, SAMPLE, run_k2
+from .reference import key_order_violations
 
 pytestmark = pytest.mark.fault
-TILES = 4  # 4 x 91,631 BHP trades
-ROWS = TILES * 91_631
+TILES = 4  # 4 x 91,631 BHP trades and 4 x 77,849 BHP quotes: two keys, so both workers are busy
+ROWS = TILES * (91_631 + 77_849)
 
 
 @pytest.fixture(scope="module")
 def big_input(stack) -> Path:  # type: ignore[no-untyped-def]
     """A few hundred thousand real rows, so chunks are still running when something is killed."""
     root = DATA_ROOT / "big"
-    (root / "trades").mkdir(parents=True, exist_ok=True)
-    (root / "reference-data").mkdir(exist_ok=True)
+    (root / "reference-data").mkdir(parents=True, exist_ok=True)
     (root / "reference-data" / "company_info.csv").write_bytes(
         (SAMPLE / "reference-data" / "company_info.csv").read_bytes()
     )
-    (root / "trades" / "7078.csv").write_bytes((SAMPLE / "trades" / "7078.csv").read_bytes() * TILES)
+    for kind in ("trades", "quotes"):
+        (root / kind).mkdir(exist_ok=True)
+        (root / kind / "7078.csv").write_bytes((SAMPLE / kind / "7078.csv").read_bytes() * TILES)
     return root
 
 
@@ -42,7 +44,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
 
 
 def start_job(big_input: Path) -> str:
-    done = run_k2("submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--chunk-rows", "60000")
+    done = run_k2(
+        "submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--again", "--chunk-rows", "60000"
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
 
@@ -86,9 +90,11 @@ def assert_exact(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def
     assert done.returncode == 0, report
     assert report["status"] == "succeeded"
     assert report["totals"] == {"rows": ROWS, "published": ROWS, "rejected": 0}
-    sources = Counter(msg.source for msg in read_back(job_id))
+    messages = read_back(job_id)
+    sources = Counter(msg.source for msg in messages)
     assert len(sources) == ROWS
     assert max(sources.values()) == 1, [s for s, n in sources.items() if n > 1][:5]
+    assert key_order_violations(messages) == []
 
 
 def test_worker_killed_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +151,7 @@ def test_chunk_committed_but_not_recorded_is_not_published_again(stack, settings
 
     from k2jobs.app import app
 
-    done = run_k2("submit", "sample", "--json", "--chunk-rows", "40000")
+    done = run_k2("submit", "sample", "--json", "--again", "--chunk-rows", "40000")
     report = json.loads(done.stdout)
     job_id = report["job_id"]
     plan = ledger.plan(job_id)

@@ -23,7 +23,7 @@ SAMPLE_ROWS = {
 
 
 def submit_json(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
-    done = run_k2("submit", *args, "--json")
+    done = run_k2("submit", *args, "--json", "--again")
     assert done.stdout.strip(), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -144,7 +144,7 @@ def test_unreachable_redis_fails_fast_with_a_reason(stack) -> None:  # type: ign
 def test_unreachable_kafka_fails_fast_and_enqueues_nothing(stack, ledger) -> None:  # type: ignore[no-untyped-def]
     before = ledger.recent_jobs(1000)
     started = time.monotonic()
-    done = run_k2("submit", "sample", "--json", env={"K2_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    done = run_k2("submit", "sample", "--json", "--again", env={"K2_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert done.returncode == 4
     assert "Kafka" in done.stderr
     assert time.monotonic() - started < 30

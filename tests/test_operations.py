@@ -46,7 +46,7 @@ def run_on_terminal(*args: str, timeout_s: float = 300, columns: int = 200) -> t
 
 
 def test_submit_on_a_terminal_shows_live_progress(stack) -> None:  # type: ignore[no-untyped-def]
-    code, screen = run_on_terminal("submit", "sample", "--chunk-rows", "10000")
+    code, screen = run_on_terminal("submit", "sample", "--again", "--chunk-rows", "10000")
     assert code == 0, screen
     percentages = {int(p) for p in re.findall(r"(\d+)%", screen)}
     assert 100 in percentages
@@ -56,7 +56,7 @@ def test_submit_on_a_terminal_shows_live_progress(stack) -> None:  # type: ignor
 
 
 def test_live_progress_fits_an_80_column_terminal_without_cutting_numbers(stack) -> None:  # type: ignore[no-untyped-def]
-    code, screen = run_on_terminal("submit", "sample", "--chunk-rows", "10000", columns=80)
+    code, screen = run_on_terminal("submit", "sample", "--again", "--chunk-rows", "10000", columns=80)
     assert code == 0, screen
     lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in re.split(r"[\r\n]+", screen)]
     live = [line for line in lines if re.search(r"\d+/170332 rows", line)]
@@ -67,7 +67,7 @@ def test_live_progress_fits_an_80_column_terminal_without_cutting_numbers(stack)
 
 
 def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ignore[no-untyped-def]
-    done = run_k2("submit", "sample")
+    done = run_k2("submit", "sample", "--again")
     assert done.returncode == 0
     assert "\x1b[" not in done.stderr  # no terminal control codes in logs
     assert "Traceback" not in done.stderr
@@ -79,7 +79,7 @@ def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # t
 
     app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # hold the job at its start
     try:
-        done = run_k2("submit", "sample", "--no-wait", "--json", "--chunk-rows", "5000")
+        done = run_k2("submit", "sample", "--again", "--no-wait", "--json", "--chunk-rows", "5000")
         job_id = json.loads(done.stdout)["job_id"]
         status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
         assert status["status"] == "running"
@@ -112,7 +112,7 @@ def test_progress_line_keeps_every_number_whole_at_any_width() -> None:
 
 
 def test_flower_metrics_list_succeeded_k2jobs_tasks(stack) -> None:  # type: ignore[no-untyped-def]
-    assert run_k2("submit", "sample").returncode == 0
+    assert run_k2("submit", "sample", "--again").returncode == 0
     url = stack["flower"]["url"] + "/metrics"
     deadline = time.monotonic() + 30
     found: list[str] = []
