@@ -6,6 +6,8 @@ import json
 import re
 from dataclasses import replace
 
+import pytest
+
 from .conftest import run_k2
 
 STALLED = {"K2_STALL_WARN_S": "2"}  # say what is stuck after 2 s without movement (default 30)
@@ -72,3 +74,15 @@ def test_stall_watch_warns_after_the_threshold_then_every_threshold_until_someth
     assert watch.due(90.0)
     watch.saw(at(5), 91.0)  # rows moved: quiet again for 30 s
     assert [watch.due(t) for t in (100.0, 120.9, 121.0)] == [False, False, True]
+
+
+def test_wait_rides_out_an_unreachable_redis_saying_so_until_its_timeout() -> None:
+    from k2jobs.errors import WaitTimeout
+    from k2jobs.jobs import wait_for_report
+    from k2jobs.ledger import Ledger, connect
+
+    gone = Ledger(connect("redis://127.0.0.1:1/0", timeout_s=0.2))  # nothing listens on port 1
+    stalls: list[float] = []
+    with pytest.raises(WaitTimeout, match="it keeps running"):
+        wait_for_report(gone, "some-job", interval_s=0.1, timeout_s=1.5, stall_warn_s=0.5, on_stall=stalls.append)
+    assert 2 <= len(stalls) <= 3 and stalls[0] >= 0.5  # at 0.5 s, then every 0.5 s while nothing moves
