@@ -58,11 +58,27 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = _int(env, name, default)
+    if port > 65535:
+        raise SettingsError(f"{name}={port} is not a TCP port (1-65535)")
+    return port
+
+
 def _redis_url(env: Mapping[str, str], default: str) -> str:
     url = env.get("K2_REDIS_URL") or default
     if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         raise SettingsError(f"K2_REDIS_URL={url!r} is not a redis://, rediss:// or unix:// URL")
     return url
+
+
+def _bootstrap(env: Mapping[str, str], default: str) -> str:
+    servers = env.get("K2_KAFKA_BOOTSTRAP") or default
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"K2_KAFKA_BOOTSTRAP={servers!r} is not host:port[,host:port...]")
+    return servers
 
 
 def kafka_options_from(env: Mapping[str, str]) -> dict[str, str]:
@@ -80,10 +96,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     defaults = Settings()
     return Settings(
         redis_url=_redis_url(env, defaults.redis_url),
-        kafka_bootstrap=env.get("K2_KAFKA_BOOTSTRAP") or defaults.kafka_bootstrap,
+        kafka_bootstrap=_bootstrap(env, defaults.kafka_bootstrap),
         stack_dir=Path(env.get("K2_STACK_DIR") or defaults.stack_dir).absolute(),
         data_root=Path(env.get("K2_DATA_ROOT") or os.getcwd()).resolve(),
-        flower_port=_int(env, "K2_FLOWER_PORT", defaults.flower_port),
+        flower_port=_port(env, "K2_FLOWER_PORT", defaults.flower_port),
         partitions=_int(env, "K2_PARTITIONS", defaults.partitions),
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),

@@ -23,6 +23,8 @@ BAD_SETTINGS = [
     ({"K2_KAFKA_OPT_ISOLATION_LEVEL": "sometimes"}, "K2_KAFKA_OPT_ISOLATION_LEVEL=sometimes", "isolation.level"),
     ({"K2_BATCH_ROWS": "0"}, "K2_BATCH_ROWS='0' must be positive", ""),
     ({"K2_REDIS_URL": "http://127.0.0.1:6379"}, "K2_REDIS_URL='http://127.0.0.1:6379'", "redis://"),
+    ({"K2_KAFKA_BOOTSTRAP": "kafka"}, "K2_KAFKA_BOOTSTRAP='kafka'", "host:port"),
+    ({"K2_FLOWER_PORT": "70000"}, "K2_FLOWER_PORT=70000", "TCP port"),
 ]
 
 
