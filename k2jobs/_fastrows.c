@@ -3,9 +3,10 @@
  * It accepts a line only when k2jobs.records' whole-line pattern accepts it AND every text field is
  * printable ASCII that needs no JSON escaping; it then writes exactly the bytes RowParser writes
  * (tests/test_fastrows.py compares the two on generated and real rows). Every other line -- blank,
- * quoted, invalid, not ASCII, out-of-range clock, not a calendar date -- is handed back to Python
- * ("deferred"), which either accepts it or names the problem. So this file has no error messages and
- * no time-zone rules: the start of each (date, hour) in exchange time comes from a Python callable.
+ * quoted, invalid, not ASCII, out-of-range clock, not a calendar date, an hour the clocks skip when
+ * daylight saving starts -- is handed back to Python ("deferred"), which either accepts it or names the
+ * problem. So this file has no error messages and no time-zone rules: the start of each (date, hour) in
+ * exchange time comes from a Python callable, which answers None for a date or hour that does not exist.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,7 +20,7 @@ typedef struct {
     PyObject_HEAD
     int kind;
     PyObject *head;       /* bytes: '{"symbol":"BHP","company_id":7078,"exchange":"ASX"' */
-    PyObject *hour_ms;    /* callable(date: str, hour: int) -> int | None (None: not a calendar date) */
+    PyObject *hour_ms;    /* callable(date: str, hour: int) -> int | None (None: no such date or local hour) */
     PyObject *job_header; /* ("job_id", b"...") shared by every message */
     PyObject *source;     /* "source" */
     PyObject *prefix;     /* bytes: "trades/7078.csv:" */
@@ -128,7 +129,7 @@ static char *put_text(char *w, Span v) {
     return w;
 }
 
-/* Epoch ms at the start of the line's hour; 1 ok, 0 defer (not a date), -1 Python error. */
+/* Epoch ms at the start of the line's hour; 1 ok, 0 defer (no such date or hour), -1 Python error. */
 static int hour_start(FastRows *self, const char *date, int hour, long long *ms) {
     if (self->cached_hour == hour && memcmp(self->cached_date, date, 10) == 0) {
         *ms = self->cached_ms;

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from .config import Settings, load_settings
 from .errors import K2Error
 from .ledger import Ledger, connect
-from .publisher import MarkerReader
+from .publisher import MarkerReader, check_client_settings
 
 log = logging.getLogger(__name__)
 app = Celery("k2jobs", include=["k2jobs.tasks"])
@@ -45,6 +45,18 @@ def worker_clients() -> WorkerClients:
             pid=os.getpid(),
         )
     return _clients
+
+
+@worker_init.connect
+def _refuse_bad_settings(**_: object) -> None:
+    """A worker with a setting Kafka refuses stops at start, naming it, rather than failing every chunk.
+
+    SystemExit, because Celery logs and ignores any Exception a signal handler raises.
+    """
+    try:
+        check_client_settings(load_settings())
+    except K2Error as exc:
+        raise SystemExit(f"k2jobs: this worker refuses to start: {exc}") from exc
 
 
 @worker_process_init.connect

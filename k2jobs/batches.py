@@ -112,7 +112,7 @@ class ChunkRows:
                 try:
                     return hour_start_ms(date, hour, exchange)
                 except RowError:
-                    return None  # not a calendar date: the line is deferred and Python names the problem
+                    return None  # no such date or local hour: the line is deferred and Python names the problem
 
             self._lines = FastRows(
                 list(Kind).index(kind), self._rows.head.encode(), hour_ms, self._job_header, self._prefix.encode()

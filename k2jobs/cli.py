@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError
+from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError, WaitTimeout
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -20,6 +20,7 @@ EXIT_REFUSED = 2
 EXIT_REDIS_UNAVAILABLE = 3
 EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STACK_FAILED = 5
+EXIT_WAIT_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -48,19 +49,35 @@ def _ledger(settings: Settings) -> Any:
     return ledger
 
 
-def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool) -> int:
+def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool, timeout_s: float | None = None) -> int:
+    from .diagnose import describe_stall
     from .jobs import wait_for_report
     from .progress import progress_display
 
+    def say_what_is_stuck(stalled_s: float) -> None:
+        lines = [f"job {job_id}: nothing has moved for {stalled_s:.0f}s", *describe_stall(settings, ledger, job_id)]
+        print("\n".join(f"k2jobs: {line}" for line in lines), file=sys.stderr, flush=True)
+
     with progress_display(enabled=not as_json) as show:
-        report = wait_for_report(ledger, job_id, show)
+        report = wait_for_report(
+            ledger, job_id, show, timeout_s=timeout_s, stall_warn_s=settings.stall_warn_s, on_stall=say_what_is_stuck
+        )
     _print_report(report, as_json)
     return _report_exit(report)
+
+
+def _check_settings(settings: Settings) -> None:
+    """Refuse (exit 2) a setting the Kafka clients would refuse, before anything starts or is enqueued."""
+    from .publisher import check_client_settings
+
+    check_client_settings(settings)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from .jobs import SubmitOptions, submit_job
     from .ledger import Ledger, connect
+
+    _check_settings(settings)
 
     directory = Path(args.directory).absolute()
     options = SubmitOptions(
@@ -80,7 +97,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if not args.json:
         print(f"job {job_id}: {len(plan.chunks)} chunks ({order}), {plan.rows} rows", file=sys.stderr)
-    return _wait(settings, ledger, job_id, args.json)
+    return _wait(settings, ledger, job_id, args.json, args.timeout)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,7 +105,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     ledger = _ledger(settings)
     if args.wait:
-        return _wait(settings, ledger, args.job_id, args.json)
+        return _wait(settings, ledger, args.job_id, args.json, args.timeout)
     report = ledger.report(args.job_id)
     if report is not None:
         _print_report(report, args.json)
@@ -107,6 +124,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     from .jobs import resume_job
     from .publisher import check_kafka
 
+    _check_settings(settings)
     ledger = _ledger(settings)
     check_kafka(settings)
     pending = resume_job(ledger, args.job_id)
@@ -116,7 +134,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json({"job_id": args.job_id, "chunks": pending})
         return EXIT_OK
-    return _wait(settings, ledger, args.job_id, args.json)
+    return _wait(settings, ledger, args.job_id, args.json, args.timeout)
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,6 +182,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     stack = Stack(settings, workers=getattr(args, "workers", 2))
     if args.action == "up":
+        _check_settings(settings)
         status = stack.up()
     elif args.action == "down":
         stopped = stack.down()
@@ -177,6 +196,16 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in status.items():
             print(f"{name}: {value}")
     return EXIT_OK
+
+
+def _timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"with --wait: stop waiting after S seconds, exit {EXIT_WAIT_TIMEOUT} (the job keeps running)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--again", action="store_true", help="load files whose content a succeeded job already published"
     )
+    _timeout_option(submit)
     submit.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -215,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("job_id")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=(name == "resume"))
         p.add_argument("--json", action="store_true")
+        _timeout_option(p)
         p.set_defaults(func=func)
 
     jobs = sub.add_parser("jobs", help="recent jobs with status and totals")
@@ -245,6 +276,7 @@ ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
     (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
     (StackError, EXIT_STACK_FAILED),
+    (WaitTimeout, EXIT_WAIT_TIMEOUT),
 ]
 
 

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import InputError
+from .errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
 
@@ -26,7 +27,8 @@ class Settings:
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
-    stall_after_s: int = 0  # a running job none of whose chunks moved for this long is driven on; 0: visibility + 60
+    stall_after_s: int = 180  # a running job none of whose chunks moved for this long is driven on (visibility + 60)
+    stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
     chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
@@ -51,10 +53,33 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise InputError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value <= 0:
-        raise InputError(f"{name}={raw!r} must be positive")
+        raise SettingsError(f"{name}={raw!r} must be positive")
     return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = _int(env, name, default)
+    if port > 65535:
+        raise SettingsError(f"{name}={port} is not a TCP port (1-65535)")
+    return port
+
+
+def _redis_url(env: Mapping[str, str], default: str) -> str:
+    url = env.get("K2_REDIS_URL") or default
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"K2_REDIS_URL={url!r} is not a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _bootstrap(env: Mapping[str, str], default: str) -> str:
+    servers = env.get("K2_KAFKA_BOOTSTRAP") or default
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"K2_KAFKA_BOOTSTRAP={servers!r} is not host:port[,host:port...]")
+    return servers
 
 
 def kafka_options_from(env: Mapping[str, str]) -> dict[str, str]:
@@ -71,15 +96,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     defaults = Settings()
     return Settings(
-        redis_url=env.get("K2_REDIS_URL") or defaults.redis_url,
-        kafka_bootstrap=env.get("K2_KAFKA_BOOTSTRAP") or defaults.kafka_bootstrap,
+        redis_url=_redis_url(env, defaults.redis_url),
+        kafka_bootstrap=_bootstrap(env, defaults.kafka_bootstrap),
         stack_dir=Path(env.get("K2_STACK_DIR") or defaults.stack_dir).absolute(),
         data_root=Path(env.get("K2_DATA_ROOT") or os.getcwd()).resolve(),
-        flower_port=_int(env, "K2_FLOWER_PORT", defaults.flower_port),
+        flower_port=_port(env, "K2_FLOWER_PORT", defaults.flower_port),
         partitions=_int(env, "K2_PARTITIONS", defaults.partitions),
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
+        stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),
         chunk_retries=_int(env, "K2_CHUNK_RETRIES", defaults.chunk_retries),
         stall_after_s=_int(
             env, "K2_STALL_AFTER", _int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s) + 60

@@ -11,6 +11,10 @@ class InputError(K2Error):
     """The input cannot be loaded as given; nothing was enqueued."""
 
 
+class SettingsError(InputError):
+    """A setting (K2_* environment variable) is invalid; the message names it."""
+
+
 class AlreadyLoaded(InputError):
     """The input's content was published by a succeeded job already (and --again was not given)."""
 
@@ -43,6 +47,10 @@ class ChunkChanged(K2Error):
 
 class PublishError(K2Error):
     """Kafka did not accept a chunk's transaction; the chunk can be retried."""
+
+
+class WaitTimeout(K2Error):
+    """The wait for a job's report ended before the job did; the job keeps running."""
 
 
 class JobNotFound(K2Error):

@@ -5,16 +5,17 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from celery import chain, chord
 from celery.canvas import Signature
+from redis import RedisError
 
 from .app import app
 from .config import Settings
-from .errors import AlreadyLoaded
+from .errors import AlreadyLoaded, WaitTimeout
 from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
@@ -196,22 +197,74 @@ def job_progress(ledger: Ledger, job_id: str) -> Progress:
     )
 
 
+@dataclass
+class StallWatch:
+    """When a job's numbers last moved, and whether it is time to say that they do not."""
+
+    every_s: float
+    moved: float = field(default_factory=time.monotonic)
+    warned: float | None = None
+    seen: tuple[int, int] | None = None
+
+    def saw(self, progress: Progress, now: float) -> None:
+        if (progress.rows_done, progress.chunks_done) != self.seen:
+            self.seen, self.moved, self.warned = (progress.rows_done, progress.chunks_done), now, None
+
+    def due(self, now: float) -> bool:
+        """True after `every_s` without movement, then again every `every_s` while it lasts."""
+        if now - max(self.moved, self.warned or self.moved) < self.every_s:
+            return False
+        self.warned = now
+        return True
+
+
 def wait_for_report(
-    ledger: Ledger, job_id: str, on_progress: Callable[[Progress], None] | None = None, interval_s: float = 0.5
+    ledger: Ledger,
+    job_id: str,
+    on_progress: Callable[[Progress], None] | None = None,
+    interval_s: float = 0.5,
+    timeout_s: float | None = None,
+    stall_warn_s: float = 30.0,
+    on_stall: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Block until the job's report exists, reconciling it here if the callback was lost."""
+    """Block until the job's report exists, reconciling it here if the callback was lost.
+
+    When nothing moved (rows, chunks) for `stall_warn_s`, calls `on_stall(seconds)`, again every
+    `stall_warn_s` while it lasts; Redis going away counts as nothing moving. After `timeout_s`, raises
+    WaitTimeout (the job keeps running).
+    """
+    started = time.monotonic()
+    stall = StallWatch(stall_warn_s, moved=started)
     all_done_since: float | None = None
     while True:
-        report = ledger.report(job_id)
-        progress = job_progress(ledger, job_id)
-        if on_progress is not None:
-            on_progress(progress)  # once more at the end, so the display ends on the final numbers
-        if report is not None:
-            return report
-        if progress.chunks_done >= progress.chunks:
-            all_done_since = all_done_since or time.monotonic()
-            if time.monotonic() - all_done_since > CALLBACK_GRACE_S:
-                return finish_job(ledger, job_id)
-        else:
-            all_done_since = None
-        ledger.wait_for_report_signal(job_id, interval_s)
+        now = time.monotonic()
+        try:
+            report = ledger.report(job_id)
+            progress: Progress | None = job_progress(ledger, job_id)
+        except RedisError:
+            report, progress = None, None
+        if progress is not None:
+            if on_progress is not None:
+                on_progress(progress)  # once more at the end, so the display ends on the final numbers
+            if report is not None:
+                return report
+            stall.saw(progress, now)
+            if progress.chunks_done >= progress.chunks:
+                all_done_since = all_done_since or now
+                if now - all_done_since > CALLBACK_GRACE_S:
+                    return finish_job(ledger, job_id)
+            else:
+                all_done_since = None
+        if on_stall is not None and stall.due(now):
+            on_stall(now - stall.moved)
+        if timeout_s is not None and now - started >= timeout_s:
+            raise WaitTimeout(
+                f"job {job_id} has not ended after {timeout_s:g}s of waiting; it keeps running (see `status {job_id}`)"
+            )
+        pause = interval_s if timeout_s is None else min(interval_s, started + timeout_s - now)
+        if pause <= 0:
+            continue  # (a zero timeout would block Redis's BLPOP for ever)
+        try:
+            ledger.wait_for_report_signal(job_id, pause)
+        except RedisError:
+            time.sleep(pause)

@@ -193,6 +193,10 @@ class Ledger:
     def progress(self, job_id: str) -> int:
         return sum(int(v) for v in self.redis.hvals(_progress(job_id)))
 
+    def chunk_progress(self, job_id: str) -> dict[int, int]:
+        """Rows handled so far by each chunk's current attempt."""
+        return {int(k): int(v) for k, v in self.redis.hgetall(_progress(job_id)).items()}
+
     # -- reports ----------------------------------------------------------------------------
     def save_report(self, job_id: str, report: dict[str, Any]) -> None:
         pipe = self.redis.pipeline()

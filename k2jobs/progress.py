@@ -46,9 +46,47 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BAR_MIN, BAR_MAX = 10, 40  # the bar takes the room the numbers leave, within these widths
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02}:{secs:02}"
+
+
+def progress_line(p: Progress, width: int) -> tuple[int, str]:
+    """The live line for a terminal `width` columns wide: (bar width, text after the bar).
+
+    The numbers are never cut: rows and percentage always show; chunks, rejected, rate, the bar,
+    remaining and elapsed time are added, in that order, while they fit.
+    """
+    pct = 100.0 * p.rows_done / p.rows if p.rows else 100.0
+    rate = p.rows_done / p.elapsed_s if p.elapsed_s > 0 else 0.0
+    remaining = _clock((p.rows - p.rows_done) / rate) if rate > 0 else "?"
+    optional = {
+        "chunks": f"chunks {p.chunks_done}/{p.chunks}",
+        "rejected": f"rejected {p.rejected}",
+        "rate": f"{rate:,.0f} rows/s",
+        "bar": "",
+        "remaining": f"{remaining} left",
+        "elapsed": _clock(p.elapsed_s),
+    }
+    shown = [f"{pct:3.0f}% {p.rows_done}/{p.rows} rows"]
+    bar = 0
+    for name, part in optional.items():
+        used = len(" • ".join(shown)) + (bar + 1 if bar else 0)
+        if name == "bar":
+            bar = BAR_MIN if width - used - 1 >= BAR_MIN else 0
+        elif used + 3 + len(part) <= width:
+            shown.append(part)
+    if bar:
+        bar = min(BAR_MAX, width - len(" • ".join(shown)) - 1)
+    return bar, " • ".join(shown)
+
+
 @contextmanager
 def progress_display(enabled: bool = True) -> Iterator[Callable[[Progress], None]]:
-    """A callback that shows progress: a rich bar on a terminal, a log line every few seconds otherwise."""
+    """A callback that shows progress: a live line on a terminal, a log line every few seconds otherwise."""
     if not enabled:
         yield lambda _p: None
         return
@@ -63,39 +101,25 @@ def progress_display(enabled: bool = True) -> Iterator[Callable[[Progress], None
         yield log_line
         return
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.progress import Progress as Bar
+    from rich.live import Live
+    from rich.text import Text
 
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "rows • {task.fields[rate]} rows/s • chunks {task.fields[chunks]} • rejected {task.fields[rejected]}"
-        ),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Bar(*columns, console=Console(stderr=True), transient=False, refresh_per_second=4) as bar:
-        task = bar.add_task("loading", total=None, rate="0", chunks="0/0", rejected=0)
+    console = Console(stderr=True)
+    latest: list[Progress] = []
 
-        def update(p: Progress) -> None:
-            rate = p.rows_done / p.elapsed_s if p.elapsed_s > 0 else 0.0
-            bar.update(
-                task,
-                total=p.rows,
-                completed=p.rows_done,
-                rate=f"{rate:,.0f}",
-                chunks=f"{p.chunks_done}/{p.chunks}",
-                rejected=p.rejected,
-            )
+    def render() -> Text:
+        if not latest:
+            return Text("loading", style="bold")
+        bar, text = progress_line(latest[-1], console.width - 1)  # the last column would wrap on some terminals
+        p = latest[-1]
+        done = round(bar * p.rows_done / p.rows) if p.rows else bar
+        line = Text(no_wrap=False)
+        if bar:
+            line.append("━" * done, style="bar.complete" if done < bar else "bar.finished")
+            line.append("━" * (bar - done) + " ", style="bar.back")
+        line.append(text)
+        return line
 
-        yield update
+    # Live (not rich's Progress table): its columns would crop the numbers to fit narrow terminals.
+    with Live(console=console, get_renderable=render, refresh_per_second=4, transient=False):
+        yield latest.append

@@ -14,8 +14,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .config import Settings
-from .errors import KafkaUnavailable, PublishError
+from .config import KAFKA_OPTION_PREFIX, Settings
+from .errors import KafkaUnavailable, PublishError, SettingsError
 from .records import Kind
 
 # One record per committed chunk, written inside the chunk's own transaction, so "this chunk
@@ -113,23 +113,41 @@ class DeliveryErrors:
             self.first = self.first or err.str()
 
 
+def producer_config(settings: Settings, transactional_id: str) -> dict[str, object]:
+    """librdkafka configuration of a chunk's transactional producer."""
+    conf = {**PRODUCER_DEFAULTS, **settings.kafka_config()}  # K2_KAFKA_OPT_* may tune the defaults
+    conf.update(
+        {
+            "transactional.id": transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "delivery.report.only.error": True,
+        }
+    )
+    return conf
+
+
+def marker_consumer_config(settings: Settings) -> dict[str, object]:
+    """librdkafka configuration of the consumer that reads commit markers back."""
+    return settings.kafka_config(
+        **{
+            "group.id": "k2jobs-marker-reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+
+
 class ChunkTransaction:
     """A transactional producer for one chunk: everything it sends commits or aborts together."""
 
     def __init__(self, settings: Settings, job_id: str, chunk_index: int) -> None:
         self.errors = DeliveryErrors()
         self._timeout_s = settings.kafka_call_timeout_s
-        conf = {**PRODUCER_DEFAULTS, **settings.kafka_config()}  # K2_KAFKA_OPT_* may tune the defaults
-        conf.update(
-            {
-                "transactional.id": transactional_id(job_id, chunk_index),
-                "enable.idempotence": True,
-                "acks": "all",
-                "delivery.report.only.error": True,
-                "on_delivery": self.errors,
-            }
-        )
-        self._producer = Producer(conf)
+        conf = producer_config(settings, transactional_id(job_id, chunk_index))
+        self._producer = Producer({**conf, "on_delivery": self.errors})
         try:
             self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
@@ -185,17 +203,7 @@ class MarkerReader:
     """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer(
-            settings.kafka_config(
-                **{
-                    "group.id": "k2jobs-marker-reader",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": True,
-                    "fetch.wait.max.ms": 10,
-                }
-            )
-        )
+        self._consumer = Consumer(marker_consumer_config(settings))
         self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
 
     def end_offset(self, timeout_s: float = 10.0) -> int:
@@ -261,3 +269,40 @@ def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
         admin_client(settings).list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s") from exc
+
+
+def check_client_settings(settings: Settings) -> None:
+    """Build the producer and consumer configurations once; raise SettingsError naming what librdkafka refuses.
+
+    librdkafka checks properties and their combinations (transaction.timeout.ms >= message.timeout.ms, ...)
+    only when a client is created: without this, every chunk would fail at its producer's creation.
+    The clients get no bootstrap servers, so they connect to nothing and are gone before this returns.
+    """
+    offline = {"bootstrap.servers": ""}
+    for build in (
+        lambda: Producer({**producer_config(settings, "k2jobs-settings-check"), **offline}),
+        lambda: Consumer({**marker_consumer_config(settings), **offline}),
+    ):
+        try:
+            client = build()
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise SettingsError(_refused_setting(settings, exc)) from exc
+        if isinstance(client, Consumer):
+            client.close()
+        del client
+
+
+def _refused_setting(settings: Settings, exc: Exception) -> str:
+    """Which K2_KAFKA_OPT_* (or k2jobs default) librdkafka's message is about, and what it says."""
+    reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+    named = [name for name in settings.kafka_options if name in reason] or list(settings.kafka_options)
+    shown = [f"{KAFKA_OPTION_PREFIX}{name.upper().replace('.', '_')}={_shown(name, settings)}" for name in named]
+    ours = [f"{k}={v}" for k, v in PRODUCER_DEFAULTS.items() if k in reason and k not in settings.kafka_options]
+    what = ", ".join(shown) if shown else f"K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
+    note = f" (k2jobs' producer sets {', '.join(ours)} unless a K2_KAFKA_OPT_* overrides it)" if ours else ""
+    return f"invalid Kafka setting {what}: librdkafka refuses it: {reason}{note}"
+
+
+def _shown(name: str, settings: Settings) -> str:
+    secret = any(word in name for word in ("password", "secret", "token"))
+    return "***" if secret else settings.kafka_options[name]

@@ -80,31 +80,49 @@ class RowError(ValueError):
     """A row that cannot be published; the message says which field and why."""
 
 
+class SkippedTime(RowError):
+    """A local hour that does not exist: the clocks jump over it when daylight saving starts."""
+
+
 @lru_cache(maxsize=65_536)
 def hour_start_ms(date: str, hour: int, exchange: str = DEFAULT_EXCHANGE) -> int:
     """Epoch ms of the start of `hour` on `date` (MM/DD/YYYY), in the exchange's local time.
 
     Offsets change only on hour boundaries, so one lookup per hour is exact; in the
-    repeated hour when daylight saving ends, the first (daylight) occurrence is used.
+    repeated hour when daylight saving ends, the first (daylight) occurrence is used. An hour
+    the clocks skip when daylight saving starts does not exist: SkippedTime.
     """
     match = _DATE_RE.match(date)
     if match is None:
         raise RowError(f"date {date!r} is not MM/DD/YYYY")
     month, day, year = (int(part) for part in match.groups())
+    zone = EXCHANGE_TIMEZONES[exchange]
     try:
-        local = datetime(year, month, day, hour, tzinfo=EXCHANGE_TIMEZONES[exchange])
+        local = datetime(year, month, day, hour, tzinfo=zone)
     except ValueError:
         raise RowError(f"date {date!r} is not a calendar date (MM/DD/YYYY)") from None
-    return round(local.timestamp()) * 1000
+    # zoneinfo maps a skipped wall time to an instant anyway (02:30 as 03:30). PEP 495: in the gap the
+    # second reading (fold=1, the offset after the jump) comes out earlier; in a repeated hour, later.
+    first = local.timestamp()
+    if local.replace(fold=1).timestamp() < first:
+        raise SkippedTime(f"{date} {hour:02}:00-{hour:02}:59 does not exist in {zone.key}")
+    return round(first) * 1000
 
 
 def exchange_timestamp_ms(date: str, hh: str, mm: str, ss: str, frac: str | None, exchange: str) -> int:
     """Epoch ms (UTC) of an exchange-local date and clock time given as digit strings."""
     hour, minute, second = int(hh), int(mm), int(ss)
+    frac_part = f".{frac}" if frac else ""
     if hour > 23 or minute > 59 or second > 59:
-        frac_part = f".{frac}" if frac else ""
         raise RowError(f"time '{hh}:{mm}:{ss}{frac_part}' is not a clock time (HH:MM:SS[.fff])")
-    return hour_start_ms(date, hour, exchange) + minute * 60_000 + second * 1000 + _millis(frac)
+    try:
+        start = hour_start_ms(date, hour, exchange)
+    except SkippedTime:
+        raise RowError(
+            f"local time {date} {hh}:{mm}:{ss}{frac_part} does not exist in {EXCHANGE_TIMEZONES[exchange].key} "
+            "(the clocks skip that hour when daylight saving starts)"
+        ) from None
+    return start + minute * 60_000 + second * 1000 + _millis(frac)
 
 
 def split_fields(text: str) -> list[str]:

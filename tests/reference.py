@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,14 @@ def epoch_ms(date: str, time: str) -> int:
     fmt = "%m/%d/%Y %H:%M:%S.%f" if "." in time else "%m/%d/%Y %H:%M:%S"
     local = datetime.strptime(f"{date} {time}", fmt).replace(tzinfo=SYDNEY)
     return (local - EPOCH) // __import__("datetime").timedelta(milliseconds=1)
+
+
+def local_time_exists(day: date, hour: int) -> bool:
+    """False for an hour that Sydney's clocks skip when daylight saving starts."""
+    local = datetime(day.year, day.month, day.day, hour)
+    if not 1 < day.year < 9999:
+        return True
+    return local.replace(tzinfo=SYDNEY).astimezone(UTC).astimezone(SYDNEY).replace(tzinfo=None) == local
 
 
 def expected_value(kind: str, company_id: int, line: str) -> dict:  # type: ignore[type-arg]

@@ -197,3 +197,28 @@ def test_password_protected_redis(stack, tmp_path) -> None:  # type: ignore[no-u
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_local_time_skipped_by_daylight_saving_is_dead_lettered(stack, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
+    """10/05/2014 02:30 never happened in Sydney (clocks jumped from 02:00 to 03:00): rejected, not moved."""
+    (workdir / "trades").mkdir()
+    (workdir / "reference-data").mkdir()
+    (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
+    (workdir / "trades" / "7078.csv").write_bytes(
+        b"10/05/2014,01:59:59.999,37.5,100,0,,\r\n"
+        b"10/05/2014,02:30:00.000,37.5,100,0,,\r\n"
+        b"10/05/2014,03:30:00.000,37.5,100,0,,\r\n"
+        b"04/06/2014,02:30:00.000,37.5,100,0,,\r\n"  # the repeated hour: its first occurrence
+    )
+    done = submit(workdir)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["totals"] == {"rows": 4, "published": 3, "rejected": 1}
+    reason = "local time 10/05/2014 02:30:00.000 does not exist in Australia/Sydney"
+    assert report["files"][0]["reasons"][0].startswith(f"line 2: {reason}")
+    messages = {msg.source: msg for msg in read_back(report["job_id"])}
+    dead = messages["trades/7078.csv:2"]
+    assert dead.topic == "market.trades.dlq"
+    assert orjson.loads(dead.value)["error"].startswith(reason)
+    stamps = {line: orjson.loads(messages[f"trades/7078.csv:{line}"].value)["exchange_timestamp"] for line in (1, 3, 4)}
+    assert stamps == {1: 1412438399999, 3: 1412440200000, 4: 1396711800000}

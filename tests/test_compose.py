@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 import celeryconfig
+from k2jobs.config import load_settings
+from k2jobs.publisher import check_client_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -120,8 +125,31 @@ def test_redis_persists_to_a_named_volume(compose: dict[str, Any], services: dic
 
 def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     worker = services["worker"]
-    assert "container_name" not in worker
-    assert "ports" not in worker
+    # `--scale worker=N` needs N containers that differ only by the name compose gives them.
+    for fixed in ("container_name", "ports", "hostname"):
+        assert fixed not in worker, fixed
+    assert worker.get("network_mode") != "host"
+    # Celery node names must differ per container: without -n, Celery uses celery@<container hostname>.
+    assert "-n" not in argv(worker["command"]) and "--hostname" not in argv(worker["command"])
+
+
+def test_every_volume_is_declared_or_a_relative_bind(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    for name, svc in services.items():
+        for source, target, _ in mounts(svc):
+            assert source.startswith("./") or source in compose["volumes"], (name, source)
+            assert target.startswith("/"), (name, target)
+
+
+def test_every_dependency_waits_for_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        depends = svc.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: depends_on must use the long form to wait for health"
+        for dependency, spec in depends.items():
+            assert spec["condition"] == "service_healthy", (name, dependency)
+            check = services[dependency].get("healthcheck") or {}
+            assert check.get("test") and {"interval", "retries"} <= set(check), (name, dependency)
 
 
 def test_only_flower_publishes_a_host_port(services: dict[str, dict[str, Any]]) -> None:
@@ -148,14 +176,22 @@ def test_k2jobs_services_share_one_image_and_environment(services: dict[str, dic
     ours = k2jobs_services(services)
     assert {"worker", "flower", "submit"} <= set(ours)
     assert len({svc.get("image") for svc in ours.values()}) == 1
-    for name, svc in ours.items():
-        env = env_of(svc)
-        assert env["K2_REDIS_URL"].startswith("redis://redis:6379/"), name
-        assert env["K2_KAFKA_BOOTSTRAP"] == "kafka:9092", name
-        assert (env["K2_REDIS_URL"], env["K2_KAFKA_BOOTSTRAP"]) == (
-            env_of(services["worker"])["K2_REDIS_URL"],
-            env_of(services["worker"])["K2_KAFKA_BOOTSTRAP"],
-        ), name
+    assert len({tuple(sorted(env_of(svc).items())) for svc in ours.values()}) == 1
+
+
+def test_workers_reach_redis_and_kafka_by_service_name(services: dict[str, dict[str, Any]]) -> None:
+    """The settings a worker reads (through k2jobs.config) name the compose services and their ports."""
+    settings = load_settings(env_of(services["worker"]))
+    redis_url = urlsplit(settings.redis_url)
+    assert (redis_url.scheme, redis_url.hostname, redis_url.port or 6379) == ("redis", "redis", 6379)
+    assert "--port" not in argv(services["redis"]["command"])  # so Redis listens on its default 6379
+    host, port = settings.kafka_bootstrap.split(":")
+    assert host in services
+    kafka_env = env_of(services[host])
+    assert f"PLAINTEXT://{host}:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert f"PLAINTEXT://:{port}" in kafka_env["KAFKA_LISTENERS"].split(",")
+    assert settings.data_root == Path(env_of(services["worker"])["K2_DATA_ROOT"])
+    check_client_settings(settings)  # every K2_KAFKA_OPT_* in the file is one librdkafka accepts
 
 
 @pytest.mark.parametrize("name", ["worker", "submit"])
@@ -180,26 +216,53 @@ def test_flower_runs_the_flower_subcommand(services: dict[str, dict[str, Any]]) 
     assert option(args, "--address") == "0.0.0.0"
 
 
+def dockerfile_stages(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(stage name, [(INSTRUCTION, arguments)]) per FROM, comments dropped and continued lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    stages: list[tuple[str, list[tuple[str, str]]]] = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, args = line.partition(" ")
+        if instruction.upper() == "FROM":
+            words = args.split()
+            stages.append((words[2] if len(words) > 2 and words[1].upper() == "AS" else str(len(stages)), []))
+        stages[-1][1].append((instruction.upper(), args.strip()))
+    return stages
+
+
+def runs(stage: list[tuple[str, str]]) -> list[list[str]]:
+    """Every command of the stage's RUN instructions (split at &&), as argv lists."""
+    return [shlex.split(part) for kind, args in stage if kind == "RUN" for part in args.split("&&")]
+
+
 def test_dockerfile_builds_the_compiled_parser_and_runs_as_non_root(services: dict[str, dict[str, Any]]) -> None:
     build = services["worker"]["build"]
     context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
     dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
     assert dockerfile == DOCKERFILE
-    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
-    assert lines[[line.startswith("FROM ") for line in lines].index(True)].startswith("FROM python:3.11")
-    copied = {part.rstrip("/") for line in lines if line.startswith("COPY ") for part in line.split()[1:-1]}
+    stages = dockerfile_stages(DOCKERFILE.read_text())
+    (build_name, build_stage), (_, final) = stages[0], stages[-1]
+    assert len(stages) >= 2, "a build stage keeps the compiler out of the image"
+    assert final[0][1].split()[0].startswith("python:3.11")
+    copied = {part.rstrip("/") for kind, args in build_stage if kind == "COPY" for part in args.split()[:-1]}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {project["project"]["readme"], "pyproject.toml", "k2jobs"}
     needed |= {module + ".py" for module in project["tool"]["setuptools"]["py-modules"]}
     assert needed <= copied, f"pip install . needs {sorted(needed - copied)}"
-    stages = "\n".join(lines).split("\nFROM ")
-    build, final = stages[1].splitlines(), stages[-1].splitlines()  # stages[0]: the comments above
-    assert any(line.startswith("RUN apt-get") and " gcc " in line for line in build), "the C fast path needs gcc"
-    assert "RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in build
-    assert "COPY --from=build /wheels /wheels" in final
-    assert 'RUN python -c "import k2jobs._fastrows"' in final, "the image must fail to build without the fast path"
-    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert any(cmd[:1] == ["apt-get"] and "install" in cmd and "gcc" in cmd for cmd in runs(build_stage))
+    [wheel] = [cmd for cmd in runs(build_stage) if cmd[:2] == ["pip", "wheel"]]
+    assert wheel[-1] == "." and "--no-deps" in wheel
+    wheels = option(wheel, "--wheel-dir")
+    assert ("COPY", f"--from={build_name} {wheels} {wheels}") in final
+    assert any(cmd[:2] == ["pip", "install"] and cmd[2].startswith(wheels) for cmd in runs(final))
+    assert ["python", "-c", "import k2jobs._fastrows"] in runs(final), "the image must fail to build without it"
+    users = [args for kind, args in final if kind == "USER"]
     assert users and users[-1] not in {"root", "0"}
+    [cmd] = [json.loads(args) for kind, args in final if kind == "CMD"]
+    assert cmd[:4] == ["celery", "-A", "k2jobs.app", "worker"]
+    assert set(option(cmd, "-Q").split(",")) == QUEUES
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:

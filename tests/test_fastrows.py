@@ -6,9 +6,11 @@ so the two paths must agree byte for byte: values, headers, dead letters, counts
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,6 +57,28 @@ odd_dates = st.sampled_from(
     ["02/29/2016", "02/29/2015", "02/30/2014", "13/01/2014", "00/10/2014", "1/2/2014", "03/10/14", "٠٣/10/2014",
      "04/06/2014", "10/05/2014", "01/01/0001", "12/31/9999", "03-10-2014"]
 )  # fmt: skip
+
+
+def sydney_transition_days(first: int, last: int) -> list[str]:
+    """MM/DD/YYYY of every day Sydney's UTC offset changes (daylight saving starts or ends)."""
+    zone, days = ZoneInfo("Australia/Sydney"), []
+    day = date(first, 1, 1)
+    while day.year <= last:
+        if (
+            datetime(day.year, day.month, day.day, tzinfo=zone).utcoffset()
+            != datetime(day.year, day.month, day.day, 23, tzinfo=zone).utcoffset()
+        ):
+            days.append(f"{day:%m/%d/%Y}")
+        day += timedelta(days=1)
+    return days
+
+
+# The nights the clocks change, at times around the skipped (rejected) and repeated (first occurrence) hour.
+dst_dates = st.sampled_from(sydney_transition_days(1971, 2037))
+dst_times = st.builds(
+    lambda h, m, s, f: f"{h:02}:{m:02}:{s:02}" + (f".{f}" if f else ""),
+    st.integers(1, 3), st.integers(0, 59), st.sampled_from([0, 1, 30, 59]), st.sampled_from(["", "0", "999"]),
+)  # fmt: skip
 valid_times = st.builds(
     lambda h, m, s, f: f"{h:02}:{m:02}:{s:02}" + (f".{f}" if f else ""),
     st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.text("0123456789", max_size=3),
@@ -87,7 +111,7 @@ def row(kind: str) -> st.SearchStrategy[str]:
     numbers = [valid_prices, valid_ints, valid_ints] if kind == "trades" else [valid_prices, valid_prices]
     valid = [valid_dates, valid_times, *numbers, *([texts, texts] if kind == "trades" else [valid_ints, valid_ints])]
     odd = [odd_dates, odd_times, *[odd_numbers] * (len(valid) - 2)]
-    fields = st.tuples(*valid).map(list)
+    fields = st.one_of(st.tuples(*valid).map(list), st.tuples(dst_dates, dst_times, *valid[2:]).map(list))
     one_odd = st.integers(0, len(valid) - 1).flatmap(
         lambda i: st.tuples(fields, odd[i]).map(lambda t: t[0][:i] + [t[1]] + t[0][i + 1 :])
     )
@@ -165,3 +189,16 @@ def test_lines_longer_than_the_fast_path_buffer_are_left_to_python() -> None:
     assert deferred == 1
     [values] = [batch[0] for batch in compiled[0]]  # type: ignore[index]
     assert venue in values[0].decode()
+
+
+@pytest.mark.parametrize("kind", ["trades", "quotes"])
+def test_daylight_saving_nights_give_identical_messages_and_dead_letters(kind: str) -> None:
+    rest = "1.5,100,0,X,B" if kind == "trades" else "1.5,1.6,100,200"
+    times = ["01:59:59.999", "02:00:00.000", "02:30:00", "02:59:59.999", "03:00:00.000"]
+    data = "".join(f"{day},{t},{rest}\r\n" for day in ("04/06/2014", "10/05/2014") for t in times).encode()
+    compiled, python, deferred = both_paths(data, kind, batch_lines=4)
+    assert compiled == python
+    assert deferred == 3  # the skipped hour is left to Python, which rejects it
+    dead = [orjson.loads(v) for batch in compiled[0] for v in batch[2]]  # type: ignore[index]
+    assert [d["line"] for d in dead] == [7, 8, 9]
+    assert all("does not exist in Australia/Sydney" in d["error"] for d in dead)

@@ -15,7 +15,7 @@ import urllib.request
 from .conftest import DATA_ROOT, run_k2
 
 
-def run_on_terminal(*args: str, timeout_s: float = 300) -> tuple[int, str]:
+def run_on_terminal(*args: str, timeout_s: float = 300, columns: int = 200) -> tuple[int, str]:
     """Run `python -m k2jobs ...` with a pseudo-terminal as stdout and stderr; return exit code and screen."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -24,7 +24,7 @@ def run_on_terminal(*args: str, timeout_s: float = 300) -> tuple[int, str]:
         stderr=slave,
         stdin=subprocess.DEVNULL,
         cwd=DATA_ROOT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
     os.close(slave)
     chunks: list[bytes] = []
@@ -55,6 +55,17 @@ def test_submit_on_a_terminal_shows_live_progress(stack) -> None:  # type: ignor
     assert "SUCCEEDED" in screen
 
 
+def test_live_progress_fits_an_80_column_terminal_without_cutting_numbers(stack) -> None:  # type: ignore[no-untyped-def]
+    code, screen = run_on_terminal("submit", "sample", "--again", "--chunk-rows", "10000", columns=80)
+    assert code == 0, screen
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in re.split(r"[\r\n]+", screen)]
+    live = [line for line in lines if re.search(r"\d+/170332 rows", line)]
+    assert live, screen
+    assert any("100% 170332/170332 rows • chunks 22/22 • rejected 0" in line for line in live), live[-3:]
+    assert all(len(line.rstrip()) <= 80 for line in live), max(live, key=len)
+    assert "…" not in screen  # nothing cut short
+
+
 def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ignore[no-untyped-def]
     done = run_k2("submit", "sample", "--again")
     assert done.returncode == 0
@@ -64,16 +75,40 @@ def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ign
 
 
 def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # type: ignore[no-untyped-def]
-    done = run_k2("submit", "sample", "--again", "--no-wait", "--json", "--chunk-rows", "5000")
-    job_id = json.loads(done.stdout)["job_id"]
-    status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
-    if "totals" not in status:  # still running: the live numbers
-        assert status["rows"] == 170_332 and status["chunks"] == 39
-        assert 0 <= status["rows_done"] <= status["rows"]
+    from k2jobs.app import app
+
+    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # hold the job at its start
+    try:
+        done = run_k2("submit", "sample", "--again", "--no-wait", "--json", "--chunk-rows", "5000")
+        job_id = json.loads(done.stdout)["job_id"]
+        status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
+        assert status["status"] == "running"
+        assert (status["rows"], status["rows_done"], status["chunks"], status["chunks_done"]) == (170_332, 0, 39, 0)
+        text = run_k2("status", job_id, check=True).stdout
+        assert f"job {job_id} running: 0/170332 rows (0.0%)" in text
+        assert "chunks 0/39" in text
+    finally:
+        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     final = run_k2("status", job_id, "--wait", "--json")
     assert final.returncode == 0
     assert json.loads(final.stdout)["totals"]["published"] == 170_332
     assert ledger.progress(job_id) == 170_332  # per-chunk progress adds up to every row
+    assert json.loads(run_k2("status", job_id, "--json").stdout)["status"] == "succeeded"
+
+
+def test_progress_line_keeps_every_number_whole_at_any_width() -> None:
+    from k2jobs.jobs import Progress
+    from k2jobs.progress import progress_line
+
+    big = Progress("j", "running", 9_999_999_999, 1_234_567_890, 5000, 1234, 17, 12.0)
+    for width in range(32, 200):  # parts are left out whole, never cut
+        bar, text = progress_line(big, width)
+        assert len(text) + (bar + 1 if bar else 0) <= width
+        assert text.startswith(" 12% 1234567890/9999999999 rows"), width
+        if width >= 80:
+            assert text.startswith(" 12% 1234567890/9999999999 rows • chunks 1234/5000 • rejected 17"), width
+    bar, text = progress_line(big, 200)
+    assert (bar, text.endswith("0:01:25 left • 0:00:12")) == (40, True)
 
 
 def test_flower_metrics_list_succeeded_k2jobs_tasks(stack) -> None:  # type: ignore[no-untyped-def]

@@ -6,12 +6,12 @@ import string
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from k2jobs.records import Kind, RowError, RowParser, split_fields
 
-from .reference import expected_value
+from .reference import expected_value, local_time_exists
 
 TRADES = RowParser(Kind.TRADE, "BHP", 7078)
 QUOTES = RowParser(Kind.QUOTE, "BHP", 7078)
@@ -70,6 +70,36 @@ def test_quoted_venue_may_hold_a_comma() -> None:
 def test_sydney_time_is_daylight_saving_aware(date: str, time: str, expected: int) -> None:
     line = f"{date},{time},1,1,0,,".encode()
     assert parsed(TRADES, line)["exchange_timestamp"] == expected
+
+
+# Sydney's daylight saving in 2014 ended at 03:00 AEDT on 6 April (clocks back to 02:00 AEST) and
+# started at 02:00 AEST on 5 October (clocks forward to 03:00 AEDT).
+@pytest.mark.parametrize(
+    ("date", "time", "expected"),
+    [
+        ("04/06/2014", "01:59:59.999", 1396709999999),  # AEDT, UTC+11
+        ("04/06/2014", "02:00:00.000", 1396710000000),  # the repeated hour: its first (AEDT) occurrence
+        ("04/06/2014", "02:30:00", 1396711800000),
+        ("04/06/2014", "02:59:59.999", 1396713599999),
+        ("04/06/2014", "03:00:00.000", 1396717200000),  # AEST, UTC+10: an hour of epoch later than 02:00 + 1h
+        ("10/05/2014", "01:59:59.999", 1412438399999),  # AEST, UTC+10
+        ("10/05/2014", "03:00:00.000", 1412438400000),  # AEDT, UTC+11: the next millisecond of real time
+    ],
+)
+def test_daylight_saving_transitions_of_2014(date: str, time: str, expected: int) -> None:
+    assert parsed(TRADES, f"{date},{time},1,1,0,,".encode())["exchange_timestamp"] == expected
+    assert parsed(QUOTES, f"{date},{time},1,2,3,4".encode())["exchange_timestamp"] == expected
+
+
+@pytest.mark.parametrize("time", ["02:00:00.000", "02:00:00", "02:30:00.000", "02:59:59.999", "02:59:59"])
+def test_local_times_skipped_when_daylight_saving_starts_are_rejected(time: str) -> None:
+    reason = f"local time 10/05/2014 {time} does not exist in Australia/Sydney"
+    for parser, line in ((TRADES, f"10/05/2014,{time},1,1,0,,"), (QUOTES, f"10/05/2014,{time},1,2,3,4")):
+        with pytest.raises(RowError) as caught:
+            parser.parse(line.encode(), 0)
+        assert str(caught.value).startswith(reason), caught.value
+        with pytest.raises(RowError, match="does not exist"):  # the field-by-field path, too
+            parser.parse(",".join(f'"{f}"' for f in line.split(",")).encode(), 0)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +169,7 @@ texts = st.text(st.characters(blacklist_characters=',"\r\n\x00', blacklist_categ
 @settings(max_examples=300, deadline=None)
 @given(dates, times, prices, ints, ints, texts, texts)
 def test_generated_valid_trades_come_out_exactly(d, t, price, volume, qualifiers, venue, buyer) -> None:  # type: ignore[no-untyped-def]
+    assume(local_time_exists(d, t[0]))
     line = f"{d:%m/%d/%Y},{t[0]:02}:{t[1]:02}:{t[2]:02}.{t[3]:03},{price},{volume},{qualifiers},{venue},{buyer}"
     assert parsed(TRADES, line.encode()) == expected_value("trades", 7078, line)
 
@@ -146,5 +177,6 @@ def test_generated_valid_trades_come_out_exactly(d, t, price, volume, qualifiers
 @settings(max_examples=300, deadline=None)
 @given(dates, times, prices, prices, ints, ints)
 def test_generated_valid_quotes_come_out_exactly(d, t, bid, ask, bid_volume, ask_volume) -> None:  # type: ignore[no-untyped-def]
+    assume(local_time_exists(d, t[0]))
     line = f"{d:%m/%d/%Y},{t[0]:02}:{t[1]:02}:{t[2]:02}.{t[3]:03},{bid},{ask},{bid_volume},{ask_volume}"
     assert parsed(QUOTES, line.encode()) == expected_value("quotes", 7078, line)

@@ -1,0 +1,95 @@
+"""Bad settings are refused up front, naming the setting: by submit, resume, `stack up` and a worker's start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from k2jobs.config import load_settings
+from k2jobs.errors import InputError, SettingsError
+from k2jobs.publisher import check_client_settings
+
+from .conftest import DATA_ROOT, run_k2
+
+CHUNK_QUEUE = "k2jobs.chunks"
+BAD_SETTINGS = [
+    # librdkafka refuses the combination: transaction.timeout.ms below k2jobs' message.timeout.ms (45 s).
+    ({"K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "5000"}, "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000", "message.timeout.ms"),
+    ({"K2_KAFKA_OPT_NO_SUCH_PROPERTY": "1"}, "K2_KAFKA_OPT_NO_SUCH_PROPERTY=1", "No such configuration property"),
+    ({"K2_KAFKA_OPT_ISOLATION_LEVEL": "sometimes"}, "K2_KAFKA_OPT_ISOLATION_LEVEL=sometimes", "isolation.level"),
+    ({"K2_BATCH_ROWS": "0"}, "K2_BATCH_ROWS='0' must be positive", ""),
+    ({"K2_REDIS_URL": "http://127.0.0.1:6379"}, "K2_REDIS_URL='http://127.0.0.1:6379'", "redis://"),
+    ({"K2_KAFKA_BOOTSTRAP": "kafka"}, "K2_KAFKA_BOOTSTRAP='kafka'", "host:port"),
+    ({"K2_FLOWER_PORT": "70000"}, "K2_FLOWER_PORT=70000", "TCP port"),
+]
+
+
+@pytest.mark.parametrize(("env", "named", "why"), BAD_SETTINGS)
+def test_settings_the_clients_refuse_raise_a_settings_error_naming_them(
+    env: dict[str, str], named: str, why: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        check_client_settings(load_settings(env))
+    assert isinstance(caught.value, InputError)  # exit 2: refused before anything was enqueued
+    assert named in str(caught.value) and why in str(caught.value)
+
+
+def test_secret_values_are_not_echoed() -> None:
+    env = {"K2_KAFKA_OPT_SASL_PASSWORD": "hunter2", "K2_KAFKA_OPT_SECURITY_PROTOCOL": "carrier-pigeon"}
+    with pytest.raises(SettingsError) as caught:
+        check_client_settings(load_settings(env))
+    assert "K2_KAFKA_OPT_SECURITY_PROTOCOL=carrier-pigeon" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_valid_settings_pass(settings) -> None:  # type: ignore[no-untyped-def]
+    check_client_settings(settings)
+    check_client_settings(load_settings({"K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "90000"}))
+
+
+@pytest.mark.parametrize(("env", "named", "why"), BAD_SETTINGS)
+def test_submit_refuses_a_bad_setting_and_enqueues_nothing(stack, ledger, env, named, why) -> None:  # type: ignore[no-untyped-def]
+    before = ledger.recent_jobs(10_000)
+    queued = ledger.redis.llen(CHUNK_QUEUE)
+    done = run_k2("submit", "sample", "--json", env=env)
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr and why in done.stderr
+    assert done.stdout == ""
+    assert ledger.recent_jobs(10_000) == before  # no job created
+    assert ledger.redis.llen(CHUNK_QUEUE) == queued == 0  # no chunk enqueued
+
+
+def test_resume_and_stack_up_refuse_a_bad_setting(stack) -> None:  # type: ignore[no-untyped-def]
+    bad = {"K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "5000"}
+    before = json.loads(run_k2("stack", "status", "--json", check=True).stdout)
+    up = run_k2("stack", "up", "--workers", "3", env=bad)
+    assert up.returncode == 2, up.stderr
+    assert "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000" in up.stderr
+    assert json.loads(run_k2("stack", "status", "--json", check=True).stdout) == before  # nothing started
+    resumed = run_k2("resume", "no-such-job", env=bad)
+    assert resumed.returncode == 2
+    assert "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000" in resumed.stderr
+
+
+def test_a_worker_with_a_bad_setting_refuses_to_start_with_the_reason_in_its_log(stack) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.app import app
+
+    name = "k2-bad-settings@%h"
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", CHUNK_QUEUE, "-c", "1", "-n", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DATA_ROOT,
+        env={**os.environ, "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "5000"},
+    )
+    assert worker.returncode != 0
+    assert "this worker refuses to start" in worker.stderr
+    assert "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000" in worker.stderr
+    assert "message.timeout.ms" in worker.stderr
+    replies = app.control.ping(timeout=1.0)
+    assert not any(node.startswith("k2-bad-settings@") for reply in replies for node in reply)
