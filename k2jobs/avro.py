@@ -15,7 +15,6 @@ from typing import Any
 
 from .records import DEFAULT_EXCHANGE, PRICE_FIELDS, Kind, RowError, RowParser, _check_field
 
-VALUE_FORMATS = ("json", "avro")
 SCHEMA_FILES = {Kind.TRADE: "trade_v2.avsc", Kind.QUOTE: "quote_v2.avsc"}
 SCALE = 8
 MAX_UNSCALED = 10**18  # decimal(18, 8): at most 18 digits, 10 of them before the point

@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Settings, load_settings
-from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError
+from .config import VALUE_FORMATS, Settings, load_settings
+from .errors import (
+    InputError,
+    JobNotFound,
+    K2Error,
+    KafkaUnavailable,
+    RedisUnavailable,
+    RegistryUnavailable,
+    StackError,
+)
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -20,6 +28,7 @@ EXIT_REFUSED = 2
 EXIT_REDIS_UNAVAILABLE = 3
 EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STACK_FAILED = 5
+EXIT_REGISTRY_UNAVAILABLE = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -65,15 +74,16 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     directory = Path(args.directory).absolute()
     chunk_rows = args.chunk_rows or settings.chunk_rows
     ledger = Ledger(connect(settings.redis_url))
-    job_id, plan = submit_job(settings, ledger, directory, chunk_rows, args.skip_unknown)
+    value_format = args.format or settings.value_format
+    job_id, plan = submit_job(settings, ledger, directory, chunk_rows, args.skip_unknown, value_format)
     if not args.wait:
         if args.json:
             _print_json({"job_id": job_id})
         else:
-            print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows enqueued")
+            print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows enqueued ({value_format})")
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows", file=sys.stderr)
+        print(f"job {job_id}: {len(plan.chunks)} chunks, {plan.rows} rows as {value_format}", file=sys.stderr)
     return _wait(settings, ledger, job_id, args.json)
 
 
@@ -142,6 +152,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
                 f"{file['found_rejected']}/{file['rejected']} dead-lettered"
+                + (f", {file['malformed']} values not in the job's format" if file["malformed"] else "")
             )
         for stalled in result["stalled_partitions"]:
             print(
@@ -191,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows", type=int, default=None, help="lines per chunk task (default 200000, or K2_CHUNK_ROWS)"
     )
     submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
+    submit.add_argument(
+        "--format",
+        choices=VALUE_FORMATS,
+        default=None,
+        help="message values: json, or avro (TradeV2/QuoteV2 through the schema registry); default K2_FORMAT or json",
+    )
     submit.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -231,6 +248,7 @@ ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
     (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
     (StackError, EXIT_STACK_FAILED),
+    (RegistryUnavailable, EXIT_REGISTRY_UNAVAILABLE),
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from .errors import InputError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
+VALUE_FORMATS = ("json", "avro")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Settings:
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
+    # Where Avro schemas are registered (Confluent's API: Apicurio serves it under /apis/ccompat/v7).
+    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -59,6 +63,13 @@ def kafka_options_from(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _value_format(env: Mapping[str, str], default: str) -> str:
+    value = env.get("K2_FORMAT") or default
+    if value not in VALUE_FORMATS:
+        raise InputError(f"K2_FORMAT={value!r} must be one of {', '.join(VALUE_FORMATS)}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment (or the mapping given)."""
     env = os.environ if env is None else env
@@ -74,4 +85,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         kafka_options=kafka_options_from(env),
+        schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
+        value_format=_value_format(env, defaults.value_format),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
 from .reconcile import reconcile_job
+from .registry import register_schemas
 
 # If every chunk has a result but the chord callback has not reported after this long
 # (celery #4207: a callback can be lost), the client reconciles the job itself.
@@ -68,17 +69,32 @@ def _forget_pending_results() -> None:
         mapping.clear()
 
 
+def with_value_format(plan: JobPlan, value_format: str, schema_ids: dict[str, int]) -> JobPlan:
+    """The plan with every chunk told how to write its values (and, for Avro, its kind's schema id)."""
+    chunks = [replace(c, value_format=value_format, schema_id=schema_ids.get(c.kind, 0)) for c in plan.chunks]
+    return replace(plan, chunks=chunks)
+
+
 def submit_job(
-    settings: Settings, ledger: Ledger, directory: Path, chunk_rows: int, skip_unknown: bool = False
+    settings: Settings,
+    ledger: Ledger,
+    directory: Path,
+    chunk_rows: int,
+    skip_unknown: bool = False,
+    value_format: str | None = None,
 ) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
     started = time.perf_counter()
+    value_format = value_format or settings.value_format
     plan = plan_job(settings.data_root, directory, chunk_rows, skip_unknown)
     planned = time.perf_counter()
     ledger.ping()
     ensure_topics(settings)  # also the reachability check: it fails within seconds if Kafka is away
+    schema_ids = register_schemas(settings) if value_format == "avro" else {}
+    plan = with_value_format(plan, value_format, schema_ids)
     job_id = new_job_id()
-    ledger.create_job(job_id, plan, {"chunk_rows": chunk_rows, "batch_rows": settings.batch_rows})
+    options = {"chunk_rows": chunk_rows, "batch_rows": settings.batch_rows, "format": value_format}
+    ledger.create_job(job_id, plan, {**options, "schema_ids": schema_ids})
     enqueue_chunks(job_id, plan, list(range(len(plan.chunks))))
     ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)
     return job_id, plan

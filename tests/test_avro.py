@@ -27,7 +27,7 @@ from k2jobs.batches import COMPILED, ChunkRows
 from k2jobs.planning import ChunkPlan
 from k2jobs.records import Kind
 
-from .reference import SYMBOLS, expected_value, source_lines
+from .reference import SYMBOLS, expected_avro_record, source_lines
 from .test_fastrows import chunk_bytes, chunk_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,30 +74,6 @@ def run(data: bytes, chunk: ChunkPlan, compiled: bool, batch_lines: int = 7) -> 
     return batches, rows.counts()
 
 
-def expected_record(kind: Kind, company_id: int, path: str, line_no: int, line: str) -> dict[str, Any]:
-    """The TradeV2 / QuoteV2 record of one valid CSV line, built from the independent reference reading."""
-    json_value = expected_value(kind.value, company_id, line)
-    ts_us = json_value["exchange_timestamp"] * 1000
-    row_id = f"{path}:{line_no}:{ts_us}"
-    record: dict[str, Any] = {"message_id": row_id}
-    record["trade_id" if kind is Kind.TRADE else "quote_id"] = row_id
-    record.update(symbol=SYMBOLS[company_id], exchange="ASX", asset_class="equities", timestamp=ts_us)
-    vendor = {"company_id": str(company_id)}
-    if kind is Kind.TRADE:
-        qualifiers = str(json_value["qualifiers"])
-        record.update(price=Decimal(json_value["price"]), quantity=Decimal(json_value["volume"]), currency="AUD")
-        record.update(side="UNKNOWN", trade_conditions=[qualifiers])
-        vendor["qualifiers"] = qualifiers
-        vendor.update({k: json_value[k] for k in ("venue", "buyer_id") if json_value[k]})
-    else:
-        record.update(bid_price=Decimal(json_value["bid_price"]), bid_quantity=Decimal(json_value["bid_volume"]))
-        record.update(ask_price=Decimal(json_value["ask_price"]), ask_quantity=Decimal(json_value["ask_volume"]))
-        record["currency"] = "AUD"
-    record.update(source_sequence=None, ingestion_timestamp=INGESTION_MS * 1000, platform_sequence=line_no)
-    record["vendor_data"] = vendor
-    return record
-
-
 def test_the_compiled_fast_path_is_built() -> None:
     assert COMPILED, "k2jobs._fastrows was not built: install a C compiler (gcc) and reinstall k2jobs"
 
@@ -117,7 +93,9 @@ def test_real_sample_rows_equal_avro_serializer_output_on_both_paths(kind: Kind)
         serialize = SERIALIZERS[kind]
         for value, headers in values:
             line_no = int(headers[1][1].rsplit(b":", 1)[1])
-            record = expected_record(kind, int(path.stem), relative, line_no, lines[line_no])
+            record = expected_avro_record(
+                kind.value, int(path.stem), relative, line_no, lines[line_no], INGESTION_MS * 1000
+            )
             assert value == serialize(record, context(kind)), f"{relative}:{line_no}"
 
 
