@@ -7,7 +7,8 @@ One run, one local broker (a k2jobs stack of its own, on its own ports and stack
    sending the raw trade CSV lines;
 3. a naive loader: csv.reader, strptime + zoneinfo, Decimal, json.dumps and one produce per row;
 4. k2jobs end to end with 1 and then 2 workers (`submit --wait`, from launch to report; the
-   job records how long planning and enqueueing took), with each worker process's peak RSS (VmHWM).
+   job records how long planning and enqueueing took), with each worker process's peak RSS (VmHWM);
+5. k2jobs with 2 workers again, writing Avro (`--format avro`, TradeV2/QuoteV2 through the registry).
 
 The table goes to stdout and to bench/results/latest.{md,json} (smoke.{md,json} with --smoke).
 Exit status: 0 when every run loaded what it should, 1 otherwise; with --check, also 1 when a target
@@ -55,6 +56,7 @@ STACK_ENV = {
     "K2_REDIS_URL": "redis://127.0.0.1:26379/0",
     "K2_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
     "K2_FLOWER_PORT": "25555",
+    "K2_SCHEMA_REGISTRY_URL": "http://127.0.0.1:28081/apis/ccompat/v7",
     "K2_DATA_ROOT": str(WORK),
 }
 JAVA_TOOL = "org.apache.kafka.tools.ProducerPerformance"
@@ -65,7 +67,7 @@ appender.console.type = Console
 appender.console.name = STDERR
 appender.console.target = SYSTEM_ERR
 """
-TARGETS = {"vs_naive": 3.0, "vs_python_ceiling": 0.25, "rss_mb": 150.0}
+TARGETS = {"vs_naive": 3.0, "vs_python_ceiling": 0.25, "rss_mb": 150.0, "avro_vs_json": 1.0}
 
 
 class BenchError(RuntimeError):
@@ -171,6 +173,20 @@ def write_payloads(path: Path) -> int:
     return round(sum(map(len, values)) / len(values))
 
 
+def avro_message_bytes() -> int:
+    """The mean size of the same rows' Avro values (wire header included)."""
+    from k2jobs.avro import AvroRowParser
+    from k2jobs.records import Kind, decode_line
+
+    now_us = time.time_ns() // 1000
+    sizes = []
+    for kind in Kind:
+        parser = AvroRowParser(kind, "BHP", 7078, f"{kind.value}/7078.csv:", 1)
+        lines = sample_lines(kind.value)[:SIZE_SAMPLE_ROWS]
+        sizes += [len(parser.parse_line(decode_line(line), now_us, n) or b"") for n, line in enumerate(lines, 1)]
+    return round(sum(sizes) / len(sizes))
+
+
 # -- the stack, through the k2jobs CLI -----------------------------------------------------------
 def bench_env() -> dict[str, str]:
     env = {**os.environ, **STACK_ENV}
@@ -219,12 +235,12 @@ def restart_workers(env: dict[str, str], workers: int) -> float:
     return start_workers(env, workers, old=pids)
 
 
-def warm_up(env: dict[str, str]) -> None:
+def warm_up(env: dict[str, str], value_format: str = "json") -> None:
     """Load data/sample once, untimed: a long-running broker and workers are warm (JIT, coordinators)."""
     target = WORK / "warmup"
     if not target.exists():
         shutil.copytree(SAMPLE, target)
-    k2(env, "submit", str(target), "--json", timeout=600)
+    k2(env, "submit", str(target), "--format", value_format, "--json", timeout=600)
 
 
 def stop_stack(env: dict[str, str]) -> None:
@@ -393,13 +409,14 @@ def naive_loader(bootstrap: str) -> Result:
 
 
 # -- k2jobs --------------------------------------------------------------------------------------
-def k2jobs_load(env: dict[str, str], workers: int, expected: int) -> Result:
+def k2jobs_load(env: dict[str, str], workers: int, expected: int, value_format: str = "json") -> Result:
     """`submit --wait` from launch to report, as a user runs it; checked. Plan/enqueue times come from the job."""
     from k2jobs.ledger import Ledger, connect
 
     timeout = max(900.0, expected / 200)
     started = time.perf_counter()
-    report = json.loads(k2(env, "submit", str(INPUT), "--wait", "--json", timeout=timeout, ok=(0, 1)))
+    args = ("submit", str(INPUT), "--format", value_format, "--wait", "--json")
+    report = json.loads(k2(env, *args, timeout=timeout, ok=(0, 1)))
     seconds = time.perf_counter() - started
     job_id, totals = report["job_id"], report["totals"]
     if report["status"] != "succeeded" or totals["published"] != expected or totals["rejected"]:
@@ -416,7 +433,7 @@ def k2jobs_load(env: dict[str, str], workers: int, expected: int) -> Result:
         "report_duration_s": report["duration_s"],
         "worker_processes": memory,
     }
-    name = f"k2jobs, {workers} worker{'s' if workers > 1 else ''}"
+    name = f"k2jobs{' Avro' if value_format == 'avro' else ''}, {workers} worker{'s' if workers > 1 else ''}"
     return Result(name, totals["published"], seconds, max(p["peak_mb"] for p in memory), extra)
 
 
@@ -430,6 +447,7 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     ensure_topics(settings.kafka_bootstrap, settings.partitions)
     results = []
     info["message_bytes"] = write_payloads(WORK / "payloads.jsonl")
+    info["avro_message_bytes"] = avro_message_bytes()
     if not args.skip_java:
         print(f"java ceiling: {2 * rows:,} records from real k2jobs messages (~{info['message_bytes']} bytes)")
         results.append(java_ceiling(settings.kafka_bootstrap, 2 * rows, WORK / "payloads.jsonl"))
@@ -445,6 +463,11 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
         print(f"k2jobs with {workers} worker(s) ...")
         warm_up(env)
         results.append(k2jobs_load(env, workers, 2 * rows))
+    # The same input and 2 workers, writing Avro: fresh workers, warmed with an Avro load.
+    info["stack_up_s"]["avro"] = round(restart_workers(env, 2), 1)
+    print(f"k2jobs Avro with 2 workers (~{info['avro_message_bytes']} bytes a value) ...")
+    warm_up(env, "avro")
+    results.append(k2jobs_load(env, 2, 2 * rows, "avro"))
     return results, info
 
 
@@ -471,9 +494,11 @@ def table(results: list[Result]) -> str:
 def targets(results: list[Result]) -> dict[str, dict[str, Any]]:
     """The goals for k2jobs with 2 workers, each with its measured value and whether it is met."""
     best, naive, ceiling = find(results, "k2jobs, 2"), find(results, "naive"), find(results, "raw CSV")
-    assert best and naive and ceiling
+    avro = find(results, "k2jobs Avro, 2")
+    assert best and naive and ceiling and avro
     peak = max(r.rss_mb for r in results if r.rss_mb is not None)
     values = {"vs_naive": best.rate / naive.rate, "vs_python_ceiling": best.rate / ceiling.rate, "rss_mb": peak}
+    values["avro_vs_json"] = avro.rate / best.rate
     return {
         name: {
             "value": round(value, 2),
@@ -489,6 +514,7 @@ def target_lines(goals: dict[str, dict[str, Any]]) -> list[str]:
         "vs_naive": "k2jobs 2 workers >= {t}x naive",
         "rss_mb": "peak worker RSS < {t:.0f} MB",
         "vs_python_ceiling": "k2jobs 2 workers >= {t}x python produce ceiling",
+        "avro_vs_json": "k2jobs Avro 2 workers >= {t}x k2jobs JSON 2 workers",
     }
     return [
         f"- [{'x' if g['met'] else ' '}] {text[name].format(t=g['target'])}: {g['value']}" for name, g in goals.items()
@@ -506,7 +532,8 @@ def write_results(name: str, rows: int, results: list[Result], info: dict[str, A
     )
     md = [
         f"# k2jobs benchmark ({date}, nproc {nproc})\n",
-        f"Input: {rows:,} trade + {rows:,} quote rows.\n",
+        f"Input: {rows:,} trade + {rows:,} quote rows. Mean value size: JSON {info['message_bytes']} bytes, "
+        f"Avro {info['avro_message_bytes']} bytes.\n",
         table(results),
         f"Inside `submit`: {enqueue}.\n",
         "Targets:\n",
