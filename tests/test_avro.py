@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from k2jobs.avro import schema_text, subject
 from k2jobs.batches import COMPILED, ChunkRows
+from k2jobs.config import load_settings
+from k2jobs.errors import InputError
 from k2jobs.planning import ChunkPlan
 from k2jobs.records import Kind
 
@@ -194,3 +196,11 @@ def test_message_id_is_the_same_for_the_same_row_however_the_file_is_chunked() -
     assert len(common) == len(ids[0]) - 3
     assert all(ids[0][n] == ids[1][n] for n in common), "a reload gives a row another id"
     assert len(set(ids[0].values())) == len(ids[0]), "two rows share an id"
+
+
+def test_json_is_the_default_format_and_k2_format_is_checked() -> None:
+    assert load_settings({}).value_format == "json"
+    assert load_settings({"K2_FORMAT": "avro"}).value_format == "avro"
+    with pytest.raises(InputError, match="K2_FORMAT"):
+        load_settings({"K2_FORMAT": "protobuf"})
+    assert load_settings({}).schema_registry_url == "http://127.0.0.1:8081/apis/ccompat/v7"
