@@ -51,12 +51,15 @@ SYDNEY = ZoneInfo("Australia/Sydney")
 TOPICS = {"java": "bench.raw.java", "python": "bench.raw.python", "naive": "bench.naive"}
 # The producer settings k2jobs itself uses (minus transactions), for both ceilings.
 FAST_PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 20, "batch.size": 1_000_000}
+# K2_TEST_SLOT=N moves the bench stack's ports by 100*N, as it moves the test stack's: checkouts side by side
+# on one machine (whose suites run the bench's smoke test) would otherwise share, and stop, one bench stack.
+PORT_SHIFT = 100 * int(os.environ.get("K2_TEST_SLOT") or 0)
 STACK_ENV = {
     "K2_STACK_DIR": str(WORK / "stack"),
-    "K2_REDIS_URL": "redis://127.0.0.1:26379/0",
-    "K2_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
-    "K2_FLOWER_PORT": "25555",
-    "K2_SCHEMA_REGISTRY_URL": "http://127.0.0.1:28081/apis/ccompat/v7",
+    "K2_REDIS_URL": f"redis://127.0.0.1:{26379 + PORT_SHIFT}/0",
+    "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + PORT_SHIFT}",
+    "K2_FLOWER_PORT": str(25555 + PORT_SHIFT),
+    "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{28081 + PORT_SHIFT}/apis/ccompat/v7",
     "K2_DATA_ROOT": str(WORK),
 }
 JAVA_TOOL = "org.apache.kafka.tools.ProducerPerformance"
