@@ -8,7 +8,8 @@ One run, one local broker (a k2jobs stack of its own, on its own ports and stack
 3. a naive loader: csv.reader, strptime + zoneinfo, Decimal, json.dumps and one produce per row;
 4. k2jobs end to end with 1 and then 2 workers (`submit --wait`, from launch to report; the
    job records how long planning and enqueueing took), with each worker process's peak RSS (VmHWM);
-5. k2jobs with 2 workers again, writing Avro (`--format avro`, TradeV2/QuoteV2 through the registry).
+5. k2jobs with 2 workers writing Avro (`--format avro`, TradeV2/QuoteV2 through the registry), then
+   JSON with 2 workers once more, so Avro is measured between two JSON runs.
 
 The table goes to stdout and to bench/results/latest.{md,json} (smoke.{md,json} with --smoke).
 Exit status: 0 when every run loaded what it should, 1 otherwise; with --check, also 1 when a target
@@ -412,7 +413,9 @@ def naive_loader(bootstrap: str) -> Result:
 
 
 # -- k2jobs --------------------------------------------------------------------------------------
-def k2jobs_load(env: dict[str, str], workers: int, expected: int, value_format: str = "json") -> Result:
+def k2jobs_load(
+    env: dict[str, str], workers: int, expected: int, value_format: str = "json", again: bool = False
+) -> Result:
     """`submit --wait` from launch to report, as a user runs it; checked. Plan/enqueue times come from the job."""
     from k2jobs.ledger import Ledger, connect
 
@@ -437,6 +440,7 @@ def k2jobs_load(env: dict[str, str], workers: int, expected: int, value_format: 
         "worker_processes": memory,
     }
     name = f"k2jobs{' Avro' if value_format == 'avro' else ''}, {workers} worker{'s' if workers > 1 else ''}"
+    name += ", again" if again else ""
     return Result(name, totals["published"], seconds, max(p["peak_mb"] for p in memory), extra)
 
 
@@ -449,7 +453,7 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     info["stack_up_s"][1] = round(restart_stack(env, 1), 1)
     ensure_topics(settings.kafka_bootstrap, settings.partitions)
     results = []
-    info["message_bytes"] = write_payloads(WORK / "payloads.jsonl")
+    info["message_bytes"] = info["json_message_bytes"] = write_payloads(WORK / "payloads.jsonl")
     info["avro_message_bytes"] = avro_message_bytes()
     if not args.skip_java:
         print(f"java ceiling: {2 * rows:,} records from real k2jobs messages (~{info['message_bytes']} bytes)")
@@ -466,11 +470,13 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
         print(f"k2jobs with {workers} worker(s) ...")
         warm_up(env)
         results.append(k2jobs_load(env, workers, 2 * rows))
-    # The same input and 2 workers, writing Avro: fresh workers, warmed with an Avro load.
-    info["stack_up_s"]["avro"] = round(restart_workers(env, 2), 1)
-    print(f"k2jobs Avro with 2 workers (~{info['avro_message_bytes']} bytes a value) ...")
-    warm_up(env, "avro")
-    results.append(k2jobs_load(env, 2, 2 * rows, "avro"))
+    # The same input and 2 workers writing Avro, then JSON once more: runs get faster as the broker and machine
+    # warm up, so Avro is compared with the better of the JSON runs on either side of it. Fresh, warmed workers each.
+    for value_format in ("avro", "json"):
+        info["stack_up_s"][f"{value_format}, 2"] = round(restart_workers(env, 2), 1)
+        print(f"k2jobs {value_format} with 2 workers (~{info[f'{value_format}_message_bytes']} bytes a value) ...")
+        warm_up(env, value_format)
+        results.append(k2jobs_load(env, 2, 2 * rows, value_format, again=value_format == "json"))
     return results, info
 
 
@@ -497,11 +503,11 @@ def table(results: list[Result]) -> str:
 def targets(results: list[Result]) -> dict[str, dict[str, Any]]:
     """The goals for k2jobs with 2 workers, each with its measured value and whether it is met."""
     best, naive, ceiling = find(results, "k2jobs, 2"), find(results, "naive"), find(results, "raw CSV")
-    avro = find(results, "k2jobs Avro, 2")
-    assert best and naive and ceiling and avro
+    avro, json_again = find(results, "k2jobs Avro, 2"), find(results, "k2jobs, 2 workers, again")
+    assert best and naive and ceiling and avro and json_again
     peak = max(r.rss_mb for r in results if r.rss_mb is not None)
     values = {"vs_naive": best.rate / naive.rate, "vs_python_ceiling": best.rate / ceiling.rate, "rss_mb": peak}
-    values["avro_vs_json"] = avro.rate / best.rate
+    values["avro_vs_json"] = avro.rate / max(best.rate, json_again.rate)
     return {
         name: {
             "value": round(value, 2),
@@ -517,7 +523,7 @@ def target_lines(goals: dict[str, dict[str, Any]]) -> list[str]:
         "vs_naive": "k2jobs 2 workers >= {t}x naive",
         "rss_mb": "peak worker RSS < {t:.0f} MB",
         "vs_python_ceiling": "k2jobs 2 workers >= {t}x python produce ceiling",
-        "avro_vs_json": "k2jobs Avro 2 workers >= {t}x k2jobs JSON 2 workers",
+        "avro_vs_json": "k2jobs Avro 2 workers >= {t}x k2jobs JSON 2 workers (the better run)",
     }
     return [
         f"- [{'x' if g['met'] else ' '}] {text[name].format(t=g['target'])}: {g['value']}" for name, g in goals.items()

@@ -184,8 +184,7 @@ static long long unscaled_quantity(Span v) {
 
 /* An Avro bytes decimal: big-endian two's complement in (bit length + 8) / 8 bytes, as fastavro writes it. */
 static char *put_decimal(char *w, long long unscaled) {
-    int bits = 0;
-    for (unsigned long long t = (unsigned long long)unscaled; t; t >>= 1) bits++;
+    int bits = unscaled ? 64 - __builtin_clzll((unsigned long long)unscaled) : 0; /* bit length */
     int n = (bits + 8) / 8;
     w = put_varlong(w, n);
     for (int i = n - 1; i >= 0; i--) *w++ = (char)(((unsigned long long)unscaled >> (8 * i)) & 0xff);
