@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka demo test test-asan test-unit lint format bench bench-check bench-smoke up down clean
+.PHONY: install system-deps kafka registry demo test test-asan test-unit lint format bench bench-check bench-smoke up down clean
 
-install: system-deps $(VENV)/.installed kafka
+install: system-deps $(VENV)/.installed kafka registry
 
 # The real Redis server (Debian's package), a C compiler, and Java 17 + Maven for the Kafka broker.
 system-deps:
@@ -32,21 +32,26 @@ $(VENV)/.installed: pyproject.toml k2jobs/_fastrows.c
 kafka: $(VENV)/.installed
 	$(BIN)/python -c "from k2jobs.local_kafka import kafka_libs; print('kafka jars:', kafka_libs())"
 
+# Apicurio Registry (a Quarkus app, ~110 MB) from Maven Central, unpacked once into ~/.cache/k2jobs.
+registry: $(VENV)/.installed
+	$(BIN)/python -c "from k2jobs.local_registry import registry_app; print('schema registry:', registry_app())"
+
 up: install
 	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2}
 
 down:
 	$(BIN)/python -m k2jobs stack down
 
+# K2_FORMAT=avro make demo loads TradeV2/QuoteV2 Avro records instead of JSON values.
 demo: up
-	@echo "make demo loads data/sample again on purpose (--again), whatever earlier demos loaded"
+	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro)"
 	$(BIN)/python -m k2jobs submit data/sample --again
 
 test: install
 	$(BIN)/python -m pytest
 
 # The compiled row parser built with AddressSanitizer + UBSan, on the tests that compare it with the
-# Python parser (generated, arbitrary and real input); the normal build is put back afterwards.
+# Python parser, JSON and Avro (generated, arbitrary and real input); the normal build is put back afterwards.
 test-asan: install
 	@mkdir -p build
 	@set -e; so=$$(ls k2jobs/_fastrows*.so); cp "$$so" build/fastrows.so.orig; \
@@ -55,7 +60,7 @@ test-asan: install
 	  -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" k2jobs/_fastrows.c -o "$$so"; \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" \
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fastrows.py tests/test_chunk.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fastrows.py tests/test_chunk.py tests/test_avro.py
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration and not fault"

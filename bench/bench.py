@@ -9,6 +9,8 @@ One run, one local broker (a k2jobs stack of its own, on its own ports and stack
 4. k2jobs end to end with 1 and then 2 workers (`submit --wait`, from launch to report; the
    job records how long planning and enqueueing took), with each worker process's peak RSS (VmHWM);
    with 2 workers: the first job after the workers started, then ordered (the default) and --unordered.
+5. k2jobs with 2 workers writing Avro (`--format avro`, TradeV2/QuoteV2 through the registry), then
+   JSON with 2 workers once more, so Avro is measured between two JSON runs.
 
 The table goes to stdout and to bench/results/latest.{md,json} (smoke.{md,json} with --smoke).
 Exit status: 0 when every run loaded what it should, 1 otherwise; with --check, also 1 when a target
@@ -51,11 +53,15 @@ SYDNEY = ZoneInfo("Australia/Sydney")
 TOPICS = {"java": "bench.raw.java", "python": "bench.raw.python", "naive": "bench.naive"}
 # The producer settings k2jobs itself uses (minus transactions), for both ceilings.
 FAST_PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 20, "batch.size": 1_000_000}
+# K2_TEST_SLOT=N moves the bench stack's ports by 100*N, as it moves the test stack's: checkouts side by side
+# on one machine (whose suites run the bench's smoke test) would otherwise share, and stop, one bench stack.
+PORT_SHIFT = 100 * int(os.environ.get("K2_TEST_SLOT") or 0)
 STACK_ENV = {
     "K2_STACK_DIR": str(WORK / "stack"),
-    "K2_REDIS_URL": "redis://127.0.0.1:26379/0",
-    "K2_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
-    "K2_FLOWER_PORT": "25555",
+    "K2_REDIS_URL": f"redis://127.0.0.1:{26379 + PORT_SHIFT}/0",
+    "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + PORT_SHIFT}",
+    "K2_FLOWER_PORT": str(25555 + PORT_SHIFT),
+    "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{28081 + PORT_SHIFT}/apis/ccompat/v7",
     "K2_DATA_ROOT": str(WORK),
 }
 JAVA_TOOL = "org.apache.kafka.tools.ProducerPerformance"
@@ -66,7 +72,14 @@ appender.console.type = Console
 appender.console.name = STDERR
 appender.console.target = SYSTEM_ERR
 """
-TARGETS = {"vs_naive": 3.0, "vs_python_ceiling": 0.25, "rss_mb": 150.0, "ordered_vs_unordered": 0.9, "first_job": 0.9}
+TARGETS = {
+    "vs_naive": 3.0,
+    "vs_python_ceiling": 0.25,
+    "rss_mb": 150.0,
+    "ordered_vs_unordered": 0.9,
+    "first_job": 0.9,
+    "avro_vs_json": 1.0,
+}
 FIRST_JOB = "k2jobs first job after workers start, 2 workers"
 
 
@@ -173,6 +186,20 @@ def write_payloads(path: Path) -> int:
     return round(sum(map(len, values)) / len(values))
 
 
+def avro_message_bytes() -> int:
+    """The mean size of the same rows' Avro values (wire header included)."""
+    from k2jobs.avro import AvroRowParser
+    from k2jobs.records import Kind, decode_line
+
+    now_us = time.time_ns() // 1000
+    sizes = []
+    for kind in Kind:
+        parser = AvroRowParser(kind, "BHP", 7078, f"{kind.value}/7078.csv:", 1)
+        lines = sample_lines(kind.value)[:SIZE_SAMPLE_ROWS]
+        sizes += [len(parser.parse_line(decode_line(line), now_us, n) or b"") for n, line in enumerate(lines, 1)]
+    return round(sum(sizes) / len(sizes))
+
+
 # -- the stack, through the k2jobs CLI -----------------------------------------------------------
 def bench_env() -> dict[str, str]:
     env = {**os.environ, **STACK_ENV}
@@ -221,12 +248,12 @@ def restart_workers(env: dict[str, str], workers: int) -> float:
     return start_workers(env, workers, old=pids)
 
 
-def warm_up(env: dict[str, str]) -> None:
+def warm_up(env: dict[str, str], value_format: str = "json") -> None:
     """Load data/sample once, untimed: a long-running broker and workers are warm (JIT, coordinators)."""
     target = WORK / "warmup"
     if not target.exists():
         shutil.copytree(SAMPLE, target)
-    k2(env, "submit", str(target), "--json", "--again", timeout=600)
+    k2(env, "submit", str(target), "--format", value_format, "--json", "--again", timeout=600)
 
 
 def stop_stack(env: dict[str, str]) -> None:
@@ -432,7 +459,8 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     info["stack_up_s"][1] = round(restart_stack(env, 1), 1)
     ensure_topics(settings.kafka_bootstrap, settings.partitions)
     results = []
-    info["message_bytes"] = write_payloads(WORK / "payloads.jsonl")
+    info["message_bytes"] = info["json_message_bytes"] = write_payloads(WORK / "payloads.jsonl")
+    info["avro_message_bytes"] = avro_message_bytes()
     if not args.skip_java:
         print(f"java ceiling: {2 * rows:,} records from real k2jobs messages (~{info['message_bytes']} bytes)")
         results.append(java_ceiling(settings.kafka_bootstrap, 2 * rows, WORK / "payloads.jsonl"))
@@ -450,6 +478,14 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     results.append(k2jobs_load(env, 2, 2 * rows, name=FIRST_JOB))
     results.append(k2jobs_load(env, 2, 2 * rows))
     results.append(k2jobs_load(env, 2, 2 * rows, "--unordered"))
+    # The same input and 2 workers writing Avro, then JSON once more: runs get faster as the broker and machine
+    # warm up, so Avro is compared with the better of the JSON runs on either side of it. Fresh, warmed workers each.
+    for value_format in ("avro", "json"):
+        info["stack_up_s"][f"{value_format}, 2"] = round(restart_workers(env, 2), 1)
+        print(f"k2jobs {value_format} with 2 workers (~{info[f'{value_format}_message_bytes']} bytes a value) ...")
+        warm_up(env, value_format)
+        name = "k2jobs Avro, 2 workers" if value_format == "avro" else "k2jobs, 2 workers, again"
+        results.append(k2jobs_load(env, 2, 2 * rows, "--format", value_format, name=name))
     return results, info
 
 
@@ -477,7 +513,8 @@ def targets(results: list[Result]) -> dict[str, dict[str, Any]]:
     """The goals for k2jobs with 2 workers, each with its measured value and whether it is met."""
     best, naive, ceiling = find(results, "k2jobs, 2"), find(results, "naive"), find(results, "raw CSV")
     unordered, first = find(results, "k2jobs, 2 workers, --unordered"), find(results, FIRST_JOB)
-    assert best and naive and ceiling and unordered and first
+    avro, json_again = find(results, "k2jobs Avro, 2"), find(results, "k2jobs, 2 workers, again")
+    assert best and naive and ceiling and unordered and first and avro and json_again
     peak = max(r.rss_mb for r in results if r.rss_mb is not None)
     values = {
         "vs_naive": best.rate / naive.rate,
@@ -485,6 +522,7 @@ def targets(results: list[Result]) -> dict[str, dict[str, Any]]:
         "rss_mb": peak,
         "ordered_vs_unordered": best.rate / unordered.rate,
         "first_job": first.rate / best.rate,
+        "avro_vs_json": avro.rate / max(best.rate, json_again.rate),
     }
     return {
         name: {
@@ -503,6 +541,7 @@ def target_lines(goals: dict[str, dict[str, Any]]) -> list[str]:
         "vs_python_ceiling": "k2jobs 2 workers >= {t}x python produce ceiling",
         "ordered_vs_unordered": "ordered (default) >= {t}x --unordered, 2 workers",
         "first_job": "first job after workers start >= {t}x a later job, 2 workers",
+        "avro_vs_json": "k2jobs Avro 2 workers >= {t}x k2jobs JSON 2 workers (the better run)",
     }
     return [
         f"- [{'x' if g['met'] else ' '}] {text[name].format(t=g['target'])}: {g['value']}" for name, g in goals.items()
@@ -520,7 +559,8 @@ def write_results(name: str, rows: int, results: list[Result], info: dict[str, A
     )
     md = [
         f"# k2jobs benchmark ({date}, nproc {nproc})\n",
-        f"Input: {rows:,} trade + {rows:,} quote rows.\n",
+        f"Input: {rows:,} trade + {rows:,} quote rows. Mean value size: JSON {info['message_bytes']} bytes, "
+        f"Avro {info['avro_message_bytes']} bytes.\n",
         table(results),
         f"Inside `submit`: {enqueue}.\n",
         "Targets:\n",

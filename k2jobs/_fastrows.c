@@ -7,6 +7,10 @@
  * daylight saving starts -- is handed back to Python ("deferred"), which either accepts it or names the
  * problem. So this file has no error messages and no time-zone rules: the start of each (date, hour) in
  * exchange time comes from a Python callable, which answers None for a date or hour that does not exist.
+ *
+ * Given `avro` (the constant pieces from k2jobs.avro.AvroRowParser.compiled_parts()), it writes the
+ * TradeV2 / QuoteV2 value in Confluent's wire format instead, exactly as AvroRowParser does, deferring
+ * also rows whose prices or quantities do not fit decimal(18,8); `ingestion` is then in microseconds.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -24,6 +28,7 @@ typedef struct {
     PyObject *job_header; /* ("job_id", b"...") shared by every message */
     PyObject *source;     /* "source" */
     PyObject *prefix;     /* bytes: "trades/7078.csv:" */
+    PyObject *avro;       /* None, or (wire header, symbol+exchange+asset class, currency[+side], company entry) */
     char *out;            /* room for one value */
     char cached_date[10];
     int cached_hour; /* -1: nothing cached */
@@ -129,6 +134,134 @@ static char *put_text(char *w, Span v) {
     return w;
 }
 
+/* -- Avro binary (k2jobs/avro.py) ------------------------------------------------------------- */
+
+/* An Avro long: zig-zag, then 7 bits per byte, low bits first. */
+static char *put_varlong(char *w, long long v) {
+    unsigned long long z = ((unsigned long long)v << 1) ^ (unsigned long long)(v >> 63);
+    while (z >= 0x80) {
+        *w++ = (char)((z & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    *w++ = (char)z;
+    return w;
+}
+
+/* An Avro string or bytes: length, then the bytes. */
+static char *put_avro_str(char *w, const char *s, Py_ssize_t n) {
+    w = put_varlong(w, n);
+    return put(w, s, n);
+}
+
+static char *put_avro_piece(char *w, PyObject *avro, Py_ssize_t i) {
+    PyObject *piece = PyTuple_GET_ITEM(avro, i);
+    return put(w, PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece));
+}
+
+#define MAX_UNSCALED 1000000000000000000LL /* decimal(18, 8): below 10^18 */
+#define SCALE_FACTOR 100000000LL
+
+/* A price span (\d{1,12}(\.\d{1,6})?) times 10^8, or -1 beyond decimal(18, 8). */
+static long long unscaled_price(Span v) {
+    long long whole = 0, frac = 0;
+    Py_ssize_t i = 0;
+    for (; i < v.n && v.s[i] != '.'; i++) whole = whole * 10 + (v.s[i] - '0');
+    int places = 0;
+    if (i < v.n) {
+        for (i++; i < v.n; i++, places++) frac = frac * 10 + (v.s[i] - '0');
+    }
+    for (; places < 8; places++) frac *= 10;
+    if (whole >= MAX_UNSCALED / SCALE_FACTOR) return -1;
+    return whole * SCALE_FACTOR + frac;
+}
+
+/* An integer span (\d{1,18}) times 10^8, or -1 beyond decimal(18, 8). */
+static long long unscaled_quantity(Span v) {
+    long long whole = 0;
+    for (Py_ssize_t i = 0; i < v.n; i++) whole = whole * 10 + (v.s[i] - '0');
+    if (whole >= MAX_UNSCALED / SCALE_FACTOR) return -1;
+    return whole * SCALE_FACTOR;
+}
+
+/* An Avro bytes decimal: big-endian two's complement in (bit length + 8) / 8 bytes, as fastavro writes it. */
+static char *put_decimal(char *w, long long unscaled) {
+    int bits = unscaled ? 64 - __builtin_clzll((unsigned long long)unscaled) : 0; /* bit length */
+    int n = (bits + 8) / 8;
+    w = put_varlong(w, n);
+    for (int i = n - 1; i >= 0; i--) *w++ = (char)(((unsigned long long)unscaled >> (8 * i)) & 0xff);
+    return w;
+}
+
+/* An integer span as an Avro string of its digits without leading zeros (Python's str(int(...))). */
+static char *put_int_str(char *w, Span v) {
+    while (v.n > 1 && v.s[0] == '0') {
+        v.s++;
+        v.n--;
+    }
+    return put_avro_str(w, v.s, v.n);
+}
+
+/* The TradeV2 / QuoteV2 value of a checked row (fields f, exchange time ts in ms); 0 to defer. */
+static Py_ssize_t format_avro(FastRows *self, Span *f, long long ts, long long ingestion_us, long long line_no) {
+    int trade = self->kind == KIND_TRADE;
+    long long dec[4];
+    if (trade) {
+        dec[0] = unscaled_price(f[0]);
+        dec[1] = unscaled_quantity(f[1]);
+    } else { /* schema order: bid_price, bid_quantity, ask_price, ask_quantity */
+        dec[0] = unscaled_price(f[0]);
+        dec[1] = unscaled_quantity(f[2]);
+        dec[2] = unscaled_price(f[1]);
+        dec[3] = unscaled_quantity(f[3]);
+    }
+    for (int i = 0; i < (trade ? 2 : 4); i++) {
+        if (dec[i] < 0) return 0; /* Python names the field that does not fit */
+    }
+    long long ts_us = ts * 1000;
+    /* message_id = trade_id/quote_id = "<path>:<line>:<exchange time in us>" */
+    char id[600];
+    char *p = put(id, PyBytes_AS_STRING(self->prefix), PyBytes_GET_SIZE(self->prefix));
+    p = put_ll(p, line_no);
+    *p++ = ':';
+    p = put_ll(p, ts_us);
+    Py_ssize_t id_len = p - id;
+
+    char *w = self->out;
+    w = put_avro_piece(w, self->avro, 0);
+    w = put_avro_str(w, id, id_len);
+    w = put_avro_str(w, id, id_len);
+    w = put_avro_piece(w, self->avro, 1);
+    w = put_varlong(w, ts_us);
+    for (int i = 0; i < (trade ? 2 : 4); i++) w = put_decimal(w, dec[i]);
+    w = put_avro_piece(w, self->avro, 2);
+    if (trade) { /* trade_conditions: one block of one item, then the end */
+        *w++ = 2;
+        w = put_int_str(w, f[2]);
+        *w++ = 0;
+    }
+    *w++ = 0; /* source_sequence: null */
+    w = put_varlong(w, ingestion_us);
+    *w++ = 2; /* platform_sequence: the long branch */
+    w = put_varlong(w, line_no);
+    *w++ = 2; /* vendor_data: the map branch, one block */
+    w = put_varlong(w, trade ? 2 + (f[3].n > 0) + (f[4].n > 0) : 1);
+    w = put_avro_piece(w, self->avro, 3);
+    if (trade) {
+        w = PUT_LIT(w, "\x14" "qualifiers");
+        w = put_int_str(w, f[2]);
+        if (f[3].n > 0) {
+            w = PUT_LIT(w, "\x0a" "venue");
+            w = put_avro_str(w, f[3].s, f[3].n);
+        }
+        if (f[4].n > 0) {
+            w = PUT_LIT(w, "\x10" "buyer_id");
+            w = put_avro_str(w, f[4].s, f[4].n);
+        }
+    }
+    *w++ = 0; /* end of the map */
+    return w - self->out;
+}
+
 /* Epoch ms at the start of the line's hour; 1 ok, 0 defer (no such date or hour), -1 Python error. */
 static int hour_start(FastRows *self, const char *date, int hour, long long *ms) {
     if (self->cached_hour == hour && memcmp(self->cached_date, date, 10) == 0) {
@@ -152,7 +285,7 @@ static int hour_start(FastRows *self, const char *date, int hour, long long *ms)
 }
 
 /* One line (without its '\n') to a value in self->out: its length, 0 to defer, -1 on a Python error. */
-static Py_ssize_t format_row(FastRows *self, const char *s, const char *e, long long ingestion_ms) {
+static Py_ssize_t format_row(FastRows *self, const char *s, const char *e, long long ingestion, long long line_no) {
     if (e > s && e[-1] == '\r') e--;
     if (e - s > MAX_LINE) return 0;
     Cursor c = {s, e};
@@ -195,6 +328,8 @@ static Py_ssize_t format_row(FastRows *self, const char *s, const char *e, long 
     int found = hour_start(self, date, hh, &hour_ms);
     if (found <= 0) return found;
     long long ts = hour_ms + mm * 60000LL + ss * 1000LL + millis;
+    if (self->avro != NULL && self->avro != Py_None) return format_avro(self, f, ts, ingestion, line_no);
+    long long ingestion_ms = ingestion;
 
     char *w = self->out;
     w = put(w, PyBytes_AS_STRING(self->head), PyBytes_GET_SIZE(self->head));
@@ -261,15 +396,15 @@ static int append_new(PyObject *list, PyObject *item) {
 }
 
 PyDoc_STRVAR(parse_doc,
-             "parse(data, pos, line_no, max_lines, ingestion_ms) -> (values, headers, deferred, pos, line_no)\n\n"
+             "parse(data, pos, line_no, max_lines, ingestion) -> (values, headers, deferred, pos, line_no)\n\n"
              "Up to max_lines lines of data from byte pos (line number line_no). values[i] and headers[i] are\n"
              "None for each deferred line, listed in deferred as (i, line_no, raw line without '\\n').");
 
 static PyObject *FastRows_parse(FastRows *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t pos, max_lines;
-    long long line_no, ingestion_ms;
-    if (!PyArg_ParseTuple(args, "y*nLnL", &view, &pos, &line_no, &max_lines, &ingestion_ms)) return NULL;
+    long long line_no, ingestion;
+    if (!PyArg_ParseTuple(args, "y*nLnL", &view, &pos, &line_no, &max_lines, &ingestion)) return NULL;
     PyObject *values = PyList_New(0), *headers = PyList_New(0), *deferred = PyList_New(0);
     if (values == NULL || headers == NULL || deferred == NULL) goto fail;
     if (pos < 0 || pos > view.len) {
@@ -282,7 +417,7 @@ static PyObject *FastRows_parse(FastRows *self, PyObject *args) {
         const char *nl = memchr(s, '\n', (size_t)(view.len - pos));
         const char *e = nl ? nl : buf + view.len;
         pos = (e - buf) + (nl ? 1 : 0);
-        Py_ssize_t len = format_row(self, s, e, ingestion_ms);
+        Py_ssize_t len = format_row(self, s, e, ingestion, line_no);
         if (len < 0) goto fail;
         if (len > 0) {
             if (append_new(values, PyBytes_FromStringAndSize(self->out, len)) < 0) goto fail;
@@ -305,10 +440,11 @@ fail:
 }
 
 static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "head", "hour_ms", "job_header", "prefix", NULL};
+    static char *kwlist[] = {"kind", "head", "hour_ms", "job_header", "prefix", "avro", NULL};
     int kind;
-    PyObject *head, *hour_ms, *job_header, *prefix;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iSOOS", kwlist, &kind, &head, &hour_ms, &job_header, &prefix))
+    PyObject *head, *hour_ms, *job_header, *prefix, *avro = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iSOOS|O", kwlist, &kind, &head, &hour_ms, &job_header, &prefix,
+                                     &avro))
         return -1;
     if (kind != KIND_TRADE && kind != KIND_QUOTE) {
         PyErr_SetString(PyExc_ValueError, "kind must be 0 (trade) or 1 (quote)");
@@ -322,7 +458,26 @@ static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "job_header must be a (name, value) tuple");
         return -1;
     }
-    char *out = PyMem_Malloc((size_t)(PyBytes_GET_SIZE(head) + 2 * MAX_LINE + 256));
+    Py_ssize_t room = PyBytes_GET_SIZE(head) + 2 * MAX_LINE + 256;
+    if (avro != Py_None) {
+        if (!PyTuple_Check(avro) || PyTuple_GET_SIZE(avro) != 4) {
+            PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < 4; i++) {
+            if (!PyBytes_Check(PyTuple_GET_ITEM(avro, i))) {
+                PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
+                return -1;
+            }
+            room += PyBytes_GET_SIZE(PyTuple_GET_ITEM(avro, i));
+        }
+        if (PyBytes_GET_SIZE(prefix) > 500) {
+            PyErr_SetString(PyExc_ValueError, "prefix is too long for an Avro message id");
+            return -1;
+        }
+        room += 2 * (PyBytes_GET_SIZE(prefix) + 64) + 128; /* two ids, numbers, map keys */
+    }
+    char *out = PyMem_Malloc((size_t)room);
     if (out == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -338,6 +493,8 @@ static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->job_header, job_header);
     Py_INCREF(prefix);
     Py_XSETREF(self->prefix, prefix);
+    Py_INCREF(avro);
+    Py_XSETREF(self->avro, avro);
     Py_XSETREF(self->source, PyUnicode_InternFromString("source"));
     if (self->source == NULL) return -1;
     self->cached_hour = -1;
@@ -351,6 +508,7 @@ static void FastRows_dealloc(FastRows *self) {
     Py_CLEAR(self->job_header);
     Py_CLEAR(self->source);
     Py_CLEAR(self->prefix);
+    Py_CLEAR(self->avro);
     PyMem_Free(self->out);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -374,7 +532,7 @@ static PyMethodDef FastRows_methods[] = {
 
 static PyTypeObject FastRowsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "k2jobs._fastrows.FastRows",
-    .tp_doc = PyDoc_STR("FastRows(kind, head, hour_ms, job_header, prefix): a file's rows to message values"),
+    .tp_doc = PyDoc_STR("FastRows(kind, head, hour_ms, job_header, prefix, avro=None): a file's rows to message values"),
     .tp_basicsize = sizeof(FastRows),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .avro import AvroRowParser
 from .planning import ChunkPlan
 from .publisher import Headers
 from .records import Kind, RowError, RowParser, decode_line, hour_start_ms
@@ -25,7 +26,7 @@ Parsed = tuple[list[Any], list[Any], list[tuple[int, int, bytes]], int, int]
 
 
 class LineParser(Protocol):
-    def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion_ms: int) -> Parsed: ...
+    def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion: int) -> Parsed: ...
 
 
 class PythonLines:
@@ -58,7 +59,7 @@ class PythonLines:
         deferred: list[tuple[int, int, bytes]] = []
         for number, raw, text in zip(range(line_no, line_no + len(raw_lines)), raw_lines, texts, strict=False):
             try:
-                value = None if text is None else self._parse_line(text, ingestion_ms)
+                value = None if text is None else self._parse_line(text, ingestion_ms, number)
             except RowError:
                 value = None
             if value is None:
@@ -99,11 +100,17 @@ class ChunkRows:
         self.published = self.rejected = 0
         self.reasons: list[str] = []
         self._data = data
-        self._rows = RowParser(kind, chunk.symbol, chunk.company_id)
-        self.key = self._rows.key
         self._job_header = ("job_id", job_id.encode())
         self._prefix = f"{chunk.path}:"
-        self._ingestion_ms = int(time.time() * 1000) if ingestion_ms is None else ingestion_ms
+        ingestion_us = time.time_ns() // 1000 if ingestion_ms is None else ingestion_ms * 1000
+        avro_parts: tuple[bytes, ...] | None = None
+        self._rows: RowParser
+        if chunk.value_format == "avro":
+            avro_rows = AvroRowParser(kind, chunk.symbol, chunk.company_id, self._prefix, chunk.schema_id)
+            self._rows, self._ingestion, avro_parts = avro_rows, ingestion_us, avro_rows.compiled_parts()
+        else:
+            self._rows, self._ingestion = RowParser(kind, chunk.symbol, chunk.company_id), ingestion_us // 1000
+        self.key = self._rows.key
         self._lines: LineParser = PythonLines(self._rows, self.headers)
         if compiled and FastRows is not None:
             exchange = self._rows.exchange
@@ -115,7 +122,12 @@ class ChunkRows:
                     return None  # no such date or local hour: the line is deferred and Python names the problem
 
             self._lines = FastRows(
-                list(Kind).index(kind), self._rows.head.encode(), hour_ms, self._job_header, self._prefix.encode()
+                list(Kind).index(kind),
+                self._rows.head.encode(),
+                hour_ms,
+                self._job_header,
+                self._prefix.encode(),
+                avro_parts,
             )
 
     def headers(self, line_no: int) -> Headers:
@@ -126,7 +138,7 @@ class ChunkRows:
         pos, line_no = 0, self.chunk.first_line
         while pos < len(self._data):
             values, headers, deferred, pos, line_no = self._lines.parse(
-                self._data, pos, line_no, batch_lines, self._ingestion_ms
+                self._data, pos, line_no, batch_lines, self._ingestion
             )
             batch = Batch(values, headers, [], [])
             if deferred:
@@ -139,7 +151,7 @@ class ChunkRows:
         """Lines the fast path left alone: accepted by the full parser, rejected with a reason, or blank."""
         for index, line_no, raw in deferred:
             try:
-                value = self._rows.parse_line(decode_line(raw), self._ingestion_ms)
+                value = self._rows.parse_line(decode_line(raw), self._ingestion, line_no)
             except RowError as exc:
                 batch.dead.append(dead_letter(str(exc), self.chunk, line_no, raw.removesuffix(b"\r")))
                 batch.dead_headers.append(self.headers(line_no))

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Settings, load_settings
-from .errors import InputError, JobNotFound, K2Error, KafkaUnavailable, RedisUnavailable, StackError, WaitTimeout
+from .config import VALUE_FORMATS, Settings, load_settings
+from .errors import (
+    InputError,
+    JobNotFound,
+    K2Error,
+    KafkaUnavailable,
+    RedisUnavailable,
+    RegistryUnavailable,
+    StackError,
+    WaitTimeout,
+)
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -21,6 +30,7 @@ EXIT_REDIS_UNAVAILABLE = 3
 EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STACK_FAILED = 5
 EXIT_WAIT_TIMEOUT = 6
+EXIT_REGISTRY_UNAVAILABLE = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -85,18 +95,20 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         ordered=not args.unordered,
         again=args.again,
         skip_unknown=args.skip_unknown,
+        value_format=args.format or settings.value_format,
     )
     ledger = Ledger(connect(settings.redis_url))
     job_id, plan = submit_job(settings, ledger, directory, options)
     order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_groups())} keys"
+    how = f"{order}, {options.value_format}"
     if not args.wait:
         if args.json:
             _print_json({"job_id": job_id})
         else:
-            print(f"job {job_id}: {len(plan.chunks)} chunks ({order}), {plan.rows} rows enqueued")
+            print(f"job {job_id}: {len(plan.chunks)} chunks ({how}), {plan.rows} rows enqueued")
         return EXIT_OK
     if not args.json:
-        print(f"job {job_id}: {len(plan.chunks)} chunks ({order}), {plan.rows} rows", file=sys.stderr)
+        print(f"job {job_id}: {len(plan.chunks)} chunks ({how}), {plan.rows} rows", file=sys.stderr)
     return _wait(settings, ledger, job_id, args.json, args.timeout)
 
 
@@ -166,6 +178,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{mark} {file['path']}: {file['found_published']}/{file['published']} published, "
                 f"{file['found_rejected']}/{file['rejected']} dead-lettered"
+                + (f", {file['malformed']} values not in the job's format" if file["malformed"] else "")
             )
         for stalled in result["stalled_partitions"]:
             print(
@@ -235,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--again", action="store_true", help="load files whose content a succeeded job already published"
     )
     _timeout_option(submit)
+    submit.add_argument(
+        "--format",
+        choices=VALUE_FORMATS,
+        default=None,
+        help="message values: json, or avro (TradeV2/QuoteV2 through the schema registry); default K2_FORMAT or json",
+    )
     submit.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -277,6 +296,7 @@ ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
     (StackError, EXIT_STACK_FAILED),
     (WaitTimeout, EXIT_WAIT_TIMEOUT),
+    (RegistryUnavailable, EXIT_REGISTRY_UNAVAILABLE),
 ]
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from .errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
+VALUE_FORMATS = ("json", "avro")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Settings:
     stall_after_s: int = 180  # a running job none of whose chunks moved for this long is driven on (visibility + 60)
     stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
     chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
+    # Where Avro schemas are registered (Confluent's API: Apicurio serves it under /apis/ccompat/v7).
+    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -91,6 +95,13 @@ def kafka_options_from(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _value_format(env: Mapping[str, str], default: str) -> str:
+    value = env.get("K2_FORMAT") or default
+    if value not in VALUE_FORMATS:
+        raise SettingsError(f"K2_FORMAT={value!r} must be one of {', '.join(VALUE_FORMATS)}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment (or the mapping given)."""
     env = os.environ if env is None else env
@@ -111,4 +122,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "K2_STALL_AFTER", _int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s) + 60
         ),
         kafka_options=kafka_options_from(env),
+        schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
+        value_format=_value_format(env, defaults.value_format),
     )

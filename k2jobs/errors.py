@@ -41,6 +41,16 @@ class KafkaUnavailable(ServiceUnavailable):
     service = "kafka"
 
 
+class RegistryUnavailable(ServiceUnavailable):
+    """The schema registry could not be reached or answered with a server error."""
+
+    service = "schema registry"
+
+
+class SchemaIncompatible(InputError):
+    """The registry refused the platform's schema for a subject (a compatibility rule)."""
+
+
 class ChunkChanged(K2Error):
     """A chunk's bytes differ from what was planned (the file changed after submit)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from .ledger import COMMITTED, Ledger
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
 from .reconcile import SUCCEEDED, chunks_to_come, reconcile_job
+from .registry import register_schemas
 
 # If every chunk has a result but the chord callback has not reported after this long
 # (celery #4207: a callback can be lost), the client reconciles the job itself.
@@ -106,6 +107,7 @@ class SubmitOptions:
     ordered: bool = True
     again: bool = False
     skip_unknown: bool = False
+    value_format: str = "json"
 
 
 def refuse_reload(ledger: Ledger, plan: JobPlan) -> None:
@@ -121,6 +123,12 @@ def refuse_reload(ledger: Ledger, plan: JobPlan) -> None:
         )
 
 
+def with_value_format(plan: JobPlan, value_format: str, schema_ids: dict[str, int]) -> JobPlan:
+    """The plan with every chunk told how to write its values (and, for Avro, its kind's schema id)."""
+    chunks = [replace(c, value_format=value_format, schema_id=schema_ids.get(c.kind, 0)) for c in plan.chunks]
+    return replace(plan, chunks=chunks)
+
+
 def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: SubmitOptions) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
     started = time.perf_counter()
@@ -130,8 +138,16 @@ def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: Sub
     if not options.again:
         refuse_reload(ledger, plan)
     ensure_topics(settings)  # also the reachability check: it fails within seconds if Kafka is away
+    schema_ids = register_schemas(settings) if options.value_format == "avro" else {}
+    plan = with_value_format(plan, options.value_format, schema_ids)
     job_id = new_job_id()
-    recorded = {"chunk_rows": options.chunk_rows, "batch_rows": settings.batch_rows, "ordered": options.ordered}
+    recorded = {
+        "chunk_rows": options.chunk_rows,
+        "batch_rows": settings.batch_rows,
+        "ordered": options.ordered,
+        "format": options.value_format,
+        "schema_ids": schema_ids,
+    }
     ledger.create_job(job_id, plan, recorded)
     enqueue_chunks(job_id, plan, list(range(len(plan.chunks))), options.ordered)
     ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)

@@ -39,6 +39,9 @@ class ChunkPlan:
     crc32: int
     file_size: int
     file_mtime_ns: int
+    # How values are written (k2jobs.config.VALUE_FORMATS) and, for Avro, the registry's schema id.
+    value_format: str = "json"
+    schema_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -184,28 +184,36 @@ class RowParser:
             raise RowError("the line is blank")
         return value
 
-    def parse_line(self, text: str, ingestion_ms: int) -> bytes | None:
-        """A decoded line (a trailing CR allowed) to a message value, None if blank; raises RowError."""
+    def parse_line(self, text: str, ingestion_ms: int, line_no: int = 0) -> bytes | None:
+        """A decoded line (a trailing CR allowed) to a message value, None if blank; raises RowError.
+
+        `line_no` is the line's number in its file, for formats that carry it (Avro); JSON does not.
+        """
         match = self._fast.match(text)
         if match is not None:
-            return self._fast_value(text, match.groups(), ingestion_ms)
+            return self._fast_value(text, match.groups(), ingestion_ms, line_no)
         if text.endswith("\r"):
             text = text[:-1]
         if not text.strip(BLANK):
             return None
-        return self._checked_value(split_fields(text), ingestion_ms)
+        return self._checked_value(split_fields(text), ingestion_ms, line_no)
 
-    def _fast_value(self, text: str, g: tuple[Any, ...], ingestion_ms: int) -> bytes:
-        # Formatted by hand: every value here matched a strict pattern, and text fields go through
-        # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
+    def _fast_ms(self, text: str, g: tuple[Any, ...]) -> int:
+        """Epoch ms of a row the fast pattern matched, with one time-zone lookup per minute."""
         date, hh, mm, ss, frac = g[0], g[1], g[2], g[3], g[4]
         minute = text[:16]  # "MM/DD/YYYY,HH:MM": the fast pattern fixes these positions
         minute_ms = self._minutes.get(minute)
         if minute_ms is None or ss > "59":
             ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)  # validates; raises naming the time
             self._minutes[minute] = ts - int(ss) * 1000 - _millis(frac)
-        else:  # "SS" + "fff" read as one integer is the milliseconds within the minute
-            ts = minute_ms + (int(ss + frac) if frac and len(frac) == 3 else int(ss) * 1000 + _millis(frac))
+            return ts
+        # "SS" + "fff" read as one integer is the milliseconds within the minute
+        return minute_ms + (int(ss + frac) if frac and len(frac) == 3 else int(ss) * 1000 + _millis(frac))
+
+    def _fast_value(self, text: str, g: tuple[Any, ...], ingestion_ms: int, line_no: int) -> bytes:
+        # Formatted by hand: every value here matched a strict pattern, and text fields go through
+        # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
+        ts = self._fast_ms(text, g)
         if self.kind is Kind.TRADE:
             # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.
             return (
@@ -218,8 +226,15 @@ class RowParser:
             f'"bid_volume":{int(g[7])},"ask_volume":{int(g[8])},"ingestion_timestamp":{ingestion_ms}}}'
         ).encode()
 
-    def _checked_value(self, fields: list[str], ingestion_ms: int) -> bytes:
+    def _checked_value(self, fields: list[str], ingestion_ms: int, line_no: int) -> bytes:
         """The slow path: validate field by field and name the first problem."""
+        ts, checked = self._checked_fields(fields)
+        value: dict[str, object] = {**self._base, "exchange_timestamp": ts, **checked}
+        value["ingestion_timestamp"] = ingestion_ms
+        return orjson.dumps(value)
+
+    def _checked_fields(self, fields: list[str]) -> tuple[int, dict[str, object]]:
+        """Epoch ms and the checked fields after date and time, in column order; raises RowError."""
         expected = len(self._columns)
         if len(fields) != expected:
             raise RowError(
@@ -232,8 +247,8 @@ class RowParser:
             raise RowError(f"time {clock!r} is not HH:MM:SS[.fff]")
         hh, mm, ss, frac = time_match.groups()
         ts = exchange_timestamp_ms(date, hh, mm, ss, frac, self.exchange)
-        value: dict[str, object] = {**self._base, "exchange_timestamp": ts}
-        for name, raw in zip(self._columns[2:], fields[2:], strict=True):
-            value[name] = _check_field(name, raw)
-        value["ingestion_timestamp"] = ingestion_ms
-        return orjson.dumps(value)
+        checked = {name: self._check_field(name, raw) for name, raw in zip(self._columns[2:], fields[2:], strict=True)}
+        return ts, checked
+
+    def _check_field(self, name: str, value: str) -> object:
+        return _check_field(name, value)

@@ -13,7 +13,9 @@ import redis
 
 from .config import Settings
 from .local_kafka import kafka_libs, write_server_properties
+from .local_registry import registry_command
 from .processes import Service, need_program, stop, wait_until_ready
+from .registry import registry_ready, set_backward_compatibility
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -31,6 +33,8 @@ class Stack:
         self.redis_url = urlparse(settings.redis_url)
         self.kafka_host, self.kafka_port = _host_port(settings.kafka_bootstrap.split(",")[0], 9092)
         self.controller_port = int(os.environ.get("K2_KAFKA_CONTROLLER_PORT") or self.kafka_port + 1)
+        registry = urlparse(settings.schema_registry_url)
+        self.registry_host, self.registry_port = registry.hostname or "127.0.0.1", registry.port or 8081
 
     # -- services ---------------------------------------------------------------------------
     def redis_service(self) -> Service:
@@ -82,6 +86,17 @@ class Stack:
         ]
         return Service(
             "kafka", command, self.dir / "logs" / "kafka.log", self.dir / "kafka.pid", str(props), self._kafka_ready
+        )
+
+    def registry_service(self) -> Service:
+        command = registry_command(self.dir, self.registry_host, self.registry_port)
+        return Service(
+            "registry",
+            command,
+            self.dir / "logs" / "registry.log",
+            self.dir / "registry.pid",
+            self._probe("registry").marker,
+            lambda: registry_ready(self.settings),
         )
 
     def worker_service(self, number: int) -> Service:
@@ -173,8 +188,9 @@ class Stack:
     def up(self) -> dict[str, Any]:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for service in [self.redis_service(), self.kafka_service()]:
+        for service in [self.redis_service(), self.kafka_service(), self.registry_service()]:
             self._ensure(service)
+        set_backward_compatibility(self.settings)
         workers = self.worker_services()
         for worker in workers:
             if worker.pid() is None:
@@ -204,6 +220,7 @@ class Stack:
         markers = {
             "redis": f"redis-server 127.0.0.1:{self.redis_url.port or 6379}",
             "kafka": str(self.dir / "kafka" / "server.properties"),
+            "registry": f"-Dquarkus.http.port={self.registry_port} ",
         }
         return Service(name, [], self.dir / "logs" / f"{name}.log", self.dir / f"{name}.pid", markers[name], bool)
 
@@ -214,11 +231,13 @@ class Stack:
             "kafka": {"pid": self._probe("kafka").pid(), "bootstrap": self.settings.kafka_bootstrap},
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
             "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
+            "registry": {"pid": self._probe("registry").pid(), "url": self.settings.schema_registry_url},
         }
 
     def down(self) -> list[str]:
         """Stop what this stack started: workers first so they finish their chunks, Redis last."""
-        services = [*self.worker_services(), self.flower_service(), self._probe("kafka"), self._probe("redis")]
+        services = [*self.worker_services(), self.flower_service(), self._probe("registry")]
+        services += [self._probe("kafka"), self._probe("redis")]
         stopped = [service.name for service in services if stop(service)]
         for worker_pid in self.dir.glob("worker-*.pid"):
             worker_pid.unlink(missing_ok=True)

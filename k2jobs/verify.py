@@ -11,9 +11,11 @@ from typing import Any, cast
 from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from .avro import wire_header
 from .config import Settings
 from .errors import KafkaUnavailable
 from .ledger import Ledger
+from .planning import JobPlan
 from .publisher import admin_client
 from .records import Kind
 
@@ -130,6 +132,11 @@ def stalled_partitions(settings: Settings, timeout_s: float = 10.0) -> list[Stal
     return [StalledPartition(*tp, stable[tp], end[tp]) for tp in sorted(end) if stable[tp] < end[tp]]
 
 
+def value_prefixes(plan: JobPlan) -> dict[str, bytes]:
+    """How each file's published values must begin: the Avro wire header with the job's schema id, or `{`."""
+    return {c.path: wire_header(c.schema_id) if c.value_format == "avro" else b"{" for c in plan.chunks}
+
+
 def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any]:
     """Count a job's messages per file and topic and compare with its report."""
     report = ledger.report(job_id)
@@ -137,12 +144,16 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
     published: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     sources: Counter[str] = Counter()
+    malformed: Counter[str] = Counter()  # published values not in the job's format (dead letters are JSON)
+    prefixes = value_prefixes(plan)
     dlq_topics = {kind.dlq_topic for kind in Kind}
     # Messages carry their producer's timestamp; a minute's margin covers clocks that differ a little.
     since_ms = int(float(ledger.job_meta(job_id)["created"]) * 1000) - 60_000
     for msg in read_job_messages(settings, job_id, since_ms=since_ms):
         (rejected if msg.topic in dlq_topics else published)[msg.path] += 1
         sources[msg.source] += 1
+        if msg.topic not in dlq_topics and not msg.value.startswith(prefixes.get(msg.path, b"{")):
+            malformed[msg.path] += 1
     duplicates = sum(n - 1 for n in sources.values() if n > 1)
     by_path = {f["path"]: f for f in (report or {}).get("files", [])}
     files = []
@@ -152,6 +163,7 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
             expected["published"] == published[file.path]
             and expected["rejected"] == rejected[file.path]
             and published[file.path] + rejected[file.path] == file.rows
+            and malformed[file.path] == 0
         )
         files.append(
             {
@@ -161,6 +173,7 @@ def verify_job(settings: Settings, ledger: Ledger, job_id: str) -> dict[str, Any
                 "rejected": expected["rejected"],
                 "found_published": published[file.path],
                 "found_rejected": rejected[file.path],
+                "malformed": malformed[file.path],
                 "ok": ok,
             }
         )

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# K2_TEST_SLOT=N (default 0) moves the test stack to other ports and folder, so several checkouts can
-# run their suites side by side on one machine.
+# K2_TEST_SLOT=N (default 0) moves the test stack (Redis, Kafka, Flower, schema registry) to other ports
+# and folder, so several checkouts can run their suites side by side on one machine.
 SLOT = int(os.environ.get("K2_TEST_SLOT") or 0)
 TEST_STACK = REPO / (".k2stack-test" if SLOT == 0 else f".k2stack-test-{SLOT}")
 DATA_ROOT = TEST_STACK / "data-root"
@@ -31,6 +31,7 @@ TEST_ENV = {
     "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{19092 + PORT_SHIFT}",
     "K2_STACK_DIR": str(TEST_STACK),
     "K2_FLOWER_PORT": str(15555 + PORT_SHIFT),
+    "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{18081 + PORT_SHIFT}/apis/ccompat/v7",
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
     "K2_STALL_AFTER": "30",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 SYDNEY = ZoneInfo("Australia/Sydney")
@@ -51,6 +53,34 @@ def expected_value(kind: str, company_id: int, line: str) -> dict:  # type: igno
         "bid_volume": int(fields[4]),
         "ask_volume": int(fields[5]),
     }
+
+
+def expected_avro_record(
+    kind: str, company_id: int, path: str, line_no: int, line: str, ingestion_us: int
+) -> dict[str, Any]:
+    """The TradeV2 / QuoteV2 record (as AvroSerializer takes it) of one valid CSV line.
+
+    Timestamps are µs; message_id and trade_id / quote_id are `<path>:<line>:<exchange time µs>`.
+    """
+    json_value = expected_value(kind, company_id, line)
+    ts_us = json_value["exchange_timestamp"] * 1000
+    row_id = f"{path}:{line_no}:{ts_us}"
+    record: dict[str, Any] = {"message_id": row_id, ("trade_id" if kind == "trades" else "quote_id"): row_id}
+    record.update(symbol=SYMBOLS[company_id], exchange="ASX", asset_class="equities", timestamp=ts_us)
+    vendor = {"company_id": str(company_id)}
+    if kind == "trades":
+        qualifiers = str(json_value["qualifiers"])
+        record.update(price=Decimal(json_value["price"]), quantity=Decimal(json_value["volume"]), currency="AUD")
+        record.update(side="UNKNOWN", trade_conditions=[qualifiers])
+        vendor["qualifiers"] = qualifiers
+        vendor.update({k: json_value[k] for k in ("venue", "buyer_id") if json_value[k]})
+    else:
+        record.update(bid_price=Decimal(json_value["bid_price"]), bid_quantity=Decimal(json_value["bid_volume"]))
+        record.update(ask_price=Decimal(json_value["ask_price"]), ask_quantity=Decimal(json_value["ask_volume"]))
+        record["currency"] = "AUD"
+    record.update(source_sequence=None, ingestion_timestamp=ingestion_us, platform_sequence=line_no)
+    record["vendor_data"] = vendor
+    return record
 
 
 def source_lines(root: Path, relative: str) -> dict[int, str]:

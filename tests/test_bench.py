@@ -37,8 +37,17 @@ def test_bench_smoke_run_measures_everything_side_by_side() -> None:
         "k2jobs first job after workers start, 2 workers": 40_000,
         "k2jobs, 2 workers": 40_000,
         "k2jobs, 2 workers, --unordered": 40_000,
+        "k2jobs Avro, 2 workers": 40_000,
+        "k2jobs, 2 workers, again": 40_000,
     }
     k2 = [r for r in results["results"] if r["name"].startswith("k2jobs")]
     assert all(r["rss_mb"] and r["extra"]["plan_s"] >= 0 and r["extra"]["job_id"] for r in k2)
     assert all(len(r["extra"]["worker_processes"]) >= n for r, n in zip(k2, (1, 2, 2, 2), strict=True))
-    assert set(results["targets"]) == {"vs_naive", "vs_python_ceiling", "rss_mb", "ordered_vs_unordered", "first_job"}
+    assert set(results["targets"]) == {
+        "vs_naive",
+        "vs_python_ceiling",
+        "rss_mb",
+        "ordered_vs_unordered",
+        "first_job",
+        "avro_vs_json",
+    }

@@ -82,7 +82,7 @@ def healthy_dependencies(service: dict[str, Any]) -> set[str]:
 
 
 def test_the_stack_services_exist(services: dict[str, dict[str, Any]]) -> None:
-    assert {"kafka", "redis", "worker", "flower", "submit"} <= set(services)
+    assert {"kafka", "redis", "registry", "worker", "flower", "submit"} <= set(services)
 
 
 def test_kafka_is_a_single_kraft_node_with_replication_factor_one(services: dict[str, dict[str, Any]]) -> None:
@@ -268,3 +268,23 @@ def test_dockerfile_builds_the_compiled_parser_and_runs_as_non_root(services: di
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".venv", "data", ".git"} <= ignored
+
+
+def test_registry_serves_confluents_api_to_the_k2jobs_services(services: dict[str, dict[str, Any]]) -> None:
+    registry = services["registry"]
+    assert registry["image"].startswith("apicurio/apicurio-registry:3.")
+    port = env_of(registry).get("QUARKUS_HTTP_PORT", "8080")  # Apicurio's default HTTP port
+    for name, svc in k2jobs_services(services).items():
+        assert env_of(svc)["K2_SCHEMA_REGISTRY_URL"] == f"http://registry:{port}/apis/ccompat/v7", name
+        assert "registry" in healthy_dependencies(svc), name
+    assert any("/apis/ccompat/v7" in part for part in argv(registry["healthcheck"]["test"]))
+
+
+def test_registry_keeps_schemas_in_kafka_with_backward_compatibility(services: dict[str, dict[str, Any]]) -> None:
+    registry = services["registry"]
+    env = env_of(registry)
+    # kafkasql storage: the schemas live in a Kafka topic, so they persist in Kafka's volume.
+    assert env["APICURIO_STORAGE_KIND"] == "kafkasql"
+    assert env["APICURIO_KAFKASQL_BOOTSTRAP_SERVERS"] == env_of(services["worker"])["K2_KAFKA_BOOTSTRAP"]
+    assert "kafka" in healthy_dependencies(registry)
+    assert env["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"  # Confluent's default; Apicurio's is NONE
