@@ -12,6 +12,35 @@ from urllib.parse import urlsplit
 from .errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
+# librdkafka properties that only producers take (CONFIGURATION.md, "P"); consumers log a warning for each.
+PRODUCER_ONLY = frozenset(
+    {
+        "transactional.id",
+        "transaction.timeout.ms",
+        "enable.idempotence",
+        "enable.gapless.guarantee",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.ms",
+        "linger.ms",
+        "message.send.max.retries",
+        "retries",
+        "queue.buffering.backpressure.threshold",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "batch.num.messages",
+        "batch.size",
+        "delivery.report.only.error",
+        "sticky.partitioning.linger.ms",
+        "request.required.acks",
+        "acks",
+        "request.timeout.ms",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "partitioner",
+    }
+)
 VALUE_FORMATS = ("json", "avro")
 
 
@@ -48,6 +77,11 @@ class Settings:
         conf.update(self.kafka_options)
         conf.update(overrides)
         return conf
+
+    def kafka_consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        """kafka_config without the producer-only K2_KAFKA_OPT_* options, which a consumer would warn about."""
+        conf = self.kafka_config(**overrides)
+        return {name: value for name, value in conf.items() if name not in PRODUCER_ONLY or name in overrides}
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

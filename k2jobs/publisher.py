@@ -129,7 +129,7 @@ def producer_config(settings: Settings, transactional_id: str) -> dict[str, obje
 
 def marker_consumer_config(settings: Settings) -> dict[str, object]:
     """librdkafka configuration of the consumer that reads commit markers back."""
-    return settings.kafka_config(
+    return settings.kafka_consumer_config(
         **{
             "group.id": "k2jobs-marker-reader",
             "enable.auto.commit": False,

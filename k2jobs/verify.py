@@ -63,7 +63,7 @@ def read_job_messages(
     rather than at the start of every partition.
     """
     consumer = Consumer(
-        settings.kafka_config(
+        settings.kafka_consumer_config(
             **{
                 "group.id": f"k2jobs-verify-{job_id}",
                 "enable.auto.commit": False,

@@ -112,8 +112,21 @@ def read_back(settings, ledger):  # type: ignore[no-untyped-def]
     return read
 
 
+def _ask_workers(app, question: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """A Celery inspect call; pooled connections a restarted Redis closed are dropped and the call repeated."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    for _ in range(5):
+        try:
+            return getattr(app.control.inspect(timeout=2), question)() or {}
+        except (redis.ConnectionError, OperationalError):
+            app.pool.force_close_all()
+    raise AssertionError(f"Celery inspect {question} failed 5 times")
+
+
 def _chunk_consumers(app) -> set[str]:  # type: ignore[no-untyped-def]
-    queues = app.control.inspect(timeout=2).active_queues() or {}
+    queues = _ask_workers(app, "active_queues")
     return {name for name, consumed in queues.items() if any(q["name"] == "k2jobs.chunks" for q in consumed)}
 
 
@@ -126,7 +139,7 @@ def chunk_consumers_paused() -> Iterator[None]:
     """
     from k2jobs.app import app
 
-    workers = {name for name in (app.control.inspect(timeout=2).ping() or {})}
+    workers = set(_ask_workers(app, "ping"))
     for _ in range(10):
         app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
         if not _chunk_consumers(app) & workers:

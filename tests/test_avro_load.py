@@ -153,3 +153,18 @@ def test_an_incompatible_subject_refuses_an_avro_submit(stack, settings, registr
         registry.delete_subject(name)
         registry.delete_subject(name, permanent=True)
     assert run_k2("submit", relative, "--again", "--format", "avro").returncode == 0
+
+
+def test_reloading_with_again_keeps_each_rows_message_id(stack, registry, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
+    """Downstream storage deduplicates on message_id: a deliberate reload must give every row the same id."""
+    lines = (DATA_ROOT / "sample" / "trades" / "7181.csv").read_bytes()
+    relative = write_input(workdir, lines)
+    deserialize = AvroDeserializer(registry)
+    ids = []
+    for options in (("--chunk-rows", "100"), ("--chunk-rows", "1000", "--unordered")):
+        code, report, stderr = submit(relative, "--format", "avro", *options)
+        assert code == 0, stderr
+        context = SerializationContext(Kind.TRADE.topic, MessageField.VALUE)
+        ids.append({m.source: deserialize(m.value, context)["message_id"] for m in read_back(report["job_id"])})
+    assert len(ids[0]) == 232 and ids[0] == ids[1]
+    assert len(set(ids[0].values())) == 232  # and every row has its own
