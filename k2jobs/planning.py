@@ -38,7 +38,11 @@ class ChunkPlan:
     rows: int
     crc32: int
     file_size: int
-    file_mtime_ns: int
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
+        """A chunk plan from its dict; fields of older versions (file_mtime_ns) are ignored."""
+        return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class JobPlan:
         return cls(
             source_dir=raw["source_dir"],
             files=[FilePlan(**f) for f in raw["files"]],
-            chunks=[ChunkPlan(**c) for c in raw["chunks"]],
+            chunks=[ChunkPlan.from_dict(c) for c in raw["chunks"]],
         )
 
 
@@ -241,7 +245,6 @@ def plan_file(
                     rows=rows,
                     crc32=zlib.crc32(piece),
                     file_size=stat.st_size,
-                    file_mtime_ns=stat.st_mtime_ns,
                 )
             )
     file_plan = FilePlan(

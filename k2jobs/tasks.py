@@ -52,7 +52,7 @@ class FlowerProgress:
 def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any]) -> dict[str, Any]:
     """Load one chunk of a job into Kafka, exactly once."""
     clients = worker_clients()
-    plan = ChunkPlan(**chunk)
+    plan = ChunkPlan.from_dict(chunk)
     started = time.monotonic()
     try:
         resolve_inside(clients.settings.data_root, clients.settings.data_root / plan.data_path)
