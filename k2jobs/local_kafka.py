@@ -80,6 +80,7 @@ def write_server_properties(node: KafkaNode, nodes: list[KafkaNode], partitions:
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={data}",
                 f"num.partitions={partitions}",
+                f"min.insync.replicas={min_isr}",  # the default of topics created without it (__consumer_offsets)
                 f"offsets.topic.replication.factor={factor}",
                 f"transaction.state.log.replication.factor={factor}",
                 f"transaction.state.log.min.isr={min_isr}",
