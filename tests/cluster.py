@@ -104,18 +104,32 @@ def java_hash(text: str) -> int:
     return h - (1 << 32) if h >= 1 << 31 else h
 
 
-def data_leader(settings: Any, key: bytes = KEY, topic: str = DATA_TOPIC) -> int:
+def data_leader(settings: Any, key: bytes = KEY, topic: str = DATA_TOPIC, metadata: Any = None) -> int:
     """The broker leading the partition `key` goes to (the producer's murmur2 partitioner)."""
-    topics = _metadata(settings).topics
+    topics = (metadata or _metadata(settings)).topics
     return int(topics[topic].partitions[murmur2(key) % len(topics[topic].partitions)].leader)
 
 
-def transaction_coordinator(settings: Any, transactional_id: str) -> int:
+def transaction_coordinator(settings: Any, transactional_id: str, metadata: Any = None) -> int:
     """The broker coordinating a transactional id: the leader of its __transaction_state partition
     (Kafka: Utils.abs(transactionalId.hashCode) % partitions)."""
-    partitions = _metadata(settings).topics[TRANSACTION_STATE].partitions
+    partitions = (metadata or _metadata(settings)).topics[TRANSACTION_STATE].partitions
     h = java_hash(transactional_id)
     return int(partitions[(0 if h == -(1 << 31) else abs(h)) % len(partitions)].leader)
+
+
+def committing_chunk(ledger: Any, job_id: str, timeout_s: float = 15.0) -> int | None:
+    """A chunk caught at its commit: every row sent (its progress at its row count), no result yet; None if no
+    chunk was seen there within `timeout_s`. Commit takes tens of milliseconds: Redis is polled every 2 ms."""
+    rows = {c.index: c.rows for c in ledger.plan(job_id).chunks}
+    key = f"k2:job:{job_id}:progress"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for index, done in ledger.redis.hgetall(key).items():
+            if int(done) == rows[int(index)] and ledger.chunk_result(job_id, int(index)) is None:
+                return int(index)
+        time.sleep(0.002)
+    return None
 
 
 def _metadata(settings: Any) -> Any:
