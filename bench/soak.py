@@ -142,7 +142,7 @@ def main() -> int:
     parser.add_argument("--chunk-rows", type=int, default=30_000)
     parser.add_argument("--trade-tiles", type=int, default=3)
     parser.add_argument("--quote-tiles", type=int, default=2)
-    parser.add_argument("--job-bound", type=float, default=300.0, help="seconds before a job counts as stuck")
+    parser.add_argument("--job-bound", type=float, default=120.0, help="seconds before a job counts as stuck")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)

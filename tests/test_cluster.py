@@ -261,3 +261,20 @@ def test_a_worker_on_another_host_loads_chunks_from_its_copy_of_the_data(
     assert taken, log.read_text()[-3000:]
     assert all("status=committed" in line for line in taken)
     assert worker.returncode == 0, "a warm shutdown on SIGTERM"
+
+
+def test_worker_refuses_to_start_without_its_data_root_or_services(tmp_path: Path) -> None:
+    def worker(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "k2jobs", "worker"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **ENV, **env},
+            cwd=tmp_path,
+        )
+
+    missing = worker(K2_DATA_ROOT=str(tmp_path / "not-mounted"))
+    assert missing.returncode == 2 and "not-mounted" in missing.stderr
+    no_redis = worker(K2_DATA_ROOT=str(tmp_path), K2_REDIS_URL="redis://127.0.0.1:1/0")
+    assert no_redis.returncode == 3 and "Redis" in no_redis.stderr
