@@ -224,16 +224,15 @@ class MarkerReader:
     """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer(
-            settings.kafka_config(
-                **{
-                    "group.id": "k2jobs-marker-reader",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": True,
-                }
-            )
+        self._config = settings.kafka_config(
+            **{
+                "group.id": "k2jobs-marker-reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
         )
+        self._consumer = Consumer(self._config)
         self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
 
     def end_offset(self, timeout_s: float = 10.0) -> int:
@@ -241,7 +240,18 @@ class MarkerReader:
         try:
             return int(self._consumer.get_watermark_offsets(self._tp, timeout=timeout_s)[1])
         except KafkaException as exc:
+            self._renew()
             raise PublishError(f"cannot read {COMMITS_TOPIC} offsets: {exc.args[0]}") from exc
+
+    def _renew(self) -> None:
+        """A new consumer, which asks the cluster where the marker partition's leader is now.
+
+        With nothing assigned, the old one kept a dead leader until its next metadata refresh (5 minutes by
+        default): every chunk's marker check failed that long after the leader was killed (tests/test_cluster.py).
+        """
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+        self._consumer = Consumer(self._config)
 
     def find(self, key: bytes, start: int, timeout_s: float = 60.0) -> dict | None:  # type: ignore[type-arg]
         """The committed marker with `key` at or after `start`, or None if there is none."""
@@ -260,6 +270,7 @@ class MarkerReader:
                     return None
         finally:
             self._consumer.unassign()
+        self._renew()
         raise PublishError(f"timed out reading {COMMITS_TOPIC} up to offset {target}")
 
     def close(self) -> None:

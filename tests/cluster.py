@@ -59,14 +59,16 @@ def settings_of(env: dict[str, str]) -> Any:
     return load_settings({**os.environ, **env})
 
 
-def write_tiled_input(root: Path, tiles: int) -> Path:
-    """trades/7078.csv repeated `tiles` times (91,631 rows each), one key, one data partition."""
+def write_tiled_input(root: Path, tiles: int, lines: int | None = None) -> Path:
+    """trades/7078.csv repeated `tiles` times (91,631 rows each; or its first `lines`), one key, one partition."""
     (root / "trades").mkdir(parents=True, exist_ok=True)
     (root / "reference-data").mkdir(exist_ok=True)
     (root / "reference-data" / "company_info.csv").write_bytes(
         (SAMPLE / "reference-data" / "company_info.csv").read_bytes()
     )
     data = (SAMPLE / "trades" / "7078.csv").read_bytes() * tiles
+    if lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[:lines])
     target = root / "trades" / "7078.csv"
     if not target.exists() or target.stat().st_size != len(data):
         target.write_bytes(data)

@@ -57,6 +57,7 @@ def cluster() -> Iterator[dict[str, Any]]:
     DATA.mkdir(parents=True, exist_ok=True)
     write_tiled_input(DATA / "big", BIG_TILES)
     write_tiled_input(DATA / "faults", FAULT_TILES)
+    write_tiled_input(DATA / "small", 1, lines=1000)
     up = run_k2(ENV, "stack", "up", "--brokers", "3", "--workers", "2", "--json", timeout=600)
     assert up.returncode == 0, up.stderr
     yield json.loads(up.stdout)
@@ -151,9 +152,9 @@ def min_insync_replicas(admin: Any, resources: list[Any]) -> dict[str, str] | No
 
 
 def test_submit_names_an_existing_topic_with_other_settings(cluster) -> None:  # type: ignore[no-untyped-def]
-    done = run_k2(ENV, "submit", "big", "--no-wait", "--json", "--chunk-rows", "200000")
+    done = run_k2(ENV, "submit", "small", "--json")
     assert done.returncode == 0 and "market.trades.raw" not in done.stderr  # as created: nothing to say
-    done = run_k2({**ENV, "K2_REPLICATION_FACTOR": "1"}, "submit", "big", "--no-wait", "--json")
+    done = run_k2({**ENV, "K2_REPLICATION_FACTOR": "1"}, "submit", "small", "--json")
     assert done.returncode == 0
     assert "topic market.trades.raw exists with other settings: replication factor 3" in done.stderr
 
