@@ -45,9 +45,9 @@ from .conftest import SLOT
 ENV = cluster_env(SLOT)
 DATA = Path(ENV["K2_DATA_ROOT"])
 BIG_TILES = 6  # 549,786 rows
-# 2,199,144 rows: long enough (about 90 s here) for three or more kills in one job, each broker restarted before
-# the next kill (a restart takes about 25 s on this 2-core machine).
-FAULT_TILES = 24
+# 3,665,240 rows: long enough for three or more kills in one job, each broker restarted before the next kill
+# (a restart takes about 25 s on this 2-core machine; the job about a minute without kills).
+FAULT_TILES = 40
 CHUNK_ROWS = "20000"  # many chunks, many commits for a kill to land on
 
 
