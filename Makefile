@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka registry demo test test-asan test-unit lint format bench bench-check bench-smoke up down clean
+.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry
 
@@ -49,6 +49,14 @@ demo: up
 
 test: install
 	$(BIN)/python -m pytest
+
+# The long fault tests on a three-broker stack (brokers killed -9 at random moments, a rolling restart).
+test-cluster: install
+	$(BIN)/python -m pytest -m cluster tests/test_cluster.py
+
+# Job after job on a three-broker stack with random kill -9 of workers, brokers and Redis (SOAK_MINUTES, default 10).
+soak: install
+	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}
 
 # The compiled row parser built with AddressSanitizer + UBSan, on the tests that compare it with the
 # Python parser, JSON and Avro (generated, arbitrary and real input); the normal build is put back afterwards.

@@ -24,7 +24,7 @@ ProgressHook = Callable[[int], None]
 
 
 def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
-    """The chunk's bytes, refused if the file moved outside the root or changed since planning."""
+    """The chunk's bytes, refused if the file moved outside the root or its size or chunk checksum changed."""
     path = resolve_inside(data_root, data_root / chunk.data_path)
     try:
         stat = path.stat()
@@ -33,10 +33,10 @@ def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
             data = handle.read(chunk.end - chunk.start)
     except OSError as exc:
         raise ChunkChanged(f"{chunk.path}: cannot be read any more ({exc.strerror})") from exc
-    if stat.st_size != chunk.file_size or stat.st_mtime_ns != chunk.file_mtime_ns:
+    # Content, not modification time: a copy of the data (another mount, rsync) has other times, same bytes.
+    if stat.st_size != chunk.file_size:
         raise ChunkChanged(
-            f"{chunk.path} changed after submit (size {chunk.file_size} -> {stat.st_size}, "
-            "or modification time): its chunk was not loaded"
+            f"{chunk.path} changed after submit (size {chunk.file_size} -> {stat.st_size}): its chunk was not loaded"
         )
     if zlib.crc32(data) != chunk.crc32:
         raise ChunkChanged(f"{chunk.path} bytes {chunk.start}-{chunk.end} changed after submit (checksum)")

@@ -193,7 +193,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from .stack import Stack
 
-    stack = Stack(settings, workers=getattr(args, "workers", 2))
+    if getattr(args, "brokers", None) is not None and args.brokers <= 0:
+        raise InputError("--brokers must be positive")
+    stack = Stack(settings, workers=getattr(args, "workers", 2), brokers=getattr(args, "brokers", None))
     if args.action == "up":
         _check_settings(settings)
         status = stack.up()
@@ -219,6 +221,26 @@ def _timeout_option(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"with --wait: stop waiting after S seconds, exit {EXIT_WAIT_TIMEOUT} (the job keeps running)",
     )
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Check Redis, Kafka and the data root, then become a Celery worker (exec: signals reach Celery itself)."""
+    import os
+
+    from .publisher import check_kafka
+    from .stack import worker_command, worker_environment
+
+    if args.concurrency <= 0:
+        raise InputError("--concurrency must be positive")
+    if not settings.data_root.is_dir():
+        raise InputError(f"the data root {settings.data_root} (K2_DATA_ROOT) is not a directory")
+    _ledger(settings)
+    check_kafka(settings)
+    command = worker_command(args.concurrency, args.name or f"k2jobs-{os.getpid()}@%h")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, worker_environment(settings))
+    return EXIT_OK  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,11 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     stack_sub = stack.add_subparsers(dest="action", required=True)
     up = stack_sub.add_parser("up", help="start what is not running")
     up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--brokers", type=int, default=None, help="Kafka brokers (default: as last time, else 1)")
     up.add_argument("--json", action="store_true")
     stack_sub.add_parser("down", help="stop what the stack started")
     st = stack_sub.add_parser("status", help="pids of the stack's processes")
     st.add_argument("--json", action="store_true")
     stack.set_defaults(func=cmd_stack)
+
+    worker = sub.add_parser("worker", help="run one worker in the foreground, configured from the environment")
+    worker.add_argument("--concurrency", type=int, default=1, help="chunks loaded at once (worker processes)")
+    worker.add_argument("--name", default=None, help="Celery node name (default k2jobs-<pid>@<host>)")
+    worker.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -54,6 +54,8 @@ class Settings:
     data_root: Path = Path(".")
     flower_port: int = 5555
     partitions: int = 6
+    # Replicas of the topics k2jobs creates; None: the smaller of 3 and the number of brokers.
+    replication_factor: int | None = None
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
@@ -147,6 +149,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_root=Path(env.get("K2_DATA_ROOT") or os.getcwd()).resolve(),
         flower_port=_port(env, "K2_FLOWER_PORT", defaults.flower_port),
         partitions=_int(env, "K2_PARTITIONS", defaults.partitions),
+        replication_factor=_int(env, "K2_REPLICATION_FACTOR", 0) or None,
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),

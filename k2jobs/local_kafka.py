@@ -1,10 +1,11 @@
-"""Apache Kafka from Maven Central: its jars, cached once, and a single-node KRaft configuration."""
+"""Apache Kafka from Maven Central: its jars, cached once, and KRaft nodes for the local stack (one or a cluster)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -13,32 +14,80 @@ from .processes import need_program
 
 KAFKA_VERSION = "4.4.0"
 KAFKA_CACHE = Path(os.environ.get("K2_KAFKA_LIBS") or Path.home() / ".cache" / "k2jobs" / f"kafka-{KAFKA_VERSION}")
+MAX_REPLICATION = 3
 
 
-def write_server_properties(stack_dir: Path, host: str, port: int, ctrl: int, partitions: int) -> Path:
-    """Single-node KRaft (combined broker and controller) properties; storage formatted once."""
-    data = stack_dir / "kafka" / "data"
+@dataclass(frozen=True)
+class KafkaNode:
+    """One Kafka process of the local stack: a combined KRaft broker and controller."""
+
+    node_id: int
+    name: str  # "kafka" for a single node, "kafka-<id>" in a cluster: its folder, pid file and log
+    host: str
+    port: int
+    controller_port: int
+    home: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def properties(self) -> Path:
+        return self.home / "server.properties"
+
+
+def kafka_nodes(
+    stack_dir: Path, host: str, port: int, count: int, controller_port: int | None = None
+) -> list[KafkaNode]:
+    """The stack's Kafka nodes: node i (from 1) listens on `port + 2*(i-1)`, its controller on the port after.
+
+    A single node keeps the folder `kafka/` (and may have its controller port set apart); a cluster uses `kafka-<i>/`.
+    """
+    if count == 1:
+        return [KafkaNode(1, "kafka", host, port, controller_port or port + 1, stack_dir / "kafka")]
+    return [
+        KafkaNode(i, f"kafka-{i}", host, port + 2 * (i - 1), port + 2 * (i - 1) + 1, stack_dir / f"kafka-{i}")
+        for i in range(1, count + 1)
+    ]
+
+
+def internal_replication(nodes: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of `nodes`: (1, 1), (2, 1), (3, 2) from three on."""
+    factor = min(MAX_REPLICATION, nodes)
+    return factor, 2 if factor >= MAX_REPLICATION else 1
+
+
+def write_server_properties(node: KafkaNode, nodes: list[KafkaNode], partitions: int) -> Path:
+    """A node's KRaft properties (internal topics replicated across the cluster); storage formatted once."""
+    data = node.home / "data"
     data.mkdir(parents=True, exist_ok=True)
-    props = stack_dir / "kafka" / "server.properties"
-    props.write_text(
+    factor, min_isr = internal_replication(len(nodes))
+    if len(nodes) == 1:
+        quorum = f"controller.quorum.bootstrap.servers={node.host}:{node.controller_port}"
+    else:
+        quorum = "controller.quorum.voters=" + ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes)
+    node.properties.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.bootstrap.servers={host}:{ctrl}",
-                f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctrl}",
-                f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                f"node.id={node.node_id}",
+                quorum,
+                f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}",
                 "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={data}",
                 f"num.partitions={partitions}",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"min.insync.replicas={min_isr}",  # the default of topics created without it (__consumer_offsets)
+                f"offsets.topic.replication.factor={factor}",
+                f"transaction.state.log.replication.factor={factor}",
+                f"transaction.state.log.min.isr={min_isr}",
                 "transaction.state.log.num.partitions=4",
                 "offsets.topic.num.partitions=4",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                f"share.coordinator.state.topic.replication.factor={factor}",
+                f"share.coordinator.state.topic.min.isr={min_isr}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "",
@@ -46,28 +95,34 @@ def write_server_properties(stack_dir: Path, host: str, port: int, ctrl: int, pa
         )
     )
     if not (data / "meta.properties").exists():
-        format_storage(props)
-    return props
+        format_storage(node.properties, cluster_id(node.home.parent, len(nodes)), standalone=len(nodes) == 1)
+    return node.properties
 
 
-def format_storage(props: Path) -> None:
-    """Give the broker's log directory a new cluster id (kafka.tools.StorageTool)."""
-    cp = f"{kafka_libs()}/*"
-    cluster = (
-        subprocess.run(
-            ["java", "-cp", cp, "kafka.tools.StorageTool", "random-uuid"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+def cluster_id(stack_dir: Path, nodes: int) -> str:
+    """A new cluster id for a single node; for a cluster, one id kept in the stack folder for all its nodes."""
+    if nodes == 1:
+        return _random_uuid()
+    path = stack_dir / "kafka-cluster.id"
+    if not path.exists():
+        path.write_text(_random_uuid())
+    return path.read_text().strip()
+
+
+def _random_uuid() -> str:
     done = subprocess.run(
-        ["java", "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props), "--standalone"],
+        ["java", "-cp", f"{kafka_libs()}/*", "kafka.tools.StorageTool", "random-uuid"],
         capture_output=True,
         text=True,
+        check=True,
     )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def format_storage(props: Path, cluster: str, standalone: bool) -> None:
+    """Give a node's log directory its cluster id (kafka.tools.StorageTool); a cluster's voters are in `props`."""
+    command = ["java", "-cp", f"{kafka_libs()}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)]
+    done = subprocess.run(command + (["--standalone"] if standalone else []), capture_output=True, text=True)
     if done.returncode != 0:
         raise StackError(f"formatting Kafka storage failed: {done.stderr.strip() or done.stdout.strip()}")
 

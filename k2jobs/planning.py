@@ -38,10 +38,14 @@ class ChunkPlan:
     rows: int
     crc32: int
     file_size: int
-    file_mtime_ns: int
     # How values are written (k2jobs.config.VALUE_FORMATS) and, for Avro, the registry's schema id.
     value_format: str = "json"
     schema_id: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
+        """A chunk plan from its dict; fields of older versions (file_mtime_ns) are ignored."""
+        return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class JobPlan:
         return cls(
             source_dir=raw["source_dir"],
             files=[FilePlan(**f) for f in raw["files"]],
-            chunks=[ChunkPlan(**c) for c in raw["chunks"]],
+            chunks=[ChunkPlan.from_dict(c) for c in raw["chunks"]],
         )
 
 
@@ -306,7 +310,6 @@ def plan_file(
                     rows=rows,
                     crc32=piece_crc,
                     file_size=stat.st_size,
-                    file_mtime_ns=stat.st_mtime_ns,
                 )
             )
     file_plan = FilePlan(

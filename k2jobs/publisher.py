@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from .config import KAFKA_OPTION_PREFIX, Settings
 from .errors import KafkaUnavailable, PublishError, SettingsError
 from .records import Kind
 
+log = logging.getLogger(__name__)
 # One record per committed chunk, written inside the chunk's own transaction, so "this chunk
 # is in Kafka" and "its marker is in Kafka" are the same fact.
 COMMITS_TOPIC = "k2jobs.commits"
@@ -50,25 +53,77 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config(log_level=0))
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> None:
-    """Create the data, dead-letter and commit-marker topics when missing."""
+def topic_replication(settings: Settings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for the topics k2jobs creates: K2_REPLICATION_FACTOR or
+    the smaller of 3 and the brokers the cluster reports; min.insync.replicas 2 from a factor of 3 on."""
+    factor = settings.replication_factor or min(3, max(1, brokers))
+    return factor, 2 if factor >= 3 else 1
+
+
+def wanted_topics(settings: Settings, brokers: int) -> list[NewTopic]:
+    """The data, dead-letter and commit-marker topics, with the partitions and replication k2jobs wants."""
+    factor, min_isr = topic_replication(settings, brokers)
+    config = {"min.insync.replicas": str(min_isr)}
+    wanted = [NewTopic(kind.topic, settings.partitions, factor, config=config) for kind in Kind]
+    wanted += [NewTopic(kind.dlq_topic, settings.partitions, factor, config=config) for kind in Kind]
+    wanted.append(NewTopic(COMMITS_TOPIC, 1, factor, config={**config, "cleanup.policy": "compact"}))
+    return wanted
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> list[str]:
+    """Create the topics k2jobs writes when missing; warn about (and return) those that exist with other settings."""
     admin = admin_client(settings)
     try:
-        existing = admin.list_topics(timeout=timeout_s).topics
+        metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}") from exc
-    wanted = [NewTopic(kind.topic, settings.partitions, 1) for kind in Kind]
-    wanted += [NewTopic(kind.dlq_topic, settings.partitions, 1) for kind in Kind]
-    wanted.append(NewTopic(COMMITS_TOPIC, 1, 1, config={"cleanup.policy": "compact"}))
-    missing = [t for t in wanted if t.topic not in existing]
+    wanted = wanted_topics(settings, len(metadata.brokers))
+    differences = topic_differences(settings, admin, metadata, [t for t in wanted if t.topic in metadata.topics])
+    for difference in differences:
+        log.warning("%s", difference)
+    missing = [t for t in wanted if t.topic not in metadata.topics]
     if not missing:
-        return
+        return differences
     for topic, future in admin.create_topics(missing, request_timeout=timeout_s).items():
         try:
             future.result()
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaUnavailable(f"cannot create topic {topic}: {exc.args[0]}") from exc
+    return differences
+
+
+def topic_differences(settings: Settings, admin: AdminClient, metadata: Any, existing: list[NewTopic]) -> list[str]:
+    """How each existing topic differs from what k2jobs would create: partitions, replicas, min.insync.replicas.
+
+    Without K2_REPLICATION_FACTOR, more replicas than wanted is no difference (the default follows the
+    brokers that answer, fewer while one is down).
+    """
+    if not existing:
+        return []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.topic) for t in existing]
+    try:
+        configs = {r.name: f.result() for r, f in admin.describe_configs(resources, request_timeout=10).items()}
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read topic settings: {exc.args[0]}") from exc
+    found = []
+    for topic in existing:
+        partitions = metadata.topics[topic.topic].partitions
+        replicas = max(len(p.replicas) for p in partitions.values())
+        factor = topic.replication_factor
+        if settings.replication_factor is None and replicas > factor:
+            factor = replicas
+        min_isr = str(topic_replication(settings, factor)[1])
+        entry = configs[topic.topic].get("min.insync.replicas")
+        compared = [
+            ("partitions", len(partitions), topic.num_partitions),
+            ("replication factor", replicas, factor),
+            ("min.insync.replicas", entry.value if entry is not None else None, min_isr),
+        ]
+        differ = [f"{what} {has} (k2jobs would create {wants})" for what, has, wants in compared if has != wants]
+        if differ:
+            found.append(f"topic {topic.topic} exists with other settings: " + ", ".join(differ))
+    return found
 
 
 def transactional_id(job_id: str, chunk_index: int) -> str:
@@ -203,7 +258,8 @@ class MarkerReader:
     """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
 
     def __init__(self, settings: Settings) -> None:
-        self._consumer = Consumer(marker_consumer_config(settings))
+        self._config = marker_consumer_config(settings)
+        self._consumer = Consumer(self._config)
         self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
 
     def end_offset(self, timeout_s: float = 10.0) -> int:
@@ -211,7 +267,18 @@ class MarkerReader:
         try:
             return int(self._consumer.get_watermark_offsets(self._tp, timeout=timeout_s)[1])
         except KafkaException as exc:
+            self._renew()
             raise PublishError(f"cannot read {COMMITS_TOPIC} offsets: {exc.args[0]}") from exc
+
+    def _renew(self) -> None:
+        """A new consumer, which asks the cluster where the marker partition's leader is now.
+
+        With nothing assigned, the old one kept a dead leader until its next metadata refresh (5 minutes by
+        default): every chunk's marker check failed that long after the leader was killed (tests/test_cluster.py).
+        """
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self._consumer.close()
+        self._consumer = Consumer(self._config)
 
     def first_offset_since(self, since_ms: int, timeout_s: float = 10.0) -> int:
         """The first marker offset written at or after `since_ms`, or the partition's end if none was."""
@@ -220,6 +287,7 @@ class MarkerReader:
                 [TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, since_ms)], timeout_s
             )
         except KafkaException as exc:
+            self._renew()
             raise PublishError(f"cannot look up {COMMITS_TOPIC} offsets by time: {exc.args[0]}") from exc
         return self.end_offset() if found.offset < 0 else int(found.offset)
 
@@ -241,6 +309,7 @@ class MarkerReader:
                     return None
         finally:
             self._consumer.unassign()
+        self._renew()
         raise PublishError(f"timed out reading {COMMITS_TOPIC} up to offset {target}")
 
     def close(self) -> None:

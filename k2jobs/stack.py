@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 from urllib.parse import urlparse
@@ -12,10 +13,13 @@ from urllib.parse import urlparse
 import redis
 
 from .config import Settings
-from .local_kafka import kafka_libs, write_server_properties
+from .errors import StackError
+from .local_kafka import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
 from .local_registry import registry_command
 from .processes import Service, need_program, stop, wait_until_ready
 from .registry import registry_ready, set_backward_compatibility
+
+CELERY_QUEUES = "k2jobs.chunks,k2jobs.control"
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -23,10 +27,40 @@ def _host_port(address: str, default_port: int) -> tuple[str, int]:
     return (host or "127.0.0.1"), int(port or default_port)
 
 
+def worker_command(concurrency: int, name: str) -> list[str]:
+    """The Celery worker command line for k2jobs: both queues, events for Flower."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "k2jobs.app",
+        "worker",
+        "-Q",
+        CELERY_QUEUES,
+        "-c",
+        str(concurrency),
+        "-n",
+        name,
+        "-E",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """A worker's environment: this one, its data root made absolute, and few malloc arenas.
+
+    Few arenas: librdkafka's threads (new ones for every chunk's producer) would otherwise each grow an arena of
+    their own, and a worker's memory would creep up chunk after chunk.
+    """
+    return {"MALLOC_ARENA_MAX": "2", **os.environ, "K2_DATA_ROOT": str(settings.data_root)}
+
+
 class Stack:
     """Starts, inspects and stops the local services in `settings.stack_dir`."""
 
-    def __init__(self, settings: Settings, workers: int = 2) -> None:
+    def __init__(self, settings: Settings, workers: int = 2, brokers: int | None = None) -> None:
         self.settings = settings
         self.dir = settings.stack_dir
         self.workers = workers
@@ -35,6 +69,15 @@ class Stack:
         self.controller_port = int(os.environ.get("K2_KAFKA_CONTROLLER_PORT") or self.kafka_port + 1)
         registry = urlparse(settings.schema_registry_url)
         self.registry_host, self.registry_port = registry.hostname or "127.0.0.1", registry.port or 8081
+        self.brokers_file = self.dir / "brokers"  # the broker count of this stack folder, remembered by `up`
+        self.remembered_brokers = int(self.brokers_file.read_text()) if self.brokers_file.exists() else 1
+        self.brokers = brokers or self.remembered_brokers
+        self.nodes = self.kafka_nodes(self.brokers)
+
+    def kafka_nodes(self, count: int) -> list[KafkaNode]:
+        return kafka_nodes(
+            self.dir, self.kafka_host, self.kafka_port, count, self.controller_port if count == 1 else None
+        )
 
     # -- services ---------------------------------------------------------------------------
     def redis_service(self) -> Service:
@@ -67,15 +110,13 @@ class Stack:
             self._redis_ready,
         )
 
-    def kafka_service(self) -> Service:
-        props = write_server_properties(
-            self.dir, self.kafka_host, self.kafka_port, self.controller_port, self.settings.partitions
-        )
+    def kafka_service(self, node: KafkaNode) -> Service:
+        props = write_server_properties(node, self.nodes, self.settings.partitions)
         log4j = resources.files("k2jobs") / "resources" / "log4j2.properties"
+        heap = ["-Xms512m", "-Xmx1g"] if len(self.nodes) == 1 else ["-Xms256m", "-Xmx768m"]
         command = [
             "java",
-            "-Xms512m",
-            "-Xmx1g",
+            *heap,
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
@@ -85,45 +126,20 @@ class Stack:
             str(props),
         ]
         return Service(
-            "kafka", command, self.dir / "logs" / "kafka.log", self.dir / "kafka.pid", str(props), self._kafka_ready
-        )
-
-    def registry_service(self) -> Service:
-        command = registry_command(self.dir, self.registry_host, self.registry_port)
-        return Service(
-            "registry",
+            node.name,
             command,
-            self.dir / "logs" / "registry.log",
-            self.dir / "registry.pid",
-            self._probe("registry").marker,
-            lambda: registry_ready(self.settings),
+            self.dir / "logs" / f"{node.name}.log",
+            self.dir / f"{node.name}.pid",
+            str(props),
+            lambda: self._node_ready(node),
         )
 
     def worker_service(self, number: int) -> Service:
         name = f"k2w{number}-{self.kafka_port}@%h"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "k2jobs.app",
-            "worker",
-            "-Q",
-            "k2jobs.chunks,k2jobs.control",
-            "-c",
-            "1",
-            "-n",
-            name,
-            "-E",
-            "--loglevel",
-            "INFO",
-        ]
-        # Few malloc arenas: librdkafka's threads (new ones for every chunk's producer) would otherwise each grow
-        # an arena of their own, and a worker's memory would creep up chunk after chunk.
-        env = {"MALLOC_ARENA_MAX": "2", **os.environ, "K2_DATA_ROOT": str(self.settings.data_root)}
+        env = worker_environment(self.settings)
         return Service(
             f"worker-{number}",
-            command,
+            worker_command(1, name),
             self.dir / "logs" / f"worker-{number}.log",
             self.dir / f"worker-{number}.pid",
             name,
@@ -165,12 +181,14 @@ class Stack:
         except redis.RedisError:
             return False
 
-    def _kafka_ready(self) -> bool:
+    def _node_ready(self, node: KafkaNode) -> bool:
+        """The node answers on its own port and counts itself among the cluster's live brokers."""
         from confluent_kafka.admin import AdminClient
 
         try:
-            metadata = AdminClient(self.settings.kafka_config(log_level=0)).list_topics(timeout=2)
-            return bool(metadata.brokers)
+            conf = self.settings.kafka_config(log_level=0, **{"bootstrap.servers": node.bootstrap})
+            metadata = AdminClient(conf).list_topics(timeout=2)
+            return node.node_id in metadata.brokers
         except Exception:  # noqa: BLE001 - any failure means "not yet"
             return False
 
@@ -185,11 +203,23 @@ class Stack:
         return f"http://127.0.0.1:{self.settings.flower_port}"
 
     # -- commands ---------------------------------------------------------------------------
+    def registry_service(self) -> Service:
+        command = registry_command(self.dir, self.registry_host, self.registry_port)
+        return Service(
+            "registry",
+            command,
+            self.dir / "logs" / "registry.log",
+            self.dir / "registry.pid",
+            self._probe("registry").marker,
+            lambda: registry_ready(self.settings),
+        )
+
     def up(self) -> dict[str, Any]:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for service in [self.redis_service(), self.kafka_service(), self.registry_service()]:
-            self._ensure(service)
+        self._ensure(self.redis_service())
+        self._ensure_brokers()
+        self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
         workers = self.worker_services()
         for worker in workers:
@@ -204,6 +234,22 @@ class Stack:
             service.start()
         wait_until_ready(service.name, service.ready, service if service.pid() else None)
 
+    def _ensure_brokers(self) -> None:
+        """Start every broker that is not running, then wait for all: a cluster's controllers need each other."""
+        if self.brokers != self.remembered_brokers and any(
+            self._probe_node(n).pid() for n in self.kafka_nodes(self.remembered_brokers)
+        ):
+            raise StackError(
+                f"this stack runs {self.remembered_brokers} broker(s): `stack down` before `--brokers {self.brokers}`"
+            )
+        self.brokers_file.write_text(str(self.brokers))
+        services = [self.kafka_service(node) for node in self.nodes]
+        for service in services:
+            if service.pid() is None and not service.ready():
+                service.start()
+        for service in services:
+            wait_until_ready(service.name, service.ready, service if service.pid() else None)
+
     def _wait_workers(self, workers: list[Service]) -> None:
         from .app import app
 
@@ -216,19 +262,32 @@ class Stack:
         wait_until_ready("celery workers", all_answer)
 
     def _probe(self, name: str) -> Service:
-        """Redis's or Kafka's pid file and command-line marker, without building (or needing) their commands."""
+        """Redis's or the registry's pid file and command-line marker, without building (or needing) its command."""
         markers = {
             "redis": f"redis-server 127.0.0.1:{self.redis_url.port or 6379}",
-            "kafka": str(self.dir / "kafka" / "server.properties"),
             "registry": f"-Dquarkus.http.port={self.registry_port} ",
         }
         return Service(name, [], self.dir / "logs" / f"{name}.log", self.dir / f"{name}.pid", markers[name], bool)
 
+    def _probe_node(self, node: KafkaNode) -> Service:
+        """A Kafka node's pid file and marker, without writing its properties."""
+        return Service(
+            node.name,
+            [],
+            self.dir / "logs" / f"{node.name}.log",
+            self.dir / f"{node.name}.pid",
+            str(node.properties),
+            bool,
+        )
+
     def status(self) -> dict[str, Any]:
         """Pids of the running services (None where not running)."""
+        brokers = [{"id": n.node_id, "pid": self._probe_node(n).pid(), "bootstrap": n.bootstrap} for n in self.nodes]
         return {
             "redis": {"pid": self._probe("redis").pid(), "url": self.settings.redis_url},
-            "kafka": {"pid": self._probe("kafka").pid(), "bootstrap": self.settings.kafka_bootstrap},
+            # The first broker, what clients bootstrap from; every broker under "brokers".
+            "kafka": {"pid": brokers[0]["pid"], "bootstrap": self.settings.kafka_bootstrap},
+            "brokers": brokers,
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
             "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
             "registry": {"pid": self._probe("registry").pid(), "url": self.settings.schema_registry_url},
@@ -237,8 +296,13 @@ class Stack:
     def down(self) -> list[str]:
         """Stop what this stack started: workers first so they finish their chunks, Redis last."""
         services = [*self.worker_services(), self.flower_service(), self._probe("registry")]
-        services += [self._probe("kafka"), self._probe("redis")]
         stopped = [service.name for service in services if stop(service)]
+        # All brokers at once: a cluster's last broker cannot shut down cleanly once the other controllers are gone.
+        brokers = [self._probe_node(node) for node in self.nodes]
+        with ThreadPoolExecutor(max_workers=len(brokers)) as pool:
+            stopped += [broker.name for broker, done in zip(brokers, pool.map(stop, brokers), strict=True) if done]
+        if stop(self._probe("redis")):
+            stopped.append("redis")
         for worker_pid in self.dir.glob("worker-*.pid"):
             worker_pid.unlink(missing_ok=True)
         return stopped

@@ -104,7 +104,7 @@ class ChunkTask(Task):  # type: ignore[misc]
 def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: int | None = None) -> dict[str, Any]:
     """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed."""
     clients = worker_clients()
-    plan = ChunkPlan(**chunk)
+    plan = ChunkPlan.from_dict(chunk)
     started = time.monotonic()
     try:
         resolve_inside(clients.settings.data_root, clients.settings.data_root / plan.data_path)

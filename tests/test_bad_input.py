@@ -161,7 +161,6 @@ def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> Non
         "rows": 1,
         "crc32": 0,
         "file_size": 10,
-        "file_mtime_ns": 0,
     }
     result = app.send_task("k2jobs.process_chunk", args=("rogue-job", chunk)).get(timeout=60)
     assert result["status"] == "failed"

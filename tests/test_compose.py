@@ -288,3 +288,74 @@ def test_registry_keeps_schemas_in_kafka_with_backward_compatibility(services: d
     assert env["APICURIO_KAFKASQL_BOOTSTRAP_SERVERS"] == env_of(services["worker"])["K2_KAFKA_BOOTSTRAP"]
     assert "kafka" in healthy_dependencies(registry)
     assert env["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"  # Confluent's default; Apicurio's is NONE
+
+
+# -- the three-broker variant: docker compose -f docker-compose.yml -f docker-compose.cluster.yml ------------------
+CLUSTER = ROOT / "docker-compose.cluster.yml"
+BROKERS = ("kafka", "kafka-2", "kafka-3")
+
+
+def compose_merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, for what these files use: mappings merge key by key, the rest replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {
+            key: compose_merge(base.get(key), override[key]) if key in base else override[key] for key in override
+        } | {key: value for key, value in base.items() if key not in override}
+    return override
+
+
+@pytest.fixture(scope="module")
+def cluster(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose_merge(compose, yaml.safe_load(CLUSTER.read_text()))  # type: ignore[no-any-return]
+
+
+def test_cluster_variant_runs_three_kraft_voters(cluster: dict[str, Any]) -> None:
+    services = cluster["services"]
+    envs = {name: env_of(services[name]) for name in BROKERS}
+    assert {env["KAFKA_NODE_ID"] for env in envs.values()} == {"1", "2", "3"}
+    assert len({env["CLUSTER_ID"] for env in envs.values()}) == 1
+    voters = {f"{env['KAFKA_NODE_ID']}@{name}:9093" for name, env in envs.items()}
+    for name, env in envs.items():
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, name
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092", name
+        assert services[name]["image"].startswith("apache/kafka:"), name
+
+
+def test_cluster_variant_replicates_every_topic_three_times(cluster: dict[str, Any]) -> None:
+    for name in BROKERS:
+        env = env_of(cluster["services"][name])
+        for factor in (
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        ):
+            assert env[factor] == "3", (name, factor)
+        for min_isr in (
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+            "KAFKA_MIN_INSYNC_REPLICAS",
+        ):
+            assert env[min_isr] == "2", (name, min_isr)
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", name
+
+
+def test_cluster_variant_gives_each_broker_its_own_volume_and_healthcheck(cluster: dict[str, Any]) -> None:
+    services = cluster["services"]
+    volumes = []
+    for name in BROKERS:
+        log_dirs = env_of(services[name])["KAFKA_LOG_DIRS"]
+        volumes.append(next(source for source, target, _ in mounts(services[name]) if target == log_dirs))
+        assert any("kafka-broker-api-versions" in part for part in argv(services[name]["healthcheck"]["test"])), name
+    assert len(set(volumes)) == 3
+    assert set(volumes) <= set(cluster["volumes"])
+
+
+def test_cluster_variant_k2jobs_services_bootstrap_from_every_broker(cluster: dict[str, Any]) -> None:
+    services = cluster["services"]
+    for name in ("worker", "flower", "submit"):
+        env = env_of(services[name])
+        assert env["K2_KAFKA_BOOTSTRAP"].split(",") == [f"{broker}:9092" for broker in BROKERS], name
+        assert healthy_dependencies(services[name]) >= {"redis", *BROKERS}, name
+        assert env["K2_REDIS_URL"].startswith("redis://redis:6379/"), name  # the rest of the base file is kept
+    assert [name for name, svc in services.items() if svc.get("ports")] == ["flower"]

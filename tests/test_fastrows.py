@@ -26,7 +26,7 @@ def test_the_compiled_fast_path_is_built() -> None:
 
 
 def chunk_of(data: bytes, kind: str, first_line: int = 1) -> ChunkPlan:
-    return ChunkPlan(0, f"{kind}/7078.csv", f"{kind}/7078.csv", kind, "BHP", 7078, 0, len(data), first_line, 0, 0, 0, 0)
+    return ChunkPlan(0, f"{kind}/7078.csv", f"{kind}/7078.csv", kind, "BHP", 7078, 0, len(data), first_line, 0, 0, 0)
 
 
 def both_paths(data: bytes, kind: str, batch_lines: int = 7) -> tuple[object, object, int]:

@@ -155,5 +155,6 @@ def test_stack_status_lists_every_process(stack, settings) -> None:  # type: ign
     done = run_k2("stack", "status", "--json", check=True)
     status = json.loads(done.stdout)
     assert status["redis"]["pid"] and status["kafka"]["pid"] and status["flower"]["pid"]
+    assert status["brokers"] == [{"id": 1, "pid": status["kafka"]["pid"], "bootstrap": settings.kafka_bootstrap}]
     assert len(status["workers"]) == 2 and all(w["pid"] for w in status["workers"])
     assert status["flower"]["url"].endswith(f":{settings.flower_port}")

@@ -229,3 +229,36 @@ def test_key_groups_put_a_keys_files_in_path_order_and_chunks_in_line_order(tmp_
         [("trades/7181.csv", 1), ("trades/7181.csv", 5)],
         [("quotes/7078.csv", 1)],
     ]
+
+
+def test_a_copy_of_the_data_elsewhere_with_other_times_loads_and_other_bytes_do_not(tmp_path: Path) -> None:
+    """Workers on another host read a copy: change is detected by size and checksum, not modification time."""
+    import shutil
+
+    from k2jobs.chunk import read_chunk
+    from k2jobs.errors import ChunkChanged
+
+    submitter, worker = tmp_path / "submitter", tmp_path / "elsewhere" / "copy"
+    job = make_dir(submitter, {"trades/7078.csv": b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n" * 30})
+    plan = plan_job(submitter, job, lines_per_chunk=10)
+    shutil.copytree(submitter, worker)
+    copied = worker / "job" / "trades" / "7078.csv"
+    os.utime(copied, ns=(1_000_000_000, 1_000_000_000))  # other modification time, same bytes
+    assert [read_chunk(worker, c) for c in plan.chunks] == [read_chunk(submitter, c) for c in plan.chunks]
+    copied.write_bytes(copied.read_bytes().replace(b"1.5", b"9.9", 1))  # same size, other bytes
+    with pytest.raises(ChunkChanged, match="checksum"):
+        read_chunk(worker, plan.chunks[0])
+    assert read_chunk(worker, plan.chunks[1])  # only the chunk whose bytes changed is refused
+    copied.write_bytes(copied.read_bytes() + b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n")
+    with pytest.raises(ChunkChanged, match="size"):
+        read_chunk(worker, plan.chunks[1])
+
+
+def test_a_plan_saved_by_an_older_version_still_loads() -> None:
+    from k2jobs.planning import JobPlan
+
+    plan = plan_job(SAMPLE.parent, SAMPLE, lines_per_chunk=50_000)
+    raw = plan.to_dict()
+    for chunk in raw["chunks"]:  # type: ignore[attr-defined]
+        chunk["file_mtime_ns"] = 0
+    assert JobPlan.from_dict(raw) == plan

@@ -13,7 +13,7 @@ from k2jobs.reconcile import reconcile_job
 
 
 def chunk(index: int, path: str, rows: int) -> ChunkPlan:
-    return ChunkPlan(index, path, path, "trades", "BHP", 7078, 0, 1, 1, rows, 0, 1, 0)
+    return ChunkPlan(index, path, path, "trades", "BHP", 7078, 0, 1, 1, rows, 0, 1)
 
 
 PLAN = JobPlan(

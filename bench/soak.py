@@ -1,0 +1,166 @@
+"""Soak: job after job on a three-broker stack while workers, brokers and Redis are killed -9 at random moments.
+
+    make soak                      # 10 minutes (SOAK_MINUTES=3 make soak for 3)
+    python bench/soak.py --minutes 3 --seed 42
+
+Runs its own stack (`stack up --brokers 3`, folder .k2stack-test[-SLOT]-soak, ports 20 above the test stack's, moved
+by K2_TEST_SLOT like the tests'). Each job loads tiled trades and quotes of data/sample; during it, one to three
+faults (a worker, a broker or Redis, kill -9, then `stack up`). A job that has no report within --job-bound
+seconds counts as stuck: it is never resumed. Each finished job is read back (read_committed) and checked.
+Prints one table: jobs, faults, rows, lost, duplicated, out of order (a key's `source` line going backwards
+within a file, read in partition order), stuck, failed. Exit 1 unless all of the last five are zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.cluster import (  # noqa: E402 - the repository's helpers, found through the path set above
+    SAMPLE,
+    broker_pids,
+    cluster_env,
+    count_exactness,
+    gone,
+    out_of_order,
+    read_job,
+    run_k2,
+    settings_of,
+    wait_until,
+)
+
+ENV = cluster_env(int(os.environ.get("K2_TEST_SLOT") or 0), name="soak", offset=20)
+FAULTS = ("worker", "broker", "redis")
+COUNTED = ("lost", "duplicated", "out of order", "stuck", "failed")
+
+
+def write_input(root: Path, trade_tiles: int, quote_tiles: int) -> None:
+    for kind, tiles in (("trades", trade_tiles), ("quotes", quote_tiles)):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        (root / kind / "7078.csv").write_bytes((SAMPLE / kind / "7078.csv").read_bytes() * tiles)
+    (root / "reference-data").mkdir(exist_ok=True)
+    (root / "reference-data" / "company_info.csv").write_bytes(
+        (SAMPLE / "reference-data" / "company_info.csv").read_bytes()
+    )
+
+
+def stack_up() -> None:
+    for _ in range(3):  # Redis or a broker may still be on its way down
+        if run_k2(ENV, "stack", "up", "--brokers", "3", "--workers", "2", timeout=600).returncode == 0:
+            return
+        time.sleep(2)
+    raise SystemExit("the soak stack did not come up; see " + ENV["K2_STACK_DIR"] + "/logs")
+
+
+def inject(kind: str, rng: random.Random) -> None:
+    """kill -9 one process of the stack (a worker with its children, a broker, Redis), then restart it."""
+    status = json.loads(run_k2(ENV, "stack", "status", "--json", check=True).stdout)
+    if kind == "worker":
+        pid = rng.choice([w["pid"] for w in status["workers"] if w["pid"]])
+    elif kind == "broker":
+        pid = rng.choice([p for p in broker_pids(ENV).values() if p])
+    else:
+        pid = status["redis"]["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_until(lambda: gone(pid), what=f"the {kind} to die")
+    time.sleep(rng.uniform(0.0, 3.0))
+    stack_up()
+
+
+def report_of(ledger: Any, job_id: str) -> dict[str, Any] | None:
+    try:
+        return ledger.report(job_id)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - Redis restarting: not yet
+        return None
+
+
+def run_job(settings: Any, ledger: Any, rng: random.Random, args: argparse.Namespace, table: Counter[str]) -> None:
+    done = run_k2(ENV, "submit", "input", "--no-wait", "--json", "--again", "--chunk-rows", str(args.chunk_rows))
+    if done.returncode != 0:
+        raise SystemExit(f"submit failed: {done.stderr}")
+    job_id = json.loads(done.stdout)["job_id"]
+    rows = int(ledger.job_meta(job_id)["rows"])
+    table["jobs"] += 1
+    table["rows"] += rows
+    for _ in range(rng.randint(1, 3)):
+        time.sleep(rng.uniform(0.0, 4.0))
+        if report_of(ledger, job_id) is not None:
+            break
+        kind = rng.choice(FAULTS)
+        inject(kind, rng)
+        table["faults"] += 1
+        table[f"{kind} kills"] += 1
+    deadline = time.monotonic() + args.job_bound
+    while (report := report_of(ledger, job_id)) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    if report is None:
+        table["stuck"] += 1
+        print(f"job {job_id}: no report after {args.job_bound:.0f}s (stuck, not resumed)", flush=True)
+        return
+    messages = read_job(settings, ledger, job_id)
+    lost, duplicated = count_exactness(messages, rows)
+    backwards = out_of_order(messages)
+    table["lost"] += lost
+    table["duplicated"] += duplicated
+    table["out of order"] += backwards
+    table["failed"] += report["status"] != "succeeded"
+    print(
+        f"job {job_id}: {report['status']}, {rows} rows, lost {lost}, duplicated {duplicated}, "
+        f"out of order {backwards}",
+        flush=True,
+    )
+
+
+def format_table(table: Counter[str], minutes: float, seed: int) -> str:
+    columns = ["jobs", "faults", "rows", *COUNTED]
+    lines = [
+        f"soak: {minutes:g} min, seed {seed}, faults: "
+        + ", ".join(f"{table[k + ' kills']} {k}" for k in FAULTS)
+        + " (kill -9)",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" for _ in columns) + "|",
+        "| " + " | ".join(str(table[c]) for c in columns) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES") or 10))
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--chunk-rows", type=int, default=30_000)
+    parser.add_argument("--trade-tiles", type=int, default=3)
+    parser.add_argument("--quote-tiles", type=int, default=2)
+    parser.add_argument("--job-bound", type=float, default=120.0, help="seconds before a job counts as stuck")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    write_input(Path(ENV["K2_DATA_ROOT"]) / "input", args.trade_tiles, args.quote_tiles)
+    stack_up()
+    from k2jobs.ledger import Ledger, connect
+
+    settings = settings_of(ENV)
+    ledger = Ledger(connect(settings.redis_url))
+    table: Counter[str] = Counter()
+    deadline = time.monotonic() + args.minutes * 60
+    while time.monotonic() < deadline:
+        run_job(settings, ledger, rng, args, table)
+    sys.stdout.write(format_table(table, args.minutes, seed))
+    if not os.environ.get("SOAK_KEEP_STACK"):
+        run_k2(ENV, "stack", "down", timeout=300)
+    return 1 if any(table[c] for c in COUNTED) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
