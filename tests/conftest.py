@@ -112,21 +112,19 @@ def read_back(settings, ledger):  # type: ignore[no-untyped-def]
     return read
 
 
-def _ask_workers(app, question: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    """A Celery inspect call; pooled connections a restarted Redis closed are dropped and the call repeated."""
-    import redis
-    from kombu.exceptions import OperationalError
+def ask_workers(app, question: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """A Celery inspect call on a new connection (a pooled one may be a socket a restarted Redis closed)."""
+    with app.connection_for_write() as connection:
+        return getattr(app.control.inspect(timeout=2, connection=connection), question)() or {}
 
-    for _ in range(5):
-        try:
-            return getattr(app.control.inspect(timeout=2), question)() or {}
-        except (redis.ConnectionError, OperationalError):
-            app.pool.force_close_all()
-    raise AssertionError(f"Celery inspect {question} failed 5 times")
+
+def _tell_workers(app, command: str) -> None:  # type: ignore[no-untyped-def]
+    with app.connection_for_write() as connection:
+        getattr(app.control, command)("k2jobs.chunks", reply=True, timeout=5, connection=connection)
 
 
 def _chunk_consumers(app) -> set[str]:  # type: ignore[no-untyped-def]
-    queues = _ask_workers(app, "active_queues")
+    queues = ask_workers(app, "active_queues")
     return {name for name, consumed in queues.items() if any(q["name"] == "k2jobs.chunks" for q in consumed)}
 
 
@@ -139,9 +137,9 @@ def chunk_consumers_paused() -> Iterator[None]:
     """
     from k2jobs.app import app
 
-    workers = set(_ask_workers(app, "ping"))
+    workers = set(ask_workers(app, "ping"))
     for _ in range(10):
-        app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)
+        _tell_workers(app, "cancel_consumer")
         if not _chunk_consumers(app) & workers:
             break
     else:
@@ -150,7 +148,7 @@ def chunk_consumers_paused() -> Iterator[None]:
         yield
     finally:
         for _ in range(10):
-            app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
+            _tell_workers(app, "add_consumer")
             if workers <= _chunk_consumers(app):
                 break
         else:

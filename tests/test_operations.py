@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 
-from .conftest import DATA_ROOT, run_k2
+from .conftest import DATA_ROOT, chunk_consumers_paused, run_k2
 
 
 def run_on_terminal(*args: str, timeout_s: float = 300, columns: int = 200) -> tuple[int, str]:
@@ -75,10 +75,7 @@ def test_submit_without_a_terminal_logs_plain_lines(stack) -> None:  # type: ign
 
 
 def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.app import app
-
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # hold the job at its start
-    try:
+    with chunk_consumers_paused():  # hold the job at its start
         done = run_k2("submit", "sample", "--again", "--no-wait", "--json", "--chunk-rows", "5000")
         job_id = json.loads(done.stdout)["job_id"]
         status = json.loads(run_k2("status", job_id, "--json", check=True).stdout)
@@ -87,8 +84,6 @@ def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # t
         text = run_k2("status", job_id, check=True).stdout
         assert f"job {job_id} running: 0/170332 rows (0.0%)" in text
         assert "chunks 0/39" in text
-    finally:
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     final = run_k2("status", job_id, "--wait", "--json")
     assert final.returncode == 0
     assert json.loads(final.stdout)["totals"]["published"] == 170_332

@@ -13,7 +13,7 @@ from k2jobs.config import load_settings
 from k2jobs.errors import InputError, SettingsError
 from k2jobs.publisher import check_client_settings
 
-from .conftest import DATA_ROOT, run_k2
+from .conftest import DATA_ROOT, ask_workers, run_k2
 
 CHUNK_QUEUE = "k2jobs.chunks"
 BAD_SETTINGS = [
@@ -91,5 +91,4 @@ def test_a_worker_with_a_bad_setting_refuses_to_start_with_the_reason_in_its_log
     assert "this worker refuses to start" in worker.stderr
     assert "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000" in worker.stderr
     assert "message.timeout.ms" in worker.stderr
-    replies = app.control.ping(timeout=1.0)
-    assert not any(node.startswith("k2-bad-settings@") for reply in replies for node in reply)
+    assert not any(node.startswith("k2-bad-settings@") for node in ask_workers(app, "ping"))

@@ -8,16 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from .conftest import run_k2
+from .conftest import chunk_consumers_paused, run_k2
 
 STALLED = {"K2_STALL_WARN_S": "2"}  # say what is stuck after 2 s without movement (default 30)
 
 
 def test_wait_with_no_worker_consuming_names_the_stuck_chunks_and_times_out(stack, ledger) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.app import app
-
-    app.control.cancel_consumer("k2jobs.chunks", reply=True, timeout=5)  # workers up, but taking no chunk
-    try:
+    with chunk_consumers_paused():  # workers up, but taking no chunk
         submitted = run_k2("submit", "sample", "--again", "--chunk-rows", "40000", "--timeout", "3", env=STALLED)
         assert submitted.returncode == 6, submitted.stderr  # submit --wait --timeout: its own exit code
         job_id = re.search(r"job (\S+): 9 chunks", submitted.stderr).group(1)  # type: ignore[union-attr]
@@ -33,8 +30,6 @@ def test_wait_with_no_worker_consuming_names_the_stuck_chunks_and_times_out(stac
         assert re.search(r"queue k2jobs.chunks holds [1-9] task\(s\) no worker has taken", waited.stderr)
         assert "and Kafka at" in waited.stderr and "answer" in waited.stderr
         assert ledger.job_meta(job_id)["status"] == "running"
-    finally:
-        app.control.add_consumer("k2jobs.chunks", reply=True, timeout=5)
     done = run_k2("status", job_id, "--wait", "--json", "--timeout", "120")  # the job went on by itself
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["totals"]["published"] == 170_332
