@@ -102,7 +102,12 @@ def test_verify_names_a_partition_where_committed_reading_stops(stack, settings)
 
     blocker = Producer(
         settings.kafka_config(
-            **{"transactional.id": f"test-blocker-{time.time_ns()}", "partitioner": PRODUCER_DEFAULTS["partitioner"]}
+            **{
+                "transactional.id": f"test-blocker-{time.time_ns()}",
+                "partitioner": PRODUCER_DEFAULTS["partitioner"],
+                # Open for the whole test, whatever the test stack's shorter K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS.
+                "transaction.timeout.ms": 300_000,
+            }
         )
     )
     blocker.init_transactions(30)
