@@ -47,7 +47,8 @@ task_send_sent_event = True
 task_track_started = True
 worker_hijack_root_logger = False
 
-# A chunk is stopped (and recorded as failed) well before Redis would hand it to another worker.
-task_soft_time_limit = _settings.visibility_timeout_s * 3 // 4
-task_time_limit = _settings.visibility_timeout_s * 9 // 10
+# A chunk attempt is stopped (soft) or killed (hard) before Kafka would abort its transaction under it
+# (transaction.timeout.ms). Nothing depends on the visibility timeout: a copy of a chunk that Redis hands
+# out again while an attempt runs it yields to that attempt.
+task_soft_time_limit, task_time_limit = _settings.chunk_time_limits_s
 k2_chunk_retries = _settings.chunk_retries

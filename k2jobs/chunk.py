@@ -6,6 +6,7 @@ import gc
 import logging
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,28 @@ import orjson
 from .batches import ChunkRows
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
+from .markers import COMMITS_PARTITION, COMMITS_TOPIC, CommitMarkers, marker_key
 from .planning import ChunkPlan, resolve_inside
-from .publisher import COMMITS_TOPIC, ChunkTransaction, MarkerReader, job_started_ms, marker_key
+from .publisher import ChunkTransaction
 from .records import Kind
 
 log = logging.getLogger(__name__)
 TransactionFactory = Callable[[str, int], ChunkTransaction]
 ProgressHook = Callable[[int], None]
+
+
+@dataclass
+class Attempt:
+    """One attempt at one chunk: what it knows before it starts, and how far it got."""
+
+    job_id: str
+    chunk: ChunkPlan
+    after: int | None = None  # ordered jobs: the chunk that must have committed before this one publishes
+    rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
+    marker_start: int = 0  # where this job's markers begin on the marker partition
+    keepalive: Callable[[], None] | None = None  # called while the attempt waits (on Kafka's open transactions)
+    before_commit: Callable[[], None] | None = None  # a fault-injection point for tests (K2_TEST_*)
+    commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
 
 
 def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
@@ -78,12 +94,14 @@ def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: s
     }
 
 
-def predecessor_failure(job_id: str, after: int, ledger: Ledger, markers: MarkerReader) -> str | None:
+def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
     """Why a chunk of an ordered job must not publish: the chunk before it did not commit (None if it did)."""
-    before = ledger.chunk_result(job_id, after)
+    after = attempt.after
+    assert after is not None
+    before = ledger.chunk_result(attempt.job_id, after)
     if before is not None and before["status"] == COMMITTED:
         return None
-    if before is None and markers.find(marker_key(job_id, after), job_started_ms(job_id)) is not None:
+    if before is None and markers.find(marker_key(attempt.job_id, after), attempt.marker_start) is not None:
         return None  # committed in Kafka; only Redis did not hear of it
     reason = "it has no result" if before is None else f"it failed: {before.get('error')}"
     where = "" if before is None else f" ({before['path']})"
@@ -91,25 +109,24 @@ def predecessor_failure(job_id: str, after: int, ledger: Ledger, markers: Marker
 
 
 def process_chunk(
-    job_id: str,
-    chunk: ChunkPlan,
+    attempt: Attempt,
     data_root: Path,
     batch_rows: int,
     ledger: Ledger,
-    markers: MarkerReader,
+    markers: CommitMarkers,
     open_transaction: TransactionFactory,
     on_progress: ProgressHook | None = None,
-    after: int | None = None,
 ) -> dict[str, Any]:
     """Load one chunk exactly once; safe to call again after any crash or retry.
 
-    With `after` (ordered jobs), the chunk publishes only if chunk `after` committed, so a key's messages
-    stay in file order; otherwise it records a failure naming that chunk.
+    With `attempt.after` (ordered jobs), the chunk publishes only if that chunk committed, so a key's
+    messages stay in file order; otherwise it records a failure naming that chunk.
     """
+    job_id, chunk = attempt.job_id, attempt.chunk
     done = ledger.chunk_result(job_id, chunk.index)
     if done is not None:
         return done
-    reason = None if after is None else predecessor_failure(job_id, after, ledger, markers)
+    reason = None if attempt.after is None else predecessor_failure(attempt, ledger, markers)
     if reason is None:
         try:
             data = read_chunk(data_root, chunk)
@@ -118,16 +135,18 @@ def process_chunk(
     if reason is not None:
         ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, reason))
         return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
-    # Opening the transaction fences any earlier attempt, so after it the marker check is final. The check
-    # reads Kafka from the job's start, so it holds even if Redis lost what an earlier attempt wrote.
+    # Opening the transaction fences every earlier attempt of this chunk and ends its transaction: none can
+    # commit from now on, so what Kafka holds now is final. A first attempt (no earlier start since Redis last
+    # restarted) skips the question: nothing of it can be in Kafka.
     txn = open_transaction(job_id, chunk.index)
     key = marker_key(job_id, chunk.index)
-    marker = markers.find(key, job_started_ms(job_id))
-    if marker is not None:
-        log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
-        result = chunk_result(chunk, COMMITTED, marker)
-        ledger.record_result(job_id, chunk.index, result)
-        return result
+    if attempt.rerun:
+        marker = markers.find(key, attempt.marker_start, attempt.keepalive)
+        if marker is not None:
+            log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
+            result = chunk_result(chunk, COMMITTED, marker)
+            ledger.record_result(job_id, chunk.index, result)
+            return result
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
 
@@ -148,7 +167,10 @@ def process_chunk(
         result = chunk_result(chunk, FAILED, counts, "row count differs from the plan")
         ledger.record_result(job_id, chunk.index, result)
         return result
-    txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())])
+    txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())], COMMITS_PARTITION)
+    attempt.commit_started = True
+    if attempt.before_commit is not None:
+        attempt.before_commit()
     txn.commit()
     result = chunk_result(chunk, COMMITTED, counts)
     ledger.record_result(job_id, chunk.index, result)

@@ -60,8 +60,8 @@ def _ledger(settings: Settings) -> Any:
 
 
 def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool, timeout_s: float | None = None) -> int:
+    from .client import wait_for_report
     from .diagnose import describe_stall
-    from .jobs import wait_for_report
     from .progress import progress_display
 
     def say_what_is_stuck(stalled_s: float) -> None:
@@ -84,7 +84,7 @@ def _check_settings(settings: Settings) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import SubmitOptions, submit_job
+    from .client import SubmitOptions, submit_job
     from .ledger import Ledger, connect
 
     _check_settings(settings)
@@ -113,7 +113,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import job_progress
+    from .client import job_progress
 
     ledger = _ledger(settings)
     if args.wait:
@@ -133,7 +133,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import resume_job
+    from .lifecycle import resume_job
     from .publisher import check_kafka
 
     _check_settings(settings)
@@ -150,7 +150,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import job_progress
+    from .client import job_progress
 
     ledger = _ledger(settings)
     rows = [job_progress(ledger, job_id).__dict__ for job_id in ledger.recent_jobs(args.limit)]

@@ -42,6 +42,7 @@ PRODUCER_ONLY = frozenset(
     }
 )
 VALUE_FORMATS = ("json", "avro")
+TRANSACTION_TIMEOUT_MS = 60_000  # k2jobs' producer default, unless K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS says otherwise
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,15 @@ class Settings:
     chunk_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
-    stall_after_s: int = 180  # a running job none of whose chunks moved for this long is driven on (visibility + 60)
+    # A chunk with no attempt queued, reserved or running for this long is enqueued again (the job supervisor).
+    stall_after_s: int = 10
     stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
     chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
     # Where Avro schemas are registered (Confluent's API: Apicurio serves it under /apis/ccompat/v7).
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
+    # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
+    test_pause_before_commit_s: float = 0.0
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -72,6 +76,18 @@ class Settings:
     def kafka_call_timeout_s(self) -> float:
         """How long one blocking producer call (init, commit) may take: far inside the chunk time limit."""
         return max(5.0, self.visibility_timeout_s / 8)
+
+    @property
+    def transaction_timeout_s(self) -> float:
+        """How long Kafka lets a chunk's transaction stay open before aborting it."""
+        return int(self.kafka_options.get("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)) / 1000
+
+    @property
+    def chunk_time_limits_s(self) -> tuple[int, int]:
+        """(soft, hard) time limit of one chunk attempt: inside its transaction's timeout, so a chunk is
+        stopped (soft) or killed (hard) before Kafka would abort its transaction under it."""
+        timeout = self.transaction_timeout_s
+        return max(2, int(timeout * 0.75)), max(3, int(timeout * 0.9))
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka configuration for any client: bootstrap, security options, overrides."""
@@ -155,10 +171,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),
         chunk_retries=_int(env, "K2_CHUNK_RETRIES", defaults.chunk_retries),
-        stall_after_s=_int(
-            env, "K2_STALL_AFTER", _int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s) + 60
-        ),
+        stall_after_s=_int(env, "K2_STALL_AFTER", defaults.stall_after_s),
         kafka_options=kafka_options_from(env),
+        test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),
     )

@@ -19,6 +19,14 @@ class AlreadyLoaded(InputError):
     """The input's content was published by a succeeded job already (and --again was not given)."""
 
 
+class JobStillRunning(InputError):
+    """The job has no report yet: a chunk of it can still run (resume is for ended jobs)."""
+
+
+class TopicRefused(InputError):
+    """An existing topic k2jobs needs has settings that would break its guarantees."""
+
+
 class UnsafePathError(InputError):
     """A path resolves outside the data root."""
 
@@ -57,6 +65,11 @@ class ChunkChanged(K2Error):
 
 class PublishError(K2Error):
     """Kafka did not accept a chunk's transaction; the chunk can be retried."""
+
+
+class CommitUncertain(PublishError):
+    """The chunk's attempt reached its commit, then something failed: whether it committed is decided by
+    the next attempt, from Kafka; such a chunk is never recorded failed."""
 
 
 class WaitTimeout(K2Error):

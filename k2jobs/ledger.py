@@ -15,7 +15,7 @@ from .planning import JobPlan
 TTL_S = 30 * 24 * 3600  # jobs are kept a month, then Redis forgets them
 JOBS_KEY = "k2:jobs"
 RUNNING_KEY = "k2:running"  # ids of jobs without a report: what the job supervisor watches
-SUPERVISOR_KEY = "k2:supervisor"  # which worker's job supervisor acts now (a lock with a time to live)
+SUPERVISOR_KEY = "k2:supervisor"  # which worker's job supervisor acts now (a redis-py Lock)
 LOADED_KEY = "k2:loaded"  # file content (FilePlan.content) -> the succeeded job that published it, kept for good
 COMMITTED, FAILED = "committed", "failed"
 
@@ -44,6 +44,36 @@ def _reported(job_id: str) -> str:
     return f"k2:job:{job_id}:reported"  # a list pushed to when the report is saved: wakes a waiting submit
 
 
+# Where each chunk's attempts are (k2jobs.attempts reads them): queued in Redis, reserved by a worker, running.
+def _queued(job_id: str) -> str:
+    return f"k2:job:{job_id}:queued"  # chunk index -> Redis run_id when its message was sent
+
+
+def _reserved(job_id: str) -> str:
+    return f"k2:job:{job_id}:reserved"  # chunk index -> worker holding its message (prefetched, or a retry's wait)
+
+
+def _starts(job_id: str) -> str:
+    return f"k2:job:{job_id}:starts"  # chunk index -> attempts started
+
+
+def _ends(job_id: str) -> str:
+    return f"k2:job:{job_id}:ends"  # chunk index -> attempts that ended in Python (not with their process)
+
+
+def _lease(job_id: str, index: int) -> str:
+    return f"k2:lease:{job_id}:{index}"  # the attempt running the chunk: {worker, pid, token}
+
+
+def _worker(name: str) -> str:
+    return f"k2:worker:{name}"  # exists while the worker's main process beats
+
+
+_RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"""
+_REPLACE = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"""
+
+
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     """A Redis client that fails within `timeout_s` instead of hanging."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s + 25)
@@ -58,6 +88,8 @@ class Ledger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis: Any = client  # bytes replies (no decode_responses)
+        self._release = client.register_script(_RELEASE)
+        self._replace = client.register_script(_REPLACE)
 
     def ping(self) -> None:
         try:
@@ -66,10 +98,20 @@ class Ledger:
             raise RedisUnavailable(f"Redis did not answer: {exc}") from exc
 
     # -- jobs -------------------------------------------------------------------------------
-    def create_job(self, job_id: str, plan: JobPlan, options: dict[str, Any]) -> None:
-        """Record a new job and its plan before any chunk is enqueued."""
+    def epoch(self) -> str:
+        """The Redis server's run id: it changes on every restart or failover, the only times Redis can lose
+        writes it acknowledged (appendfsync everysec, an asynchronous replica)."""
+        return str(self.redis.info("server")["run_id"])
+
+    def create_job(self, job_id: str, plan: JobPlan, options: dict[str, Any], marker_start: int = 0) -> None:
+        """Record a new job and its plan before any chunk is enqueued.
+
+        `marker_start`: the marker partition's end before the job began, where the committed check starts.
+        """
         now = time.time()
         meta = {
+            "epoch": self.epoch(),
+            "marker_start": marker_start,
             "job_id": job_id,
             "status": "running",
             "created": now,
@@ -139,21 +181,106 @@ class Ledger:
         touched = self.redis.hget(_job(job_id), "touched")
         return 0.0 if touched is None else time.time() - float(touched)
 
-    def hold_supervisor_lock(self, token: str, ttl_s: int) -> bool:
-        """Take or keep the supervisor lock for `ttl_s`; False while another supervisor holds it."""
-        if self.redis.set(SUPERVISOR_KEY, token, nx=True, ex=ttl_s):
-            return True
-        if self.redis.get(SUPERVISOR_KEY) == token.encode():
-            self.redis.expire(SUPERVISOR_KEY, ttl_s)
-            return True
-        return False
+    def supervisor_lock(self, ttl_s: float) -> Any:
+        """The lock that lets one job supervisor act at a time (redis-py's Lock, with a time to live)."""
+        return self.redis.lock(SUPERVISOR_KEY, timeout=ttl_s, blocking=False)
 
-    def count_redrive(self, job_id: str) -> int:
-        """Count one more re-drive of a stalled job; returns how many there have been."""
+    def count_redrive(self, job_id: str, chunks: int) -> int:
+        """Count chunks enqueued again by the supervisor; returns how many there have been in all."""
+        return int(self.redis.hincrby(_job(job_id), "redrives", chunks))
+
+    # -- attempts ---------------------------------------------------------------------------
+    def mark_queued(self, job_id: str, indexes: Iterable[int]) -> None:
+        """These chunks' messages are (about to be) in the queue, under the current Redis epoch."""
+        epoch = self.epoch()
+        mapping = {str(i): epoch for i in indexes}
+        if mapping:
+            pipe = self.redis.pipeline()
+            pipe.hset(_queued(job_id), mapping=mapping)
+            pipe.expire(_queued(job_id), TTL_S)
+            pipe.execute()
+
+    def mark_reserved(self, job_id: str, index: int, worker: str) -> None:
+        """A worker holds the chunk's message (prefetched, or waiting for a retry's countdown)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(_reserved(job_id), str(index), worker)
+        pipe.expire(_reserved(job_id), TTL_S)
+        pipe.execute()
+
+    def start_attempt(self, job_id: str, index: int, worker: str, heartbeat_s: int) -> dict[str, Any]:
+        """Count an attempt's start; returns its starts and ends so far and the job's epoch and marker start."""
         pipe = self.redis.pipeline()
-        pipe.hincrby(_job(job_id), "redrives", 1)
-        pipe.hset(_job(job_id), "touched", time.time())
-        return int(pipe.execute()[0])
+        pipe.hincrby(_starts(job_id), str(index), 1)
+        pipe.hget(_ends(job_id), str(index))
+        pipe.hmget(_job(job_id), ["epoch", "marker_start"])
+        pipe.hdel(_queued(job_id), str(index))
+        pipe.hdel(_reserved(job_id), str(index))
+        pipe.set(_worker(worker), 1, ex=heartbeat_s)
+        pipe.expire(_starts(job_id), TTL_S)
+        pipe.info("server")
+        starts, ends, (job_epoch, marker_start), *_, info = pipe.execute()
+        return {
+            "starts": int(starts),
+            "ends": int(ends or 0),
+            "job_epoch": (job_epoch or b"").decode(),
+            "epoch": str(info["run_id"]),
+            "marker_start": int(marker_start or 0),
+        }
+
+    def end_attempt(self, job_id: str, index: int) -> None:
+        """An attempt ended in Python (returned, raised, retried): it did not take its process down."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(_ends(job_id), str(index), 1)
+        pipe.expire(_ends(job_id), TTL_S)
+        pipe.execute()
+
+    def take_lease(self, job_id: str, index: int, holder: dict[str, Any], ttl_s: int) -> bytes | None:
+        """Make `holder` the chunk's running attempt; returns None, or the current holder's record if it has one."""
+        raw = orjson.dumps(holder)
+        if self.redis.set(_lease(job_id, index), raw, nx=True, ex=ttl_s):
+            return None
+        current = self.redis.get(_lease(job_id, index))
+        if current is None:  # released in between
+            return self.take_lease(job_id, index, holder, ttl_s)
+        return current  # type: ignore[no-any-return]
+
+    def replace_lease(self, job_id: str, index: int, was: bytes, holder: dict[str, Any], ttl_s: int) -> bool:
+        """Take the lease from a holder known to be dead, unless someone else did first."""
+        return bool(self._replace(keys=[_lease(job_id, index)], args=[was, orjson.dumps(holder), ttl_s]))
+
+    def release_lease(self, job_id: str, index: int, holder: dict[str, Any]) -> None:
+        self._release(keys=[_lease(job_id, index)], args=[orjson.dumps(holder)])
+
+    def heartbeat(self, worker: str, ttl_s: int) -> None:
+        """The worker is alive for `ttl_s` more seconds."""
+        self.redis.set(_worker(worker), 1, ex=ttl_s)
+
+    def live_workers(self, names: Iterable[str]) -> set[str]:
+        names = sorted(set(names))
+        if not names:
+            return set()
+        beats = self.redis.mget([_worker(n) for n in names])
+        return {name for name, beat in zip(names, beats, strict=True) if beat is not None}
+
+    def attempts(self, job_id: str, indexes: list[int]) -> dict[str, dict[int, Any]]:
+        """Where the chunks' attempts are: queued (epoch), reserved (worker), running (lease record)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(_queued(job_id))
+        pipe.hgetall(_reserved(job_id))
+        pipe.mget([_lease(job_id, i) for i in indexes] or ["k2:none"])
+        queued, reserved, leases = pipe.execute()
+        return {
+            "queued": {int(k): v.decode() for k, v in queued.items()},
+            "reserved": {int(k): v.decode() for k, v in reserved.items()},
+            "running": {i: orjson.loads(raw) for i, raw in zip(indexes, leases, strict=False) if raw is not None},
+        }
+
+    def reset_attempts(self, job_id: str) -> None:
+        """Forget what the supervisor and the crash count counted (resume starts them again)."""
+        pipe = self.redis.pipeline()
+        pipe.delete(_starts(job_id), _ends(job_id))
+        pipe.hdel(_job(job_id), "redrives")
+        pipe.execute()
 
     # -- chunks -----------------------------------------------------------------------------
     def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
@@ -184,7 +311,7 @@ class Ledger:
         return {int(k): orjson.loads(v) for k, v in raw.items()}
 
     def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
-        """Rows a chunk has handled so far; also marks the job as moving."""
+        """Rows a chunk has handled so far; also marks the job as moving (what `status --wait` watches)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(_progress(job_id), str(index), rows_done)
         pipe.hset(_job(job_id), "touched", time.time())
@@ -197,15 +324,22 @@ class Ledger:
         """Rows handled so far by each chunk's current attempt."""
         return {int(k): int(v) for k, v in self.redis.hgetall(_progress(job_id)).items()}
 
+    def note_test_event(self, name: str, value: str) -> None:
+        """Where a test's fault hook stopped (k2:test:<name>), so the test can strike at that moment."""
+        self.redis.set(f"k2:test:{name}", value, ex=600)
+
     # -- reports ----------------------------------------------------------------------------
-    def save_report(self, job_id: str, report: dict[str, Any]) -> None:
+    def save_report(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """Save the job's report unless it has one (a report is final until `resume`); returns the saved one."""
+        if not self.redis.set(_report(job_id), orjson.dumps(report), ex=TTL_S, nx=True):
+            return self.report(job_id) or report
         pipe = self.redis.pipeline()
-        pipe.set(_report(job_id), orjson.dumps(report), ex=TTL_S)
         pipe.hset(_job(job_id), "status", report["status"])
         pipe.srem(RUNNING_KEY, job_id)
         pipe.rpush(_reported(job_id), 1)
         pipe.expire(_reported(job_id), 60)
         pipe.execute()
+        return report
 
     def wait_for_report_signal(self, job_id: str, timeout_s: float) -> None:
         """Return as soon as a report is saved for the job (by anyone), or after `timeout_s`."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .jobs import Progress
+from .client import Progress
 
 log = logging.getLogger("k2jobs.progress")
 LOG_EVERY_S = 10.0

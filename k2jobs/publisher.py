@@ -6,25 +6,19 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from .config import KAFKA_OPTION_PREFIX, Settings
-from .errors import KafkaUnavailable, PublishError, SettingsError
+from .config import KAFKA_OPTION_PREFIX, TRANSACTION_TIMEOUT_MS, Settings
+from .errors import KafkaUnavailable, PublishError, SettingsError, TopicRefused
+from .markers import COMMITS_TOPIC
 from .records import Kind
 
 log = logging.getLogger(__name__)
-# One record per committed chunk, written inside the chunk's own transaction, so "this chunk
-# is in Kafka" and "its marker is in Kafka" are the same fact.
-COMMITS_TOPIC = "k2jobs.commits"
-COMMITS_PARTITION = 0
 # Tunable through K2_KAFKA_OPT_* (e.g. K2_KAFKA_OPT_COMPRESSION_TYPE=zstd); exactness does not depend on them.
 PRODUCER_DEFAULTS: dict[str, object] = {
     "compression.type": "lz4",
@@ -33,7 +27,7 @@ PRODUCER_DEFAULTS: dict[str, object] = {
     "queue.buffering.max.messages": 500_000,
     "queue.buffering.max.kbytes": 32_768,  # bounded: a full queue makes produce() wait, memory stays flat
     "message.timeout.ms": 45_000,  # below transaction.timeout.ms, as librdkafka requires
-    "transaction.timeout.ms": 60_000,
+    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
     "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
     # Connect to every broker as soon as metadata names it. With sparse connections, init_transactions
     # often finds no connected broker right after bootstrap and waits for librdkafka's 500 ms
@@ -78,6 +72,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> list[str]:
     except KafkaException as exc:
         raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}") from exc
     wanted = wanted_topics(settings, len(metadata.brokers))
+    if COMMITS_TOPIC in metadata.topics:
+        refuse_bad_commits_topic(admin, metadata, timeout_s)
     differences = topic_differences(settings, admin, metadata, [t for t in wanted if t.topic in metadata.topics])
     for difference in differences:
         log.warning("%s", difference)
@@ -91,6 +87,27 @@ def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> list[str]:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaUnavailable(f"cannot create topic {topic}: {exc.args[0]}") from exc
     return differences
+
+
+def refuse_bad_commits_topic(admin: AdminClient, metadata: Any, timeout_s: float) -> None:
+    """Raise TopicRefused unless the marker topic has one partition and is compacted (never deleted).
+
+    Markers are how a chunk is known to be committed when Redis forgot it: a marker deleted by retention, or
+    one the scan would not find on its partition, would let a committed chunk be published again.
+    """
+    partitions = len(metadata.topics[COMMITS_TOPIC].partitions)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, COMMITS_TOPIC)
+    try:
+        [config] = [f.result() for f in admin.describe_configs([resource], request_timeout=timeout_s).values()]
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read the settings of topic {COMMITS_TOPIC}: {exc.args[0]}") from exc
+    entry = config.get("cleanup.policy")
+    policy = entry.value if entry is not None else "delete"
+    if partitions != 1 or policy != "compact":
+        raise TopicRefused(
+            f"topic {COMMITS_TOPIC} exists with {partitions} partitions and cleanup.policy={policy}; k2jobs needs "
+            "1 partition and cleanup.policy=compact (its commit markers must stay findable): delete or fix the topic"
+        )
 
 
 def topic_differences(settings: Settings, admin: AdminClient, metadata: Any, existing: list[NewTopic]) -> list[str]:
@@ -131,26 +148,14 @@ def transactional_id(job_id: str, chunk_index: int) -> str:
     return f"k2jobs-{job_id}-{chunk_index}"
 
 
-def marker_key(job_id: str, chunk_index: int) -> bytes:
-    return f"{job_id}:{chunk_index}".encode()
-
-
-# Markers carry their producer's clock; ten minutes' margin covers hosts whose clocks differ.
-CLOCK_MARGIN_MS = 600_000
-
-
-def job_started_ms(job_id: str) -> int:
-    """When a job began, from its id (20261127-031502-9f3a1c, UTC), less a margin; 0 if the id has no time."""
-    try:
-        started = datetime.strptime(job_id[:15], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return 0
-    return max(0, int(started.timestamp() * 1000) - CLOCK_MARGIN_MS)
+FENCED_CODES = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 
 def _wrap(exc: KafkaException, what: str) -> PublishError:
     err = exc.args[0]
-    if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
+    # Once fenced, librdkafka fails every later call with a fatal error that is not always _FENCED; a
+    # transactional producer's fatal errors all mean this producer is done, and only a new attempt can go on.
+    if err.code() in FENCED_CODES or err.fatal():
         return ChunkFenced(f"{what}: fenced by a newer attempt ({err.str()})")
     return PublishError(f"{what}: {err.str()}")
 
@@ -182,19 +187,6 @@ def producer_config(settings: Settings, transactional_id: str) -> dict[str, obje
     return conf
 
 
-def marker_consumer_config(settings: Settings) -> dict[str, object]:
-    """librdkafka configuration of the consumer that reads commit markers back."""
-    return settings.kafka_consumer_config(
-        **{
-            "group.id": "k2jobs-marker-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-
-
 class ChunkTransaction:
     """A transactional producer for one chunk: everything it sends commits or aborts together."""
 
@@ -214,11 +206,11 @@ class ChunkTransaction:
         except KafkaException as exc:
             raise _wrap(exc, "begin_transaction") from exc
 
-    def send(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
-        """Queue one message, waiting for room when the local queue is full."""
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers, partition: int = -1) -> None:
+        """Queue one message (to `partition` if given), waiting for room when the local queue is full."""
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                self._producer.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -254,75 +246,12 @@ class ChunkTransaction:
             self._producer.abort_transaction(self._timeout_s)
 
 
-class MarkerReader:
-    """Reads committed chunk markers back (read_committed) to tell whether a chunk landed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._config = marker_consumer_config(settings)
-        self._consumer = Consumer(self._config)
-        self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
-
-    def end_offset(self, timeout_s: float = 10.0) -> int:
-        """The marker partition's current end; markers of chunks begun later lie past it."""
-        try:
-            return int(self._consumer.get_watermark_offsets(self._tp, timeout=timeout_s)[1])
-        except KafkaException as exc:
-            self._renew()
-            raise PublishError(f"cannot read {COMMITS_TOPIC} offsets: {exc.args[0]}") from exc
-
-    def _renew(self) -> None:
-        """A new consumer, which asks the cluster where the marker partition's leader is now.
-
-        With nothing assigned, the old one kept a dead leader until its next metadata refresh (5 minutes by
-        default): every chunk's marker check failed that long after the leader was killed (tests/test_cluster.py).
-        """
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()
-        self._consumer = Consumer(self._config)
-
-    def first_offset_since(self, since_ms: int, timeout_s: float = 10.0) -> int:
-        """The first marker offset written at or after `since_ms`, or the partition's end if none was."""
-        try:
-            [found] = self._consumer.offsets_for_times(
-                [TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, since_ms)], timeout_s
-            )
-        except KafkaException as exc:
-            self._renew()
-            raise PublishError(f"cannot look up {COMMITS_TOPIC} offsets by time: {exc.args[0]}") from exc
-        return self.end_offset() if found.offset < 0 else int(found.offset)
-
-    def find(self, key: bytes, since_ms: int, timeout_s: float = 60.0) -> dict | None:  # type: ignore[type-arg]
-        """The committed marker with `key` written since `since_ms`, or None if there is none."""
-        start = self.first_offset_since(since_ms)
-        target = self.end_offset()
-        if target <= start:
-            return None
-        self._consumer.assign([TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, start)])
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                msg = self._consumer.poll(0.5)
-                if msg is not None and msg.error() is None and msg.key() == key:
-                    return orjson.loads(msg.value() or b"null")  # type: ignore[no-any-return]
-                position = self._consumer.position([self._tp])[0].offset
-                if position >= target:
-                    return None
-        finally:
-            self._consumer.unassign()
-        self._renew()
-        raise PublishError(f"timed out reading {COMMITS_TOPIC} up to offset {target}")
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-def warm_up_kafka(settings: Settings, markers: MarkerReader) -> None:
+def warm_up_kafka(settings: Settings) -> None:
     """Open a worker's connections and load the coordinators a chunk needs, before its first chunk.
 
     A transactional producer with this process's own id finds and loads its transaction coordinator (on a
-    fresh broker, that creates Kafka's transaction log); the marker reader fetches metadata.
+    fresh broker, that creates Kafka's transaction log).
     """
-    markers.end_offset()
     conf = {**PRODUCER_DEFAULTS, **settings.kafka_config()}
     conf["transactional.id"] = f"k2jobs-warm-up-{socket.gethostname()}-{os.getpid()}"
     producer = Producer(conf)
@@ -350,7 +279,7 @@ def check_client_settings(settings: Settings) -> None:
     offline = {"bootstrap.servers": ""}
     for build in (
         lambda: Producer({**producer_config(settings, "k2jobs-settings-check"), **offline}),
-        lambda: Consumer({**marker_consumer_config(settings), **offline}),
+        lambda: Consumer({**settings.kafka_consumer_config(**{"group.id": "k2jobs-settings-check"}), **offline}),
     ):
         try:
             client = build()

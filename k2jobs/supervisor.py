@@ -1,66 +1,117 @@
-"""The job supervisor: jobs that stopped moving (lost messages, crashed services) are driven on to their end.
+"""The job supervisor: lost chunks are enqueued again, and jobs whose chunks all ended are finished.
 
-Every worker's main process runs one in a thread; a Redis lock lets one act at a time. A job whose chunks
-have not moved for `stall_after_s` has its missing chunks enqueued again (safe: each chunk loads exactly
-once whatever runs it), up to MAX_REDRIVES times; then, or when nothing is left to come, it is finished.
+Every worker's main process runs one in a thread; a Redis lock lets one act at a time. Each round also beats
+the worker's heartbeat, which is how other attempts and supervisors know its chunks still run. A chunk is
+re-driven only when it has been lost (no attempt queued, reserved or running: see k2jobs.attempts) for
+`stall_after_s`; a chunk waiting in the queue behind other jobs is never touched, however long it waits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
+import time
+from typing import Any
 
 from redis import RedisError
+from redis.exceptions import LockError
 
-from .errors import K2Error
-from .jobs import enqueue_chunks, finish_job
+from .attempts import LOST, chunk_state, workers_named
 from .ledger import Ledger
+from .lifecycle import enqueue_chunks, finish_job_if_done, running_chunks, uncommitted
 from .reconcile import chunks_to_come
 
 log = logging.getLogger(__name__)
-MAX_REDRIVES = 3
+HEARTBEAT_S = 5.0
+HEARTBEAT_TTL_S = 15  # a worker that has not beaten for this long is dead or frozen: its chunks are lost
 
 
-def supervise_once(ledger: Ledger, stall_after_s: float) -> list[str]:
-    """One round over the running jobs; returns what it did, one line per job acted on."""
-    actions = []
-    for job_id in ledger.running_jobs():
-        if ledger.report(job_id) is not None or ledger.idle_s(job_id) < stall_after_s:
-            continue
-        plan = ledger.plan(job_id)
-        ordered = ledger.job_options(job_id).get("ordered", True)
-        missing = chunks_to_come(plan, ledger.results(job_id), ordered)
-        redrives = int(ledger.job_meta(job_id).get("redrives", 0))
-        if missing and redrives < MAX_REDRIVES:
-            ledger.count_redrive(job_id)
-            enqueue_chunks(job_id, plan, missing, ordered)
-            actions.append(f"job {job_id}: no chunk moved for {stall_after_s:.0f}s, chunks {missing} enqueued again")
-        else:
-            report = finish_job(ledger, job_id)
-            actions.append(f"job {job_id}: finished by the supervisor, {report['status']}")
-    return actions
+class JobSupervision:
+    """One supervisor's memory across rounds: since when each chunk has been lost."""
+
+    def __init__(self, ledger: Ledger, stall_after_s: float) -> None:
+        self.ledger, self.stall_after_s = ledger, stall_after_s
+        self.lost_since: dict[tuple[str, int], float] = {}
+
+    def round(self, now: float | None = None) -> list[str]:
+        """One round over the running jobs; returns what it did, one line per action. A job that raises is
+        logged and skipped: the others are still supervised."""
+        now = time.monotonic() if now is None else now
+        epoch = self.ledger.epoch()
+        actions: list[str] = []
+        for job_id in self.ledger.running_jobs():
+            try:
+                actions.extend(self.supervise_job(job_id, epoch, now))
+            except Exception as exc:  # noqa: BLE001 - one broken job must not stop the supervision of the others
+                log.exception("job supervisor: job %s", job_id)
+                actions.append(f"job {job_id}: not supervised this round: {type(exc).__name__}: {exc}")
+        return actions
+
+    def supervise_job(self, job_id: str, epoch: str, now: float) -> list[str]:
+        if self.ledger.report(job_id) is not None:
+            return []
+        plan = self.ledger.plan(job_id)
+        ordered = self.ledger.job_options(job_id).get("ordered", True)
+        results = self.ledger.results(job_id)
+        to_come = chunks_to_come(plan, results, ordered)
+        if not to_come:
+            if running_chunks(self.ledger, job_id, uncommitted(plan, results)):
+                return []
+            report = finish_job_if_done(self.ledger, job_id)
+            return [] if report is None else [f"job {job_id}: finished by the supervisor, {report['status']}"]
+        attempts = self.ledger.attempts(job_id, to_come)
+        live = self.ledger.live_workers(workers_named(attempts))
+        lost = [i for i in to_come if chunk_state(i, attempts, epoch, live) == LOST]
+        for key in [k for k in self.lost_since if k[0] == job_id and k[1] not in lost]:
+            del self.lost_since[key]
+        due = [i for i in lost if now - self.lost_since.setdefault((job_id, i), now) >= self.stall_after_s]
+        if not due:
+            return []
+        self.ledger.count_redrive(job_id, len(due))
+        enqueue_chunks(self.ledger, job_id, plan, due, ordered)
+        for i in due:
+            self.lost_since.pop((job_id, i), None)
+        return [f"job {job_id}: chunks {due} had no attempt queued, reserved or running: enqueued again"]
 
 
 class Supervisor(threading.Thread):
-    """Runs supervise_once every `interval_s`, while it holds the lock (one supervisor acts at a time)."""
+    """Beats the worker's heartbeat and, while it holds the lock, runs a supervision round every `interval_s`."""
 
-    def __init__(self, ledger: Ledger, stall_after_s: float, interval_s: float = 5.0) -> None:
+    def __init__(self, ledger: Ledger, worker: str, stall_after_s: float, interval_s: float = HEARTBEAT_S) -> None:
         super().__init__(name="k2jobs-supervisor", daemon=True)
-        self.ledger, self.stall_after_s, self.interval_s = ledger, stall_after_s, interval_s
+        self.ledger, self.worker, self.interval_s = ledger, worker, interval_s
+        self.supervision = JobSupervision(ledger, stall_after_s)
         self.stopping = threading.Event()
-        self._token = uuid.uuid4().hex
+        self.lock: Any = ledger.supervisor_lock(ttl_s=interval_s * 3)
 
     def run(self) -> None:
-        while not self.stopping.wait(self.interval_s):
+        while True:
             try:
-                if self.ledger.hold_supervisor_lock(self._token, ttl_s=max(1, int(self.interval_s * 3))):
-                    for action in supervise_once(self.ledger, self.stall_after_s):
+                self.ledger.heartbeat(self.worker, HEARTBEAT_TTL_S)
+                if self._hold_lock():
+                    for action in self.supervision.round():
                         log.warning("%s", action)
-            except (RedisError, K2Error, OSError) as exc:  # services away: the next round tries again
+            except RedisError as exc:  # Redis away: the next round tries again
                 log.warning("job supervisor: %s", exc)
             except Exception:  # noqa: BLE001 - the thread must outlive any one bad round
                 log.exception("job supervisor round failed")
+            if self.stopping.wait(self.interval_s):
+                return
+
+    def _hold_lock(self) -> bool:
+        """Keep the lock if this supervisor holds it, else try to take it."""
+        if self.lock.owned():
+            try:
+                self.lock.reacquire()
+                return True
+            except LockError:
+                self.supervision.lost_since.clear()
+        return bool(self.lock.acquire())
 
     def stop(self) -> None:
         self.stopping.set()
+        try:
+            if self.lock.owned():
+                self.lock.release()
+        except (LockError, RedisError):
+            pass

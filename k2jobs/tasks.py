@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+import uuid
 from typing import Any
 
+import orjson
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import RedisError
 
-from .app import app, worker_clients
-from .chunk import chunk_result, process_chunk
-from .errors import PublishError, UnsafePathError
-from .jobs import finish_job_if_done
+from .app import app
+from .attempts import holder_is_dead
+from .chunk import Attempt, chunk_result, process_chunk
+from .errors import CommitUncertain, K2Error, PublishError, UnsafePathError
 from .ledger import FAILED
+from .lifecycle import finish_job_if_done
 from .planning import ChunkPlan, resolve_inside
 from .publisher import ChunkFenced, ChunkTransaction
+from .supervisor import HEARTBEAT_TTL_S
+from .worker import WorkerClients, worker_clients
 
 log = logging.getLogger(__name__)
 PROGRESS = "PROGRESS"
 PROGRESS_EVERY_S = 0.5
 _VISIBILITY_S = int(app.conf.broker_transport_options["visibility_timeout"])
-# A retried chunk waits in its worker, unacknowledged, until its countdown ends: every countdown stays
-# well below the visibility timeout, or Redis would hand the waiting chunk to a second worker.
+# A retried chunk waits in its worker, unacknowledged, until its countdown ends. Nothing depends on the
+# countdown staying below the visibility timeout (a second copy of the chunk yields to the attempt running
+# it), but a shorter one keeps copies rare.
 RETRY_BACKOFF_MAX_S = max(1, _VISIBILITY_S // 2)
 MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
+# A chunk whose attempts took their process down this often (segfault, out of memory, killed) is failed.
+MAX_CRASHES = 3
+LEASE_TTL_S = int(app.conf.task_time_limit) + 60  # a backstop: a dead holder is normally seen by its heartbeat
 
 
 class FlowerProgress:
@@ -59,33 +70,69 @@ def failure_reason(exc: BaseException, retries: int) -> str:
     return f"gave up after {retries} retries: {text}" if retries else text
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ChunkTask(Task):  # type: ignore[misc]
     """A chunk task that records a failed result whatever it raised, so the job still reconciles.
 
     The result is recorded before Celery marks the task failed: that marking can end the chord, whose error
-    callback reconciles the job at once and must find the result there.
+    callback reconciles the job at once and must find the result there. An attempt that reached its commit is
+    never recorded failed (CommitUncertain): the next attempt asks Kafka.
     """
 
     def retry(self, *args: Any, exc: BaseException | None = None, max_retries: int | None = None, **kwargs: Any) -> Any:
         limit = self.max_retries if max_retries is None else max_retries
         if exc is not None and limit is not None and self.request.retries >= limit:
             self.record_failure(self.request.args, exc)  # Celery's retry raises `exc` now: the chunk has failed
+        else:
+            self._mark_queued(self.request.args)  # the retry's message is sent next
         return super().retry(*args, exc=exc, max_retries=max_retries, **kwargs)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         self.record_failure(args, exc)  # kept if recorded already: a failed result never replaces another
 
-    def record_failure(self, args: Any, exc: BaseException) -> None:
+    def _mark_queued(self, args: Any) -> None:
         try:
-            job_id, plan = str(args[0]), ChunkPlan(**args[1])
-        except (IndexError, KeyError, TypeError, ValueError):
-            log.error("malformed chunk task (args %r): %s", args, exc)
+            worker_clients().ledger.mark_queued(str(args[0]), [int(args[1])])
+        except (IndexError, TypeError, ValueError, RedisError) as exc:
+            log.warning("could not mark a retried chunk queued (args %r): %s", args, exc)
+
+    def record_failure(self, args: Any, exc: BaseException) -> None:
+        if isinstance(exc, CommitUncertain):
+            log.error("chunk (args %r) reached its commit, then: %s; the next attempt asks Kafka", args, exc)
+            return
+        clients = worker_clients()
+        try:
+            job_id, index = str(args[0]), int(args[1])
+            plan = clients.job(job_id).plan.chunks[index]
+        except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
+            log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
         result = chunk_result(plan, FAILED, {}, failure_reason(exc, self.request.retries))
         try:
-            worker_clients().ledger.record_result(job_id, plan.index, result)
+            clients.ledger.record_result(job_id, plan.index, result)
         except RedisError as redis_exc:  # the job supervisor finds the chunk without a result later
             log.error("chunk %s of job %s failed (%s); Redis did not take it: %s", plan.index, job_id, exc, redis_exc)
+
+
+def _take_lease(clients: WorkerClients, job_id: str, index: int, holder: dict[str, Any]) -> bool:
+    """Whether this attempt may run the chunk: no other attempt is, or the one holding it is dead."""
+    current = clients.ledger.take_lease(job_id, index, holder, LEASE_TTL_S)
+    if current is None:
+        return True
+    other = orjson.loads(current)
+    live = clients.ledger.live_workers([other.get("worker", "")])
+    if holder_is_dead(other, live, holder["worker"], _pid_alive):
+        return clients.ledger.replace_lease(job_id, index, current, holder, LEASE_TTL_S)
+    return False
 
 
 @app.task(
@@ -101,35 +148,34 @@ class ChunkTask(Task):  # type: ignore[misc]
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     retry_jitter=True,
 )
-def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: int | None = None) -> dict[str, Any]:
+def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = None) -> dict[str, Any]:
     """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed."""
     clients = worker_clients()
-    plan = ChunkPlan.from_dict(chunk)
+    job = clients.job(job_id)
+    plan = job.plan.chunks[int(index)]
+    worker = self.request.hostname or "unknown"
     started = time.monotonic()
+    seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
     try:
-        resolve_inside(clients.settings.data_root, clients.settings.data_root / plan.data_path)
-        result = process_chunk(
-            job_id,
-            plan,
-            clients.settings.data_root,
-            clients.settings.batch_rows,
-            clients.ledger,
-            clients.markers,
-            lambda job, index: ChunkTransaction(clients.settings, job, index),
-            FlowerProgress(self, job_id, plan),
-            after=after,
-        )
-    except UnsafePathError as exc:
-        result = chunk_result(plan, FAILED, {}, str(exc))
-        clients.ledger.record_result(job_id, plan.index, result)
-    except ChunkFenced:
-        log.warning("chunk %s of job %s is being loaded by a newer attempt", plan.index, job_id)
-        raise Ignore() from None
-    except (PublishError, RedisError):
-        raise  # retried (autoretry_for); recorded by ChunkTask.retry when no retry is left
-    except Exception as exc:
-        self.record_failure((job_id, chunk), exc)
-        raise
+        crashes = seen["starts"] - 1 - seen["ends"]
+        if crashes >= MAX_CRASHES:
+            reason = f"its worker process died {crashes} times while loading it (killed, out of memory or a crash)"
+            clients.ledger.record_result(job_id, plan.index, chunk_result(plan, FAILED, {}, reason))
+            return clients.ledger.chunk_result(job_id, plan.index) or chunk_result(plan, FAILED, {}, reason)
+        holder = {"worker": worker, "pid": os.getpid(), "token": uuid.uuid4().hex}
+        if not _take_lease(clients, job_id, plan.index, holder):
+            log.info("chunk %s of job %s is being loaded by another attempt: this one yields", plan.index, job_id)
+            raise Ignore()
+        try:
+            result = _run_attempt(self, clients, job_id, plan, after, seen)
+        finally:
+            clients.ledger.release_lease(job_id, plan.index, holder)
+        following = job.next_in_key.get(plan.index) if job.ordered else None
+        if following is not None:
+            clients.ledger.mark_queued(job_id, [following])  # the chain sends it when this task returns
+    finally:
+        with contextlib.suppress(RedisError):  # counted as a crash at worst: the crash limit has room for it
+            clients.ledger.end_attempt(job_id, plan.index)
     log.info(
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
         job_id,
@@ -142,6 +188,58 @@ def process_chunk_task(self: Task, job_id: str, chunk: dict[str, Any], after: in
         time.monotonic() - started,
     )
     return result
+
+
+def _run_attempt(
+    task: Task, clients: WorkerClients, job_id: str, plan: ChunkPlan, after: int | None, seen: dict[str, Any]
+) -> dict[str, Any]:
+    settings = clients.settings
+    attempt = Attempt(
+        job_id,
+        plan,
+        after,
+        # Redis keeps every start unless it restarted since the job began: then any attempt may have run before.
+        rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
+        marker_start=seen["marker_start"],
+        before_commit=_pause_before_commit(clients, job_id, plan.index),
+    )
+    try:
+        resolve_inside(settings.data_root, settings.data_root / plan.data_path)
+        return process_chunk(
+            attempt,
+            settings.data_root,
+            settings.batch_rows,
+            clients.ledger,
+            clients.markers,
+            lambda job, index: ChunkTransaction(settings, job, index),
+            FlowerProgress(task, job_id, plan),
+        )
+    except UnsafePathError as exc:
+        result = chunk_result(plan, FAILED, {}, str(exc))
+        clients.ledger.record_result(job_id, plan.index, result)
+        return result
+    except ChunkFenced:
+        log.warning("chunk %s of job %s is being loaded by a newer attempt: this one yields", plan.index, job_id)
+        raise Ignore() from None
+    except (Exception, SoftTimeLimitExceeded) as exc:
+        if attempt.commit_started and not isinstance(exc, CommitUncertain):
+            raise CommitUncertain(f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(exc, PublishError | RedisError):
+            task.record_failure((job_id, plan.index), exc)
+        raise  # PublishError, RedisError: retried (autoretry_for); recorded by ChunkTask.retry when no retry is left
+
+
+def _pause_before_commit(clients: WorkerClients, job_id: str, index: int) -> Any:
+    """Test hook (K2_TEST_PAUSE_BEFORE_COMMIT_S): stop between the marker's send and the commit, and say so."""
+    pause = clients.settings.test_pause_before_commit_s
+    if not pause:
+        return None
+
+    def pause_here() -> None:
+        clients.ledger.note_test_event("committing", f"{job_id}:{index}:{os.getpid()}")
+        time.sleep(pause)
+
+    return pause_here
 
 
 @app.task(name="k2jobs.reconcile_job", acks_late=True)

@@ -6,8 +6,6 @@ never see these tasks and this test sees exactly what the task does.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pytest
 
 from .conftest import DATA_ROOT
@@ -24,7 +22,8 @@ def embedded_worker(stack):  # type: ignore[no-untyped-def]
     """
     from celery.contrib.testing.worker import start_worker
 
-    from k2jobs.app import app, close_worker_clients
+    from k2jobs.app import app
+    from k2jobs.worker import close_worker_clients
 
     with start_worker(app, pool="solo", queues=(QUEUE,), perform_ping_check=False, shutdown_timeout=30):
         yield app
@@ -34,7 +33,7 @@ def embedded_worker(stack):  # type: ignore[no-untyped-def]
 def test_embedded_worker_loads_a_chunk_and_a_rerun_returns_the_same_result(
     embedded_worker, ledger, read_back, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.jobs import new_job_id
+    from k2jobs.client import new_job_id
     from k2jobs.planning import plan_job
     from k2jobs.publisher import ensure_topics
 
@@ -44,8 +43,8 @@ def test_embedded_worker_loads_a_chunk_and_a_rerun_returns_the_same_result(
     ledger.create_job(job_id, plan, {})
     chunk = next(c for c in plan.chunks if c.path == "trades/7181.csv")
     task = "k2jobs.process_chunk"
-    first = embedded_worker.send_task(task, args=(job_id, asdict(chunk)), queue=QUEUE).get(timeout=60)
-    again = embedded_worker.send_task(task, args=(job_id, asdict(chunk)), queue=QUEUE).get(timeout=60)
+    first = embedded_worker.send_task(task, args=(job_id, chunk.index), queue=QUEUE).get(timeout=60)
+    again = embedded_worker.send_task(task, args=(job_id, chunk.index), queue=QUEUE).get(timeout=60)
     assert first["status"] == "committed" and first["published"] == 232
     assert again == first
     sources = [m.source for m in read_back(job_id)]

@@ -46,7 +46,8 @@ def test_worker_frozen_longer_than_a_transaction_then_continued(stack, settings,
 
 
 def test_an_exception_in_a_chunk_fails_the_job_with_the_reason(stack, settings, ledger, workdir) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.jobs import enqueue_chunks, new_job_id
+    from k2jobs.client import new_job_id
+    from k2jobs.lifecycle import enqueue_chunks
     from k2jobs.planning import plan_job
 
     (workdir / "trades").mkdir()
@@ -63,7 +64,7 @@ def test_an_exception_in_a_chunk_fails_the_job_with_the_reason(stack, settings, 
     plan.chunks[broken] = replace(plan.chunks[broken], kind="nonsense")
     job_id = new_job_id()
     ledger.create_job(job_id, plan, {"chunk_rows": 30_000, "ordered": True})
-    enqueue_chunks(job_id, plan, list(range(len(plan.chunks))))
+    enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))))
     done = run_k2("status", job_id, "--wait", "--json", timeout=300)
     report = json.loads(done.stdout)
     assert done.returncode == 1 and report["status"] == "failed", report

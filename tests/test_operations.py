@@ -92,7 +92,7 @@ def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # t
 
 
 def test_progress_line_keeps_every_number_whole_at_any_width() -> None:
-    from k2jobs.jobs import Progress
+    from k2jobs.client import Progress
     from k2jobs.progress import progress_line
 
     big = Progress("j", "running", 9_999_999_999, 1_234_567_890, 5000, 1234, 17, 12.0)

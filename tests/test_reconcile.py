@@ -114,10 +114,3 @@ def test_in_an_ordered_job_a_failed_chunk_holds_back_the_rest_of_its_key() -> No
         0: "changed",
         1: "not loaded, to keep the key's order: chunk 0 (trades/7078.csv) before it did not commit",
     }
-
-
-def test_job_start_for_the_marker_search_comes_from_the_job_id() -> None:
-    from k2jobs.publisher import CLOCK_MARGIN_MS, job_started_ms
-
-    assert job_started_ms("20261127-031502-9f3a1c") == 1795749302000 - CLOCK_MARGIN_MS
-    assert job_started_ms("not-a-time") == 0  # then every marker is searched

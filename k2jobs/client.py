@@ -1,25 +1,23 @@
-"""Submitting, resuming, watching and finishing jobs: the client side of a load."""
+"""The client side of a load: submitting a job, and watching it until its report."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from celery import chain, chord
-from celery.canvas import Signature
 from redis import RedisError
 
-from .app import app
 from .config import Settings
 from .errors import AlreadyLoaded, WaitTimeout
-from .ledger import COMMITTED, Ledger
+from .ledger import Ledger
+from .lifecycle import enqueue_chunks, finish_job_if_done
+from .markers import marker_end
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
-from .reconcile import SUCCEEDED, chunks_to_come, reconcile_job
 from .registry import register_schemas
 
 # If every chunk has a result but the chord callback has not reported after this long
@@ -44,59 +42,6 @@ class Progress:
 def new_job_id() -> str:
     """Sortable by time, unique by chance: 20261127-031502-9f3a1c."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def _chunk_task(job_id: str, plan: JobPlan, index: int, after: int | None) -> Signature:
-    """The task of one chunk; `after` is the chunk that must have committed before it publishes (ordered jobs)."""
-    return app.signature("k2jobs.process_chunk", args=(job_id, asdict(plan.chunks[index]), after), immutable=True)
-
-
-def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> list[Signature]:
-    """One chain per Kafka key and topic: its chunks run one after the other, in file and line order.
-
-    Keys load in parallel on different workers; within a key, chunk k+1 is enqueued only when chunk k
-    has finished, so no worker ever waits for a chunk queued behind it.
-    """
-    wanted = set(indexes)
-    header: list[Signature] = []
-    for group in plan.key_groups():
-        pending = [i for i in group if i in wanted]
-        if not pending:
-            continue
-        start = group.index(pending[0])  # committed chunks before it stay as they are
-        tasks = [_chunk_task(job_id, plan, group[n], group[n - 1] if n else None) for n in range(start, len(group))]
-        header.append(tasks[0] if len(tasks) == 1 else chain(*tasks))
-    return header
-
-
-def enqueue_chunks(job_id: str, plan: JobPlan, indexes: list[int], ordered: bool = True) -> None:
-    """The chunks as the header of a chord whose callback reconciles the job.
-
-    Ordered: one chain per key (see ordered_header). Unordered: one task per chunk, largest first, so the job
-    ends on small chunks and no worker is left with a big one while the others sit idle.
-    """
-    if ordered:
-        header = ordered_header(job_id, plan, indexes)
-    else:
-        header = [_chunk_task(job_id, plan, i, None) for i in sorted(indexes, key=lambda i: -plan.chunks[i].rows)]
-    callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
-    # A chunk that raised (retries exhausted, time limit, a bug) fails the chord: reconcile then all the same.
-    callback.link_error(app.signature("k2jobs.reconcile_job", args=([], job_id), immutable=True))
-    chord(header)(callback)
-    _forget_pending_results()
-
-
-def _forget_pending_results() -> None:
-    """Detach the chord's AsyncResults: the client never waits on them.
-
-    Left alone, the Redis backend keeps them pending and their __del__ unsubscribes from Redis at
-    interpreter exit, which prints a traceback after the report.
-    """
-    for mapping in getattr(app.backend, "_pending_results", ()):
-        for waiters in mapping.values():
-            for pending in list(waiters.values()):
-                pending.backend = None
-        mapping.clear()
 
 
 @dataclass(frozen=True)
@@ -148,52 +93,10 @@ def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: Sub
         "format": options.value_format,
         "schema_ids": schema_ids,
     }
-    ledger.create_job(job_id, plan, recorded)
-    enqueue_chunks(job_id, plan, list(range(len(plan.chunks))), options.ordered)
+    ledger.create_job(job_id, plan, recorded, marker_start=marker_end(settings))
+    enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))), options.ordered)
     ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)
     return job_id, plan
-
-
-def resume_job(ledger: Ledger, job_id: str) -> list[int]:
-    """Re-enqueue the chunks of a job that are not committed; committed ones never run again.
-
-    Ordered jobs go on, key by key, from the first chunk that did not commit.
-    """
-    plan = ledger.plan(job_id)
-    results = ledger.results(job_id)
-    pending = [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != COMMITTED]
-    ledger.clear_failures(job_id, pending)
-    ledger.clear_report(job_id)
-    ledger.set_running(job_id)
-    if pending:
-        enqueue_chunks(job_id, plan, pending, ledger.job_options(job_id).get("ordered", True))
-    else:
-        finish_job(ledger, job_id)
-    return pending
-
-
-def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
-    """The chord's callbacks: finish the job unless some chunk is still to come (then None).
-
-    A chord can end early: when a stale attempt of a chunk fails after a newer attempt took over, Celery
-    counts the failure for the chunk's chain. The job supervisor finishes such a job once it stops moving.
-    """
-    plan = ledger.plan(job_id)
-    if chunks_to_come(plan, ledger.results(job_id), ledger.job_options(job_id).get("ordered", True)):
-        return None
-    return finish_job(ledger, job_id)
-
-
-def finish_job(ledger: Ledger, job_id: str) -> dict[str, Any]:
-    """Reconcile a job from its plan and chunk results, and store the report."""
-    created = float(ledger.job_meta(job_id)["created"])
-    plan = ledger.plan(job_id)
-    ordered = ledger.job_options(job_id).get("ordered", True)
-    report = reconcile_job(job_id, plan, ledger.results(job_id), time.time() - created, ordered)
-    ledger.save_report(job_id, report)
-    if report["status"] == SUCCEEDED:
-        ledger.remember_loaded(job_id, plan)
-    return report
 
 
 def job_progress(ledger: Ledger, job_id: str) -> Progress:
@@ -268,7 +171,9 @@ def wait_for_report(
             if progress.chunks_done >= progress.chunks:
                 all_done_since = all_done_since or now
                 if now - all_done_since > CALLBACK_GRACE_S:
-                    return finish_job(ledger, job_id)
+                    report = finish_job_if_done(ledger, job_id)
+                    if report is not None:
+                        return report
             else:
                 all_done_since = None
         if on_stall is not None and stall.due(now):

@@ -1,0 +1,143 @@
+"""A job's life after submit: its chunks enqueued, re-driven when lost, resumed, and the job finished."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import chain, chord
+from celery.canvas import Signature
+
+from .app import app
+from .attempts import RUNNING, chunk_state, workers_named
+from .errors import JobStillRunning
+from .ledger import COMMITTED, Ledger
+from .planning import JobPlan
+from .reconcile import SUCCEEDED, chunks_to_come, reconcile_job
+
+log = logging.getLogger(__name__)
+
+
+def _chunk_task(job_id: str, index: int, after: int | None) -> Signature:
+    """The task of one chunk: ids only, whatever the job's size; `after` must have committed first (ordered)."""
+    return app.signature("k2jobs.process_chunk", args=(job_id, index, after), immutable=True)
+
+
+def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> tuple[list[Signature], list[int]]:
+    """One chain per Kafka key and topic, its chunks one after the other in file and line order; and the
+    chains' first chunks (the ones enqueued now).
+
+    Keys load in parallel on different workers; within a key, chunk k+1 is enqueued only when chunk k
+    has finished, so no worker ever waits for a chunk queued behind it.
+    """
+    wanted = set(indexes)
+    header: list[Signature] = []
+    heads: list[int] = []
+    for group in plan.key_groups():
+        pending = [i for i in group if i in wanted]
+        if not pending:
+            continue
+        start = group.index(pending[0])  # committed chunks before it stay as they are
+        tasks = [_chunk_task(job_id, group[n], group[n - 1] if n else None) for n in range(start, len(group))]
+        header.append(tasks[0] if len(tasks) == 1 else chain(*tasks))
+        heads.append(group[start])
+    return header, heads
+
+
+def enqueue_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int], ordered: bool = True) -> None:
+    """The chunks as the header of a chord whose callback reconciles the job.
+
+    Ordered: one chain per key (see ordered_header). Unordered: one task per chunk, largest first, so the job
+    ends on small chunks and no worker is left with a big one while the others sit idle. Every chunk sent is
+    marked queued first: the supervisor never takes a chunk waiting in the queue for a lost one.
+    """
+    if ordered:
+        header, heads = ordered_header(job_id, plan, indexes)
+    else:
+        heads = sorted(indexes, key=lambda i: -plan.chunks[i].rows)
+        header = [_chunk_task(job_id, i, None) for i in heads]
+    ledger.mark_queued(job_id, heads)
+    callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
+    # A chunk that raised (retries exhausted, time limit, a bug) fails the chord: reconcile then all the same.
+    callback.link_error(app.signature("k2jobs.reconcile_job", args=([], job_id), immutable=True))
+    forget_results(chord(header)(callback))
+
+
+def forget_results(result: Any) -> None:
+    """Stop listening for the results of what was just sent (nobody waits on them): no subscription to
+    their result channels stays behind, in a client or in a worker's supervisor."""
+    seen: set[int] = set()
+    todo = [result]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        app.backend.remove_pending_result(node)
+        todo.append(getattr(node, "parent", None))
+        todo.extend(getattr(node, "results", None) or [])
+
+
+def uncommitted(plan: JobPlan, results: dict[int, dict[str, Any]]) -> list[int]:
+    return [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != COMMITTED]
+
+
+def running_chunks(ledger: Ledger, job_id: str, indexes: list[int]) -> list[int]:
+    """Which of these chunks an attempt on a live worker is running now."""
+    attempts = ledger.attempts(job_id, indexes)
+    live = ledger.live_workers(workers_named(attempts))
+    return [i for i in indexes if chunk_state(i, attempts, "", live) == RUNNING]
+
+
+def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
+    """Finish the job unless a chunk of it can still run (then None).
+
+    The chord's callbacks, the supervisor and a waiting client all finish jobs through here, so a job gets a
+    report only once every chunk has a result or is held back, and no attempt is running any uncommitted chunk.
+    """
+    plan = ledger.plan(job_id)
+    results = ledger.results(job_id)
+    if chunks_to_come(plan, results, ledger.job_options(job_id).get("ordered", True)):
+        return None
+    if running_chunks(ledger, job_id, uncommitted(plan, results)):
+        return None
+    return finish_job(ledger, job_id)
+
+
+def finish_job(ledger: Ledger, job_id: str) -> dict[str, Any]:
+    """Reconcile a job from its plan and chunk results, and save the report (the first one saved stays)."""
+    created = float(ledger.job_meta(job_id)["created"])
+    plan = ledger.plan(job_id)
+    ordered = ledger.job_options(job_id).get("ordered", True)
+    report = ledger.save_report(
+        job_id, reconcile_job(job_id, plan, ledger.results(job_id), time.time() - created, ordered)
+    )
+    if report["status"] == SUCCEEDED:
+        ledger.remember_loaded(job_id, plan)
+    return report
+
+
+def resume_job(ledger: Ledger, job_id: str) -> list[int]:
+    """Re-enqueue the chunks of an ended job that are not committed; committed ones never run again.
+
+    Ordered jobs go on, key by key, from the first chunk that did not commit. A job without a report is
+    refused: a chunk of it can still run, and the supervisor drives it to its end.
+    """
+    if ledger.report(job_id) is None:
+        ledger.job_meta(job_id)  # JobNotFound first
+        raise JobStillRunning(
+            f"job {job_id} is still running (it has no report yet): wait for it (`status {job_id} --wait`); "
+            "resume is for a job that ended"
+        )
+    plan = ledger.plan(job_id)
+    pending = uncommitted(plan, ledger.results(job_id))
+    ledger.clear_failures(job_id, pending)
+    ledger.reset_attempts(job_id)
+    ledger.clear_report(job_id)
+    ledger.set_running(job_id)
+    if pending:
+        enqueue_chunks(ledger, job_id, plan, pending, ledger.job_options(job_id).get("ordered", True))
+    else:
+        finish_job(ledger, job_id)
+    return pending

@@ -1,0 +1,151 @@
+"""A worker's side of the app: the clients each pool process builds after the fork, and the worker's signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.signals import (
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+
+from .config import Settings, load_settings
+from .errors import K2Error
+from .ledger import Ledger, connect
+from .markers import MarkerReader
+from .planning import JobPlan
+from .publisher import check_client_settings, warm_up_kafka
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+PLANS_KEPT = 8
+
+
+@dataclass
+class JobView:
+    """What a worker keeps of a job it loads chunks of: the plan (immutable once submitted) and, for each
+    chunk, the next chunk of its key."""
+
+    plan: JobPlan
+    ordered: bool
+    next_in_key: dict[int, int]
+
+
+@dataclass
+class WorkerClients:
+    """What a chunk task needs, created once per worker process."""
+
+    settings: Settings
+    ledger: Ledger
+    markers: MarkerReader
+    pid: int
+    jobs: OrderedDict[str, JobView] = field(default_factory=OrderedDict)
+
+    def job(self, job_id: str) -> JobView:
+        """The job's plan, read from Redis once per process (task messages carry ids, not plans)."""
+        view = self.jobs.get(job_id)
+        if view is None:
+            plan = self.ledger.plan(job_id)
+            following = {g[n]: g[n + 1] for g in plan.key_groups() for n in range(len(g) - 1)}
+            view = JobView(plan, self.ledger.job_options(job_id).get("ordered", True), following)
+            self.jobs[job_id] = view
+            while len(self.jobs) > PLANS_KEPT:
+                self.jobs.popitem(last=False)
+        return view
+
+
+_clients: WorkerClients | None = None
+
+
+def worker_clients() -> WorkerClients:
+    """This process's clients; built on first use in each process, never inherited over fork.
+
+    Building them connects to nothing (Redis and librdkafka connect on first use, in the background).
+    """
+    global _clients
+    if _clients is None or _clients.pid != os.getpid():
+        settings = load_settings()
+        _clients = WorkerClients(settings, Ledger(connect(settings.redis_url)), MarkerReader(settings), os.getpid())
+    return _clients
+
+
+@worker_init.connect
+def _refuse_bad_settings(**_: object) -> None:
+    """A worker with a setting Kafka refuses stops at start, naming it, rather than failing every chunk.
+
+    SystemExit, because Celery logs and ignores any Exception a signal handler raises.
+    """
+    try:
+        check_client_settings(load_settings())
+    except K2Error as exc:
+        raise SystemExit(f"k2jobs: this worker refuses to start: {exc}") from exc
+
+
+@worker_process_init.connect
+def _build_clients(**_: object) -> None:
+    """Build the clients and warm them up in the background: Celery kills a pool process that has not
+    reported in within 4 s, and a slow Kafka or Redis must not make it do so in a loop."""
+    clients = worker_clients()
+    threading.Thread(target=_warm_up, args=(clients,), name="k2jobs-warm-up", daemon=True).start()
+
+
+def _warm_up(clients: WorkerClients) -> None:
+    """Connect to Redis and Kafka before the first chunk arrives, so the first job runs as fast as later ones."""
+    try:
+        clients.ledger.ping()
+        clients.markers.kafka_log.end()
+        warm_up_kafka(clients.settings)
+    except K2Error as exc:  # a service still starting: the first chunk connects (and retries) itself
+        log.warning("worker warm-up: %s", exc)
+
+
+def close_worker_clients() -> None:
+    """Close this process's clients, if it built any."""
+    global _clients
+    if _clients is not None and _clients.pid == os.getpid():
+        _clients.markers.close()
+        _clients = None
+
+
+@worker_process_shutdown.connect
+def _close_clients(**_: object) -> None:
+    close_worker_clients()
+
+
+_supervisor: Supervisor | None = None
+
+
+@worker_ready.connect
+def _start_supervisor(sender: Any = None, **_: object) -> None:
+    """The job supervisor (and the worker's heartbeat) run in the worker's main process, beside the pool."""
+    global _supervisor
+    settings = load_settings()
+    _supervisor = Supervisor(Ledger(connect(settings.redis_url)), sender.hostname, settings.stall_after_s)
+    _supervisor.start()
+
+
+@worker_shutdown.connect
+def _stop_supervisor(**_: object) -> None:
+    if _supervisor is not None:
+        _supervisor.stop()
+
+
+@task_received.connect
+def _mark_reserved(request: Any = None, **_: object) -> None:
+    """A chunk's message is in this worker's hands (prefetched, or waiting for a retry's countdown)."""
+    if request is None or request.name != "k2jobs.process_chunk" or _supervisor is None:
+        return
+    try:
+        job_id, index = request.args[0], int(request.args[1])
+        _supervisor.ledger.mark_reserved(job_id, index, _supervisor.worker)
+    except Exception as exc:  # noqa: BLE001 - a message k2jobs cannot read, or Redis away: the task says so
+        log.warning("could not record a received chunk: %s", exc)

@@ -1,0 +1,429 @@
+"""The chunk protocol's decisions, every branch, with fakes of the marker partition and the ledger; no services.
+
+The committed check ("did this chunk commit?"), the predecessor check, the attempt states the supervisor acts
+on, the supervision round, the ordered header and resume. Each branch is also taken once with the real fault
+in the fault tests (tests/test_exactly_once.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from k2jobs.attempts import LOST, QUEUED, RESERVED, RUNNING, chunk_state, holder_is_dead
+from k2jobs.chunk import Attempt, predecessor_failure, process_chunk
+from k2jobs.errors import JobStillRunning
+from k2jobs.markers import CommitMarkers, MarkerHidden, marker_key
+from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
+
+COUNTS = {"published": 10, "rejected": 0, "reasons": []}
+
+
+class FakeMarkerLog:
+    """A marker partition: records with a transaction each, which is open, committed or aborted."""
+
+    def __init__(self) -> None:
+        self.records_: list[tuple[bytes, bytes, str]] = []  # (key, value, txn)
+        self.txn_state: dict[str, str] = {}
+        self.scanned: list[tuple[int, int]] = []
+
+    def write(self, key: bytes, txn: str, value: dict[str, Any] = COUNTS, state: str = "committed") -> int:
+        self.records_.append((key, orjson.dumps(value), txn))
+        self.txn_state.setdefault(txn, state)
+        return len(self.records_) - 1
+
+    def end(self) -> int:
+        return len(self.records_)
+
+    def stable_end(self) -> int:
+        for offset, (_, _, txn) in enumerate(self.records_):
+            if self.txn_state[txn] == "open":
+                return offset
+        return len(self.records_)
+
+    def records(self, start: int, end: int):  # type: ignore[no-untyped-def]
+        self.scanned.append((start, end))
+        for offset in range(start, min(end, len(self.records_))):
+            key, value, _ = self.records_[offset]
+            yield offset, key, value
+
+    def first_committed(self, offset: int) -> int | None:
+        for at in range(offset, self.stable_end()):
+            if self.txn_state[self.records_[at][2]] == "committed":
+                return at
+        return None
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for the wait on open transactions; runs `on_sleep` at every sleep."""
+
+    def __init__(self, on_sleep: Any = None) -> None:
+        self.now, self.on_sleep = 0.0, on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self.now)
+
+
+def markers(log: FakeMarkerLog, clock: FakeClock | None = None, wait_s: float = 30.0) -> CommitMarkers:
+    clock = clock or FakeClock()
+    return CommitMarkers(log, wait_s, sleep=clock.sleep, clock=lambda: clock.now)
+
+
+KEY = marker_key("job", 3)
+
+
+def test_a_committed_marker_is_found_with_its_counts() -> None:
+    log = FakeMarkerLog()
+    log.write(marker_key("job", 1), "t1")
+    log.write(KEY, "t3")
+    assert markers(log).find(KEY, 0) == COUNTS
+
+
+def test_no_record_with_the_key_is_no_at_once_whatever_transactions_are_open() -> None:
+    log = FakeMarkerLog()
+    log.write(marker_key("job", 1), "t1", state="open")
+    log.write(marker_key("job", 2), "t2")
+    assert markers(log, wait_s=0).find(KEY, 0) is None
+
+
+def test_a_marker_behind_an_open_transaction_is_waited_for_and_found() -> None:
+    """The issue's case: another producer's open transaction before the marker hides it from read_committed."""
+    log = FakeMarkerLog()
+    log.write(b"blocker", "blocker", state="open")
+    log.write(KEY, "t3")
+    clock = FakeClock(on_sleep=lambda now: now >= 5 and log.txn_state.update(blocker="aborted"))
+    assert markers(log, clock).find(KEY, 0) == COUNTS
+    assert clock.now >= 5
+
+
+def test_a_marker_that_stays_hidden_raises_and_never_answers_no() -> None:
+    log = FakeMarkerLog()
+    log.write(b"blocker", "blocker", state="open")
+    log.write(KEY, "t3")
+    with pytest.raises(MarkerHidden):
+        markers(log, wait_s=10).find(KEY, 0)
+
+
+def test_an_aborted_marker_is_no_and_a_later_committed_one_is_yes() -> None:
+    log = FakeMarkerLog()
+    log.write(KEY, "attempt-1", state="aborted")
+    assert markers(log).find(KEY, 0) is None
+    log.write(KEY, "attempt-2", {**COUNTS, "published": 7})
+    assert markers(log).find(KEY, 0) == {**COUNTS, "published": 7}
+
+
+def test_markers_before_the_job_start_are_not_this_jobs() -> None:
+    log = FakeMarkerLog()
+    log.write(KEY, "old")
+    start = log.end()
+    assert markers(log).find(KEY, start) is None
+
+
+def test_a_worker_scans_each_marker_once() -> None:
+    log = FakeMarkerLog()
+    reader = markers(log)
+    log.write(marker_key("job", 1), "t1")
+    assert reader.find(KEY, 0) is None
+    log.write(KEY, "t3")
+    assert reader.find(KEY, 0) == COUNTS
+    assert log.scanned == [(0, 1), (1, 2)]
+    assert reader.find(KEY, 5) is None  # a later start: what is before it is not looked at
+    assert log.scanned[-1] == (5, 2)
+
+
+# -- attempt states ---------------------------------------------------------------------------------
+
+
+def attempts(**kinds: dict[int, Any]) -> dict[str, dict[int, Any]]:
+    return {"queued": {}, "reserved": {}, "running": {}, **kinds}
+
+
+def test_a_chunk_queued_since_redis_last_restarted_is_queued_however_long_it_waits() -> None:
+    assert chunk_state(4, attempts(queued={4: "epoch-2"}), "epoch-2", set()) == QUEUED
+    assert chunk_state(4, attempts(queued={4: "epoch-1"}), "epoch-2", set()) == LOST  # Redis may have lost it
+
+
+def test_reserved_and_running_count_only_on_live_workers() -> None:
+    assert chunk_state(4, attempts(reserved={4: "w1"}), "e", {"w1"}) == RESERVED
+    assert chunk_state(4, attempts(reserved={4: "w1"}), "e", {"w2"}) == LOST
+    running = attempts(running={4: {"worker": "w1", "pid": 9}}, queued={4: "old"})
+    assert chunk_state(4, running, "e", {"w1"}) == RUNNING
+    assert chunk_state(4, running, "e", set()) == LOST
+    assert chunk_state(4, attempts(), "e", {"w1"}) == LOST  # nothing anywhere: lost
+
+
+def test_a_lease_holder_is_dead_when_its_worker_stopped_beating_or_its_process_is_gone() -> None:
+    holder = {"worker": "w1", "pid": 42}
+    assert not holder_is_dead(holder, {"w1"}, "w2", lambda pid: False)  # another host: its heartbeat decides
+    assert holder_is_dead(holder, set(), "w2", lambda pid: True)
+    assert holder_is_dead(holder, {"w1"}, "w1", lambda pid: pid != 42)  # same worker, its pool process died
+    assert not holder_is_dead(holder, {"w1"}, "w1", lambda pid: True)
+
+
+# -- the predecessor check and process_chunk ----------------------------------------------------------
+
+
+class FakeLedger:
+    """The part of Ledger that process_chunk and the supervision use, in memory."""
+
+    def __init__(self, plan: JobPlan | None = None) -> None:
+        self.done: dict[int, dict[str, Any]] = {}
+        self.progress: dict[int, int] = {}
+        self.plan_ = plan
+        self.queued: dict[int, str] = {}
+        self.reserved: dict[int, str] = {}
+        self.running: dict[int, dict[str, Any]] = {}
+        self.live: set[str] = set()
+        self.epoch_ = "e1"
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.redrives = 0
+        self.options: dict[str, Any] = {"ordered": True}
+
+    def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
+        return self.done.get(index)
+
+    def record_result(self, job_id: str, index: int, result: dict[str, Any]) -> None:
+        if result["status"] == "committed" or index not in self.done:
+            self.done[index] = result
+
+    def results(self, job_id: str) -> dict[int, dict[str, Any]]:
+        return dict(self.done)
+
+    def set_progress(self, job_id: str, index: int, rows: int) -> None:
+        self.progress[index] = rows
+
+    # supervision
+    def epoch(self) -> str:
+        return self.epoch_
+
+    def running_jobs(self) -> list[str]:
+        return [j for j in ("job", "broken") if j not in self.reports]
+
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        return self.reports.get(job_id)
+
+    def plan(self, job_id: str) -> JobPlan:
+        if job_id == "broken":
+            raise ValueError("a plan this version cannot read")
+        assert self.plan_ is not None
+        return self.plan_
+
+    def job_options(self, job_id: str) -> dict[str, Any]:
+        return self.options
+
+    def attempts(self, job_id: str, indexes: list[int]) -> dict[str, dict[int, Any]]:
+        return attempts(queued=dict(self.queued), reserved=dict(self.reserved), running=dict(self.running))
+
+    def live_workers(self, names: Any) -> set[str]:
+        return self.live & set(names)
+
+    def count_redrive(self, job_id: str, chunks: int) -> int:
+        self.redrives += chunks
+        return self.redrives
+
+
+class FakeMarkers:
+    def __init__(self, committed: set[bytes] | None = None, hidden: bool = False) -> None:
+        self.committed, self.hidden, self.asked = committed or set(), hidden, []  # type: ignore[var-annotated]
+
+    def find(self, key: bytes, start: int, keepalive: Any = None) -> dict[str, Any] | None:
+        self.asked.append(key)
+        if self.hidden:
+            raise MarkerHidden("open transaction")
+        return COUNTS if key in self.committed else None
+
+
+def plan_of(*groups: list[int], rows: int = 10) -> JobPlan:
+    """A plan with one file per group of chunk indexes, each its own key."""
+    files, chunks = [], []
+    for n, group in enumerate(groups):
+        files.append(FilePlan(f"trades/{n}.csv", "trades", f"S{n}", n, rows * len(group), list(group)))
+        chunks += [
+            ChunkPlan(i, f"trades/{n}.csv", f"trades/{n}.csv", "trades", f"S{n}", n, 0, 1, 1, rows, 0, 1) for i in group
+        ]
+    return JobPlan("job", files, sorted(chunks, key=lambda c: c.index))
+
+
+def attempt(index: int = 3, after: int | None = 2, rerun: bool = True) -> Attempt:
+    return Attempt("job", plan_of([2, 3]).chunks[1] if index == 3 else plan_of([index]).chunks[0], after, rerun)
+
+
+def test_predecessor_committed_in_redis_or_only_in_kafka_lets_the_chunk_publish() -> None:
+    ledger = FakeLedger()
+    ledger.done[2] = {"status": "committed", "path": "trades/0.csv"}
+    assert predecessor_failure(attempt(), ledger, FakeMarkers()) is None  # type: ignore[arg-type]
+    assert predecessor_failure(attempt(), FakeLedger(), FakeMarkers({marker_key("job", 2)})) is None  # type: ignore[arg-type]
+
+
+def test_predecessor_failed_or_never_committed_holds_the_chunk_back_with_the_reason() -> None:
+    ledger = FakeLedger()
+    ledger.done[2] = {"status": "failed", "path": "trades/0.csv", "error": "boom"}
+    reason = predecessor_failure(attempt(), ledger, FakeMarkers({marker_key("job", 2)}))  # type: ignore[arg-type]
+    assert reason is not None and "chunk 2 (trades/0.csv)" in reason and "boom" in reason
+    reason = predecessor_failure(attempt(), FakeLedger(), FakeMarkers())  # type: ignore[arg-type]
+    assert reason is not None and "it has no result" in reason
+
+
+def test_a_hidden_predecessor_marker_raises_instead_of_holding_the_chunk_back() -> None:
+    with pytest.raises(MarkerHidden):
+        predecessor_failure(attempt(), FakeLedger(), FakeMarkers(hidden=True))  # type: ignore[arg-type]
+
+
+class FakeTransaction:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def begin(self) -> None:
+        self.events.append("begin")
+
+    def send_batch(self, topic, key, values, headers) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(f"batch {topic} {len(values)}")
+
+    def send(self, topic, key, value, headers, partition=-1) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(f"marker {topic} partition {partition}")
+
+    def commit(self) -> None:
+        self.events.append("commit")
+
+    def abort(self) -> None:
+        self.events.append("abort")
+
+
+@pytest.fixture()
+def one_chunk(tmp_path):  # type: ignore[no-untyped-def]
+    from k2jobs.planning import plan_job
+
+    (tmp_path / "in" / "trades").mkdir(parents=True)
+    (tmp_path / "in" / "reference-data").mkdir()
+    (tmp_path / "in" / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
+    line = b"03/10/2014,10:05:51.000,37.53,100,3,XT,\r\n"
+    (tmp_path / "in" / "trades" / "7078.csv").write_bytes(line * 5)
+    plan = plan_job(tmp_path, tmp_path / "in", 100)
+    return tmp_path, plan.chunks[0]
+
+
+def run(one_chunk, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool):  # type: ignore[no-untyped-def]
+    root, chunk = one_chunk
+    events: list[str] = []
+    at = Attempt("job", chunk, None, rerun)
+    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))  # type: ignore[arg-type]
+    return result, events, at
+
+
+def test_a_first_attempt_publishes_without_asking_kafka_and_marks_before_committing(one_chunk) -> None:  # type: ignore[no-untyped-def]
+    markers_ = FakeMarkers()
+    result, events, at = run(one_chunk, FakeLedger(), markers_, rerun=False)
+    assert result["status"] == "committed" and result["published"] == 5
+    assert markers_.asked == []
+    assert events == ["begin", "batch market.trades.raw 5", "marker k2jobs.commits partition 0", "commit"]
+    assert at.commit_started
+
+
+def test_a_rerun_of_a_committed_chunk_publishes_nothing_and_records_it_committed(one_chunk) -> None:  # type: ignore[no-untyped-def]
+    root, chunk = one_chunk
+    ledger = FakeLedger()
+    result, events, _ = run(one_chunk, ledger, FakeMarkers({marker_key("job", chunk.index)}), rerun=True)
+    assert events == [] and result["status"] == "committed" and ledger.done[chunk.index] == result
+
+
+def test_a_rerun_whose_marker_is_hidden_raises_and_publishes_nothing(one_chunk) -> None:  # type: ignore[no-untyped-def]
+    ledger = FakeLedger()
+    with pytest.raises(MarkerHidden):
+        run(one_chunk, ledger, FakeMarkers(hidden=True), rerun=True)
+    assert ledger.done == {}
+
+
+def test_a_rerun_of_an_uncommitted_chunk_publishes_it(one_chunk) -> None:  # type: ignore[no-untyped-def]
+    result, events, _ = run(one_chunk, FakeLedger(), FakeMarkers(), rerun=True)
+    assert result["status"] == "committed" and "commit" in events
+
+
+# -- supervision, ordered header, resume ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def supervised(monkeypatch):  # type: ignore[no-untyped-def]
+    """A JobSupervision over a FakeLedger, with enqueueing recorded instead of sent to Celery."""
+    import k2jobs.supervisor as supervisor
+
+    sent: list[list[int]] = []
+    finished: list[str] = []
+    monkeypatch.setattr(supervisor, "enqueue_chunks", lambda ledger, job, plan, chunks, ordered: sent.append(chunks))
+
+    def finish(ledger, job_id):  # type: ignore[no-untyped-def]
+        finished.append(job_id)
+        ledger.reports[job_id] = {"status": "succeeded"}
+        return ledger.reports[job_id]
+
+    monkeypatch.setattr(supervisor, "finish_job_if_done", finish)
+    monkeypatch.setattr(supervisor, "running_chunks", lambda ledger, job, indexes: [])
+    ledger = FakeLedger(plan_of([0, 1, 2], [3]))
+    return supervisor.JobSupervision(ledger, stall_after_s=20), ledger, sent, finished  # type: ignore[arg-type]
+
+
+def test_a_queued_chunk_is_never_redriven_and_no_report_is_saved(supervised) -> None:  # type: ignore[no-untyped-def]
+    supervision, ledger, sent, finished = supervised
+    ledger.done[0] = {"status": "committed"}
+    ledger.queued = {1: "e1", 3: "e1"}
+    for hour in range(10):
+        supervision.round(now=hour * 3600.0)
+    assert sent == [] and finished == [] and ledger.redrives == 0
+
+
+def test_a_lost_chunk_is_redriven_once_it_has_been_lost_for_the_stall_time(supervised) -> None:  # type: ignore[no-untyped-def]
+    supervision, ledger, sent, _ = supervised
+    ledger.done[0] = {"status": "committed"}
+    ledger.queued = {1: "e0", 3: "e1"}  # chunk 1 was queued before Redis restarted (epoch e0)
+    ledger.running = {3: {"worker": "w1", "pid": 1}}
+    ledger.live = {"w1"}
+    supervision.round(now=100.0)
+    supervision.round(now=110.0)
+    assert sent == []
+    actions = supervision.round(now=121.0)
+    assert sent == [[1]] and ledger.redrives == 1 and any("chunks [1]" in a for a in actions)
+
+
+def test_a_chunk_found_again_before_the_stall_time_is_not_redriven(supervised) -> None:  # type: ignore[no-untyped-def]
+    supervision, ledger, sent, _ = supervised
+    ledger.done.update({0: {"status": "committed"}, 3: {"status": "committed"}})
+    supervision.round(now=0.0)  # chunk 1: nothing anywhere
+    ledger.reserved = {1: "w2"}
+    ledger.live = {"w2"}
+    supervision.round(now=15.0)
+    ledger.reserved = {}
+    supervision.round(now=25.0)  # lost again: its clock starts again
+    assert sent == []
+
+
+def test_a_job_that_raises_does_not_stop_the_supervision_of_the_others(supervised) -> None:  # type: ignore[no-untyped-def]
+    supervision, ledger, _, finished = supervised
+    ledger.done.update({i: {"status": "committed"} for i in range(4)})
+    actions = supervision.round(now=0.0)
+    assert finished == ["job"]
+    assert any("broken" in a and "ValueError" in a for a in actions)
+
+
+def test_the_ordered_header_chains_each_key_from_its_first_pending_chunk() -> None:
+    from k2jobs.lifecycle import ordered_header
+
+    plan = plan_of([0, 1, 2], [3, 4])
+    header, heads = ordered_header("job", plan, [1, 2, 4])
+    assert heads == [1, 4]
+    first = header[0].tasks  # a chain: chunk 1 after 0, chunk 2 after 1
+    assert [t.args for t in first] == [("job", 1, 0), ("job", 2, 1)]
+    assert header[1].args == ("job", 4, 3)  # one chunk left in its key: a task, not a chain
+
+
+def test_resume_refuses_a_job_that_is_still_running() -> None:
+    from k2jobs.lifecycle import resume_job
+
+    class Running(FakeLedger):
+        def job_meta(self, job_id: str) -> dict[str, str]:
+            return {"status": "running"}
+
+    with pytest.raises(JobStillRunning, match="still running"):
+        resume_job(Running(), "job")  # type: ignore[arg-type]
