@@ -34,8 +34,8 @@ class Attempt:
     after: int | None = None  # ordered jobs: the chunk that must have committed before this one publishes
     rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
     marker_start: int = 0  # where this job's markers begin on the marker partition
-    keepalive: Callable[[], None] | None = None  # called while the attempt waits (on Kafka's open transactions)
     before_commit: Callable[[], None] | None = None  # a fault-injection point for tests (K2_TEST_*)
+    give_up: str | None = None  # too many attempts ended unfinished: fail with this reason unless it committed
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
 
 
@@ -140,13 +140,16 @@ def process_chunk(
     # restarted) skips the question: nothing of it can be in Kafka.
     txn = open_transaction(job_id, chunk.index)
     key = marker_key(job_id, chunk.index)
-    if attempt.rerun:
-        marker = markers.find(key, attempt.marker_start, attempt.keepalive)
+    if attempt.rerun or attempt.give_up:
+        marker = markers.find(key, attempt.marker_start)
         if marker is not None:
             log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
             result = chunk_result(chunk, COMMITTED, marker)
             ledger.record_result(job_id, chunk.index, result)
             return result
+    if attempt.give_up:
+        ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, attempt.give_up))
+        return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, attempt.give_up)
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
 

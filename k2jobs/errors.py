@@ -19,10 +19,6 @@ class AlreadyLoaded(InputError):
     """The input's content was published by a succeeded job already (and --again was not given)."""
 
 
-class JobStillRunning(InputError):
-    """The job has no report yet: a chunk of it can still run (resume is for ended jobs)."""
-
-
 class TopicRefused(InputError):
     """An existing topic k2jobs needs has settings that would break its guarantees."""
 

@@ -183,7 +183,7 @@ class Ledger:
 
     def supervisor_lock(self, ttl_s: float) -> Any:
         """The lock that lets one job supervisor act at a time (redis-py's Lock, with a time to live)."""
-        return self.redis.lock(SUPERVISOR_KEY, timeout=ttl_s, blocking=False)
+        return self.redis.lock(SUPERVISOR_KEY, timeout=ttl_s, blocking=False, thread_local=False)
 
     def count_redrive(self, job_id: str, chunks: int) -> int:
         """Count chunks enqueued again by the supervisor; returns how many there have been in all."""
@@ -275,10 +275,14 @@ class Ledger:
             "running": {i: orjson.loads(raw) for i, raw in zip(indexes, leases, strict=False) if raw is not None},
         }
 
-    def reset_attempts(self, job_id: str) -> None:
-        """Forget what the supervisor and the crash count counted (resume starts them again)."""
+    def reset_attempts(self, job_id: str, indexes: list[int]) -> None:
+        """Start the crash count and the supervisor's count again (resume). The starts stay: an attempt that
+        follows an earlier one must still ask Kafka whether the chunk committed."""
+        starts = self.redis.hmget(_starts(job_id), [str(i) for i in indexes]) if indexes else []
         pipe = self.redis.pipeline()
-        pipe.delete(_starts(job_id), _ends(job_id))
+        ended = {str(i): int(n) for i, n in zip(indexes, starts, strict=True) if n is not None}
+        if ended:
+            pipe.hset(_ends(job_id), mapping=ended)
         pipe.hdel(_job(job_id), "redrives")
         pipe.execute()
 

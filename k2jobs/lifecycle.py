@@ -11,7 +11,6 @@ from celery.canvas import Signature
 
 from .app import app
 from .attempts import RUNNING, chunk_state, workers_named
-from .errors import JobStillRunning
 from .ledger import COMMITTED, Ledger
 from .planning import JobPlan
 from .reconcile import SUCCEEDED, chunks_to_come, reconcile_job
@@ -119,21 +118,16 @@ def finish_job(ledger: Ledger, job_id: str) -> dict[str, Any]:
 
 
 def resume_job(ledger: Ledger, job_id: str) -> list[int]:
-    """Re-enqueue the chunks of an ended job that are not committed; committed ones never run again.
+    """Re-enqueue the chunks of a job that are not committed; committed ones never run again.
 
-    Ordered jobs go on, key by key, from the first chunk that did not commit. A job without a report is
-    refused: a chunk of it can still run, and the supervisor drives it to its end.
+    Ordered jobs go on, key by key, from the first chunk that did not commit. On a job still running this
+    is harmless: a second attempt of a chunk yields to one running it, and any attempt that may follow an
+    earlier one asks Kafka whether the chunk committed before publishing (tests/test_exactly_once.py).
     """
-    if ledger.report(job_id) is None:
-        ledger.job_meta(job_id)  # JobNotFound first
-        raise JobStillRunning(
-            f"job {job_id} is still running (it has no report yet): wait for it (`status {job_id} --wait`); "
-            "resume is for a job that ended"
-        )
     plan = ledger.plan(job_id)
     pending = uncommitted(plan, ledger.results(job_id))
     ledger.clear_failures(job_id, pending)
-    ledger.reset_attempts(job_id)
+    ledger.reset_attempts(job_id, pending)
     ledger.clear_report(job_id)
     ledger.set_running(job_id)
     if pending:

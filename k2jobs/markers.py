@@ -72,7 +72,7 @@ class CommitMarkers:
         self._seen: dict[bytes, list[tuple[int, bytes | None]]] = {}
         self._scanned = (0, 0)  # [low, high) offsets whose records are in _seen
 
-    def find(self, key: bytes, start: int, keepalive: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    def find(self, key: bytes, start: int) -> dict[str, Any] | None:
         """The committed marker of `key` at or after offset `start` (its counts), or None if there is none.
 
         Call it only after fencing the chunk's transactional id: then no attempt of the chunk can still add a
@@ -80,7 +80,7 @@ class CommitMarkers:
         """
         end = self.log.end()
         for offset, value in reversed(self._records_of(key, start, end)):
-            if self._is_committed(offset, keepalive):
+            if self._is_committed(offset):
                 return orjson.loads(value or b"null")  # type: ignore[no-any-return]
         return None
 
@@ -94,7 +94,7 @@ class CommitMarkers:
         self._scanned = (low, max(high, end))
         return [(offset, value) for offset, value in self._seen.get(key, []) if offset >= start]
 
-    def _is_committed(self, offset: int, keepalive: Callable[[], None] | None) -> bool:
+    def _is_committed(self, offset: int) -> bool:
         deadline = self._clock() + self.wait_s
         while self.log.stable_end() <= offset:
             if self._clock() >= deadline:
@@ -102,8 +102,6 @@ class CommitMarkers:
                     f"a marker at {COMMITS_TOPIC} offset {offset} is still in an open transaction after "
                     f"{self.wait_s:.0f}s: whether the chunk committed is not known yet"
                 )
-            if keepalive is not None:
-                keepalive()
             self._sleep(POLL_S)
         return self.log.first_committed(offset) == offset
 

@@ -34,8 +34,9 @@ _VISIBILITY_S = int(app.conf.broker_transport_options["visibility_timeout"])
 # it), but a shorter one keeps copies rare.
 RETRY_BACKOFF_MAX_S = max(1, _VISIBILITY_S // 2)
 MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
-# A chunk whose attempts took their process down this often (segfault, out of memory, killed) is failed.
-MAX_CRASHES = 3
+# A chunk whose attempts ended this often without an outcome (their process died: segfault, out of memory,
+# killed; or the time limit stopped them while committing) is failed, once Kafka says it did not commit.
+MAX_UNFINISHED = 3
 LEASE_TTL_S = int(app.conf.task_time_limit) + 60  # a backstop: a dead holder is normally seen by its heartbeat
 
 
@@ -68,6 +69,13 @@ def failure_reason(exc: BaseException, retries: int) -> str:
         return f"took longer than the chunk time limit ({app.conf.task_soft_time_limit}s) and was stopped"
     text = f"{type(exc).__name__}: {exc}"
     return f"gave up after {retries} retries: {text}" if retries else text
+
+
+def give_up_reason(unfinished: int) -> str:
+    return (
+        f"{unfinished} attempts ended without finishing (the worker process died: killed, out of memory or a "
+        "crash; or the time limit stopped it while committing): not tried again"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -156,26 +164,30 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
     worker = self.request.hostname or "unknown"
     started = time.monotonic()
     seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
+    finished = False  # ended with a known outcome: not a crash, not a commit left uncertain
     try:
-        crashes = seen["starts"] - 1 - seen["ends"]
-        if crashes >= MAX_CRASHES:
-            reason = f"its worker process died {crashes} times while loading it (killed, out of memory or a crash)"
-            clients.ledger.record_result(job_id, plan.index, chunk_result(plan, FAILED, {}, reason))
-            return clients.ledger.chunk_result(job_id, plan.index) or chunk_result(plan, FAILED, {}, reason)
         holder = {"worker": worker, "pid": os.getpid(), "token": uuid.uuid4().hex}
         if not _take_lease(clients, job_id, plan.index, holder):
             log.info("chunk %s of job %s is being loaded by another attempt: this one yields", plan.index, job_id)
+            finished = True
             raise Ignore()
         try:
             result = _run_attempt(self, clients, job_id, plan, after, seen)
+            finished = True
+        except CommitUncertain:
+            raise
+        except BaseException:
+            finished = True
+            raise
         finally:
             clients.ledger.release_lease(job_id, plan.index, holder)
         following = job.next_in_key.get(plan.index) if job.ordered else None
         if following is not None:
             clients.ledger.mark_queued(job_id, [following])  # the chain sends it when this task returns
     finally:
-        with contextlib.suppress(RedisError):  # counted as a crash at worst: the crash limit has room for it
-            clients.ledger.end_attempt(job_id, plan.index)
+        if finished:
+            with contextlib.suppress(RedisError):  # counted as unfinished at worst: the limit has room for it
+                clients.ledger.end_attempt(job_id, plan.index)
     log.info(
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
         job_id,
@@ -194,6 +206,7 @@ def _run_attempt(
     task: Task, clients: WorkerClients, job_id: str, plan: ChunkPlan, after: int | None, seen: dict[str, Any]
 ) -> dict[str, Any]:
     settings = clients.settings
+    unfinished = seen["starts"] - 1 - seen["ends"]
     attempt = Attempt(
         job_id,
         plan,
@@ -202,6 +215,7 @@ def _run_attempt(
         rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
         marker_start=seen["marker_start"],
         before_commit=_pause_before_commit(clients, job_id, plan.index),
+        give_up=None if unfinished < MAX_UNFINISHED else give_up_reason(unfinished),
     )
     try:
         resolve_inside(settings.data_root, settings.data_root / plan.data_path)

@@ -34,7 +34,7 @@ TEST_ENV = {
     "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{18081 + PORT_SHIFT}/apis/ccompat/v7",
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
-    "K2_STALL_AFTER": "30",
+    "K2_STALL_AFTER": "5",
     # Short Kafka transactions, so a worker stopped longer than one is a test of seconds, not minutes.
     "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "15000",
     "K2_KAFKA_OPT_MESSAGE_TIMEOUT_MS": "10000",

@@ -145,8 +145,11 @@ def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(
     assert list(read_back(job_id)) == []
 
 
-def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> None:  # type: ignore[no-untyped-def]
+def test_worker_refuses_a_job_whose_plan_names_a_path_outside_the_data_root(stack, ledger) -> None:  # type: ignore[no-untyped-def]
+    """Task messages carry ids; a plan written into Redis by someone else still cannot make a worker read /etc."""
     from k2jobs.app import app
+    from k2jobs.client import new_job_id
+    from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
 
     chunk = {
         "index": 0,
@@ -162,7 +165,10 @@ def test_worker_refuses_a_task_naming_a_path_outside_the_data_root(stack) -> Non
         "crc32": 0,
         "file_size": 10,
     }
-    result = app.send_task("k2jobs.process_chunk", args=("rogue-job", chunk)).get(timeout=60)
+    job_id = new_job_id()
+    rogue = JobPlan("rogue", [FilePlan("trades/7078.csv", "trades", "BHP", 7078, 1, [0])], [ChunkPlan(**chunk)])
+    ledger.create_job(job_id, rogue, {"ordered": True})
+    result = app.send_task("k2jobs.process_chunk", args=(job_id, 0)).get(timeout=60)
     assert result["status"] == "failed"
     assert "outside the data root" in result["error"]
 

@@ -14,7 +14,6 @@ import pytest
 
 from k2jobs.attempts import LOST, QUEUED, RESERVED, RUNNING, chunk_state, holder_is_dead
 from k2jobs.chunk import Attempt, predecessor_failure, process_chunk
-from k2jobs.errors import JobStillRunning
 from k2jobs.markers import CommitMarkers, MarkerHidden, marker_key
 from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
 
@@ -306,10 +305,10 @@ def one_chunk(tmp_path):  # type: ignore[no-untyped-def]
     return tmp_path, plan.chunks[0]
 
 
-def run(one_chunk, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool):  # type: ignore[no-untyped-def]
+def run(one_chunk, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool, give_up: str | None = None):  # type: ignore[no-untyped-def]
     root, chunk = one_chunk
     events: list[str] = []
-    at = Attempt("job", chunk, None, rerun)
+    at = Attempt("job", chunk, None, rerun, give_up=give_up)
     result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))  # type: ignore[arg-type]
     return result, events, at
 
@@ -340,6 +339,15 @@ def test_a_rerun_whose_marker_is_hidden_raises_and_publishes_nothing(one_chunk) 
 def test_a_rerun_of_an_uncommitted_chunk_publishes_it(one_chunk) -> None:  # type: ignore[no-untyped-def]
     result, events, _ = run(one_chunk, FakeLedger(), FakeMarkers(), rerun=True)
     assert result["status"] == "committed" and "commit" in events
+
+
+def test_giving_up_fails_the_chunk_only_if_kafka_says_it_did_not_commit(one_chunk) -> None:  # type: ignore[no-untyped-def]
+    _, chunk = one_chunk
+    result, events, _ = run(one_chunk, FakeLedger(), FakeMarkers(), rerun=False, give_up="3 attempts died")
+    assert result["status"] == "failed" and result["error"] == "3 attempts died" and events == []
+    committed = FakeMarkers({marker_key("job", chunk.index)})
+    result, events, _ = run(one_chunk, FakeLedger(), committed, rerun=False, give_up="3 attempts died")
+    assert result["status"] == "committed" and events == []
 
 
 # -- supervision, ordered header, resume ---------------------------------------------------------------
@@ -418,12 +426,17 @@ def test_the_ordered_header_chains_each_key_from_its_first_pending_chunk() -> No
     assert header[1].args == ("job", 4, 3)  # one chunk left in its key: a task, not a chain
 
 
-def test_resume_refuses_a_job_that_is_still_running() -> None:
-    from k2jobs.lifecycle import resume_job
+def test_layers_import_downwards_only() -> None:
+    """The Celery app does not import the job lifecycle that imports it; a client never loads the workers' side."""
+    import subprocess
+    import sys
 
-    class Running(FakeLedger):
-        def job_meta(self, job_id: str) -> dict[str, str]:
-            return {"status": "running"}
-
-    with pytest.raises(JobStillRunning, match="still running"):
-        resume_job(Running(), "job")  # type: ignore[arg-type]
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, k2jobs.app, k2jobs.client, k2jobs.cli; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "'k2jobs.lifecycle'" in loaded  # the client enqueues through it
+    for workers_only in ("k2jobs.worker", "k2jobs.supervisor", "k2jobs.tasks"):
+        assert f"'{workers_only}'" not in loaded

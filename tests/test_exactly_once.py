@@ -1,0 +1,281 @@
+"""Exactly once, and a true job status, at the worst moments: Redis forgetting committed chunks while a
+transaction is open on the marker partition, jobs queued behind jobs, kills between a chunk's marker and its
+commit, two attempts of one chunk at once, a chunk that keeps killing its process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .conftest import DATA_ROOT, SAMPLE, TEST_STACK, chunk_consumers_paused, run_k2
+from .reference import key_order_violations
+from .test_faults import assert_exact, big_input, stack_pid, start_job, wait_until
+
+pytestmark = pytest.mark.fault
+__all__ = ["big_input"]
+BHP_TRADES = 91_631
+
+
+@contextmanager
+def open_transaction_on_the_marker_partition(settings, timeout_ms: int) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Another producer holds a transaction open on k2jobs.commits partition 0 (as a worker killed between
+    sending its marker and finishing its commit does), pinning read_committed readers' LSO before anything
+    written after it."""
+    from confluent_kafka import Producer
+
+    blocker = Producer(
+        settings.kafka_config(
+            **{"transactional.id": f"test-marker-blocker-{time.time_ns()}", "transaction.timeout.ms": timeout_ms}
+        )
+    )
+    blocker.init_transactions(30)
+    blocker.begin_transaction()
+    blocker.produce("k2jobs.commits", b"{}", b"blocker", partition=0)
+    assert blocker.flush(30) == 0
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # Kafka aborted it already (its timeout)
+            blocker.abort_transaction(30)
+
+
+def one_key_job(extra: tuple[str, ...] = ()) -> str:
+    """BHP's trades in 5 chunks of 20,000 rows: one key, one chain."""
+    done = run_k2("submit", "sample/trades/7078.csv", "--json", "--again", "--chunk-rows", "20000", *extra, timeout=300)
+    return done
+
+
+def job_of_one_file(workdir: Path) -> Path:
+    """A job folder with BHP's trades only."""
+    for kind in ("trades", "reference-data"):
+        (workdir / kind).mkdir(parents=True, exist_ok=True)
+    (workdir / "reference-data" / "company_info.csv").write_bytes(
+        (SAMPLE / "reference-data" / "company_info.csv").read_bytes()
+    )
+    (workdir / "trades" / "7078.csv").write_bytes((SAMPLE / "trades" / "7078.csv").read_bytes())
+    return workdir
+
+
+def submit(folder: Path, *extra: str) -> dict:  # type: ignore[type-arg]
+    done = run_k2("submit", str(folder.relative_to(DATA_ROOT)), "--json", "--again", *extra, timeout=600)
+    assert done.stdout.strip(), done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def assert_bhp_once(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    messages = read_back(job_id, ["market.trades.raw"])
+    sources = Counter(m.source for m in messages)
+    assert len(sources) == BHP_TRADES
+    duplicated = sum(n - 1 for n in sources.values())
+    assert duplicated == 0, f"{duplicated} messages published twice"
+    assert key_order_violations(messages) == []
+
+
+def redis_forgets(ledger, job_id: str, indexes: list[int], restart: bool) -> None:  # type: ignore[no-untyped-def]
+    """Redis loses what it knew of these chunks: their results and, with `restart`, their attempt counts too,
+    and restarts, as a crash with appendfsync everysec (or a failover to a lagging replica) leaves it."""
+    pipe = ledger.redis.pipeline()
+    pipe.hdel(f"k2:job:{job_id}:results", *map(str, indexes))
+    pipe.hdel(f"k2:job:{job_id}:progress", *map(str, indexes))
+    if restart:
+        pipe.hdel(f"k2:job:{job_id}:starts", *map(str, indexes))
+        pipe.hdel(f"k2:job:{job_id}:ends", *map(str, indexes))
+    pipe.execute()
+    if restart:
+        time.sleep(2)  # the deletions reach the append-only file (fsync every second)
+        redis = stack_pid("redis")
+        os.killpg(redis, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{redis}").exists(), what="Redis to die")
+        up = run_k2("stack", "up", "--workers", "2")
+        assert up.returncode == 0, up.stderr
+
+
+def test_redis_forgets_committed_chunks_while_a_transaction_is_open_on_the_marker_partition(
+    stack, settings, ledger, workdir, read_back
+) -> None:  # type: ignore[no-untyped-def]
+    """The issue's first case, as reported: resume re-ran 2 committed chunks and published 40,000 rows twice."""
+    report = submit(job_of_one_file(workdir), "--chunk-rows", "20000")
+    job_id = report["job_id"]
+    assert report["status"] == "succeeded" and len(ledger.plan(job_id).chunks) == 5
+    with open_transaction_on_the_marker_partition(settings, timeout_ms=300_000):
+        redis_forgets(ledger, job_id, [1, 3], restart=False)
+        resumed = run_k2("resume", job_id, "--json", timeout=600)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert json.loads(resumed.stdout)["status"] == "succeeded"
+        assert_bhp_once(read_back, job_id)
+
+
+def test_redis_restarts_without_committed_chunks_whose_markers_an_open_transaction_hides(
+    stack, settings, ledger, workdir, read_back
+) -> None:  # type: ignore[no-untyped-def]
+    """Worse: the open transaction began before the job, so every marker of the job lies behind it, and Redis
+    restarts having lost the chunks' results and their attempt counts. The re-run must wait for Kafka, not
+    answer "not committed"."""
+    with open_transaction_on_the_marker_partition(settings, timeout_ms=30_000):
+        report = submit(job_of_one_file(workdir), "--chunk-rows", "20000")
+        job_id = report["job_id"]
+        assert report["status"] == "succeeded"
+        redis_forgets(ledger, job_id, [0, 2, 4], restart=True)
+        resumed = run_k2("resume", job_id, "--json", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded"
+    assert_bhp_once(read_back, job_id)
+
+
+def test_a_job_queued_behind_a_job_of_many_files_is_not_reported_failed(stack, ledger, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
+    """The issue's second case: job A's next chunk waits behind job B's small files for far longer than
+    K2_STALL_AFTER (5 s in the test stack). No re-drive, no report until A has really ended."""
+    small = workdir / "small"
+    for kind in ("trades", "reference-data"):
+        (small / kind).mkdir(parents=True)
+    lines = (SAMPLE / "trades" / "7078.csv").read_bytes().splitlines(keepends=True)
+    companies = range(100_000, 101_500)
+    (small / "reference-data" / "company_info.csv").write_text(
+        "company_id,symbol\n" + "".join(f"{c},S{c}\n" for c in companies)
+    )
+    for n, company in enumerate(companies):
+        (small / "trades" / f"{company}.csv").write_bytes(b"".join(lines[n * 90 : n * 90 + 90]))
+    a = run_k2(
+        "submit",
+        str(job_of_one_file(workdir / "a").relative_to(DATA_ROOT)),
+        "--no-wait",
+        "--json",
+        "--again",
+        "--chunk-rows",
+        "20000",
+    )
+    a_id = json.loads(a.stdout)["job_id"]
+    b = run_k2("submit", str(small.relative_to(DATA_ROOT)), "--no-wait", "--json", "--again")
+    b_id = json.loads(b.stdout)["job_id"]
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch_a() -> None:
+        while not stop.is_set():
+            report = ledger.report(a_id)
+            if report is not None and (not seen or seen[-1] != report["status"]):
+                seen.append(report["status"])
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch_a, daemon=True)
+    watcher.start()
+    try:
+        done_b = run_k2("status", b_id, "--wait", "--json", timeout=900)
+        done_a = run_k2("status", a_id, "--wait", "--json", timeout=900)
+    finally:
+        stop.set()
+        watcher.join()
+    assert json.loads(done_b.stdout)["totals"]["published"] == 1_500 * 90
+    assert json.loads(done_a.stdout)["status"] == "succeeded"
+    assert seen == ["succeeded"]  # never "failed" on the way
+    assert ledger.job_meta(a_id).get("redrives") is None
+    assert ledger.job_meta(b_id).get("redrives") is None
+    assert_bhp_once(read_back, a_id)
+
+
+@contextmanager
+def a_worker(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """One more worker with its own environment; the stack's workers stop taking chunks meanwhile."""
+    log = (TEST_STACK / "logs" / f"{name}.log").open("ab")
+    with chunk_consumers_paused():
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", "k2jobs.chunks,k2jobs.control"]
+            + ["-c", "1", "-n", f"{name}@%h", "--loglevel", "INFO"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=DATA_ROOT,
+        )
+        try:
+            yield worker
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(60)
+
+
+def test_worker_killed_between_its_marker_and_its_commit(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of the whole worker while a chunk's marker is sent and its transaction is not committed:
+    the open transaction pins the marker partition until Kafka aborts it; the job still ends exact."""
+    ledger.redis.delete("k2:test:committing")
+    with a_worker("pause-before-commit", {"K2_TEST_PAUSE_BEFORE_COMMIT_S": "5"}) as worker:
+        job_id = start_job(big_input)
+        wait_until(lambda: ledger.redis.get("k2:test:committing") is not None, timeout_s=120, what="a commit")
+        os.killpg(worker.pid, signal.SIGKILL)
+    assert_exact(read_back, job_id)
+
+
+def test_broker_killed_between_a_marker_and_its_commit(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    ledger.redis.delete("k2:test:committing")
+    with a_worker("pause-before-commit", {"K2_TEST_PAUSE_BEFORE_COMMIT_S": "3"}):
+        job_id = start_job(big_input)
+        wait_until(lambda: ledger.redis.get("k2:test:committing") is not None, timeout_s=120, what="a commit")
+        kafka = stack_pid("kafka")
+        os.killpg(kafka, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
+        up = run_k2("stack", "up", "--workers", "2")
+        assert up.returncode == 0, up.stderr
+    assert_exact(read_back, job_id)
+
+
+def test_two_resumes_of_a_running_job_are_harmless(stack, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
+    """resume on a job still running enqueues a second attempt of every uncommitted chunk: each yields to
+    the attempt running its chunk or finds it committed; nothing is published twice, the key stays in order."""
+    job_id = start_job(big_input)
+    wait_until(lambda: bool(ledger.redis.hgetall(f"k2:job:{job_id}:progress")), what="the job to start")
+    for _ in range(2):
+        resumed = run_k2("resume", job_id, "--json")
+        assert resumed.returncode == 0, resumed.stderr
+    assert_exact(read_back, job_id)
+
+
+def test_two_attempts_of_one_chunk_at_once_publish_it_once(stack, ledger, read_back, workdir) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.app import app
+
+    report = submit(job_of_one_file(workdir), "--chunk-rows", "100000")
+    job_id = report["job_id"]
+    redis_forgets(ledger, job_id, [0], restart=False)
+    first = app.send_task("k2jobs.process_chunk", args=(job_id, 0))
+    second = app.send_task("k2jobs.process_chunk", args=(job_id, 0))
+    results = [r.get(timeout=120, propagate=False) for r in (first, second)]
+    assert any(r and r.get("status") == "committed" for r in results), results
+    assert ledger.chunk_result(job_id, 0)["published"] == BHP_TRADES
+    assert_bhp_once(read_back, job_id)
+
+
+def test_a_chunk_that_keeps_killing_its_process_is_failed_with_the_reason(stack, ledger, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
+    """A chunk whose pool process dies every time it loads it (here: killed -9 at its commit, as a segfault or
+    the out-of-memory killer would) is tried a stated number of times, then failed with the reason; no loop."""
+    from k2jobs.tasks import MAX_UNFINISHED
+
+    ledger.redis.delete("k2:test:committing")
+    kills = 0
+    with a_worker("crashing", {"K2_TEST_PAUSE_BEFORE_COMMIT_S": "5"}):
+        submitted = run_k2("submit", str(job_of_one_file(workdir).relative_to(DATA_ROOT)), "--no-wait", "--json")
+        job_id = json.loads(submitted.stdout)["job_id"]
+        deadline = time.monotonic() + 300
+        while ledger.report(job_id) is None and time.monotonic() < deadline:
+            committing = ledger.redis.getdel("k2:test:committing")
+            if committing is not None:
+                os.kill(int(committing.decode().rsplit(":", 1)[1]), signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05)
+    report = ledger.report(job_id)
+    assert report is not None and report["status"] == "failed", report
+    assert kills == MAX_UNFINISHED
+    [failure] = report["failures"]
+    assert f"{MAX_UNFINISHED} attempts ended without finishing" in failure["error"], failure
+    assert read_back(job_id) == []
