@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import chain, chord
 from celery.canvas import Signature
+from celery.result import AsyncResult
 
 from .app import app
 from .attempts import RUNNING, chunk_state, workers_named
@@ -74,6 +75,8 @@ def forget_results(result: Any) -> None:
             continue
         seen.add(id(node))
         app.backend.remove_pending_result(node)
+        if isinstance(node, AsyncResult):
+            node.backend = None  # its __del__ would unsubscribe again at interpreter exit: a traceback after the report
         todo.append(getattr(node, "parent", None))
         todo.extend(getattr(node, "results", None) or [])
 

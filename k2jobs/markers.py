@@ -202,7 +202,8 @@ class MarkerReader(CommitMarkers):
     """CommitMarkers on the real marker partition; one per worker process."""
 
     def __init__(self, settings: Settings, wait_s: float | None = None) -> None:
-        self.kafka_log = KafkaMarkerLog(settings)
+        # Each read gives up well inside the chunk's time limit: the attempt then retries (a leader moving).
+        self.kafka_log = KafkaMarkerLog(settings, timeout_s=min(10.0, settings.chunk_time_limits_s[0] / 4))
         # An open transaction holds the LSO for at most its timeout (plus the coordinator's abort sweep);
         # beyond the chunk's own time limit the attempt gives up and retries.
         super().__init__(self.kafka_log, wait_s if wait_s is not None else settings.chunk_time_limits_s[0] / 2)

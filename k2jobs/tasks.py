@@ -174,7 +174,10 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
         try:
             result = _run_attempt(self, clients, job_id, plan, after, seen)
             finished = True
-        except CommitUncertain:
+        except CommitUncertain as exc:
+            # Kafka failing the commit is retried like any Kafka error; the time limit stopping it counts as
+            # a process that died there (a chunk that needs longer than the limit must not loop).
+            finished = not isinstance(exc.__cause__, SoftTimeLimitExceeded)
             raise
         except BaseException:
             finished = True
@@ -238,6 +241,8 @@ def _run_attempt(
     except (Exception, SoftTimeLimitExceeded) as exc:
         if attempt.commit_started and not isinstance(exc, CommitUncertain):
             raise CommitUncertain(f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, SoftTimeLimitExceeded):  # Kafka slow (a leader election): another attempt may do better
+            raise PublishError(failure_reason(exc, 0)) from exc
         if not isinstance(exc, PublishError | RedisError):
             task.record_failure((job_id, plan.index), exc)
         raise  # PublishError, RedisError: retried (autoretry_for); recorded by ChunkTask.retry when no retry is left
