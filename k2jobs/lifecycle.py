@@ -8,7 +8,6 @@ from typing import Any
 
 from celery import chain, chord
 from celery.canvas import Signature
-from celery.result import AsyncResult
 
 from .app import app
 from .attempts import RUNNING, chunk_state, workers_named
@@ -61,24 +60,23 @@ def enqueue_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
     # A chunk that raised (retries exhausted, time limit, a bug) fails the chord: reconcile then all the same.
     callback.link_error(app.signature("k2jobs.reconcile_job", args=([], job_id), immutable=True))
-    forget_results(chord(header)(callback))
+    chord(header)(callback)
+    forget_results()
 
 
-def forget_results(result: Any) -> None:
-    """Stop listening for the results of what was just sent (nobody waits on them): no subscription to
-    their result channels stays behind, in a client or in a worker's supervisor."""
-    seen: set[int] = set()
-    todo = [result]
-    while todo:
-        node = todo.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        app.backend.remove_pending_result(node)
-        if isinstance(node, AsyncResult):
-            node.backend = None  # its __del__ would unsubscribe again at interpreter exit: a traceback after the report
-        todo.append(getattr(node, "parent", None))
-        todo.extend(getattr(node, "results", None) or [])
+def forget_results() -> None:
+    """Stop listening for the results of what was just sent: nobody here waits on them.
+
+    Celery's Redis backend subscribes to every sent task's result channel (and keeps a waiter for each
+    header task); closing its result consumer's subscriptions leaves none behind, in a client or in a worker's
+    supervisor, and a waiter's __del__ then has nothing to unsubscribe at interpreter exit (which used to
+    print a traceback after the report). The next enqueue subscribes again, on a new connection.
+    """
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is None:  # a backend without subscriptions
+        return
+    consumer.stop()
+    consumer.subscribed_to.clear()
 
 
 def uncommitted(plan: JobPlan, results: dict[int, dict[str, Any]]) -> list[int]:

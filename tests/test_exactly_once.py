@@ -324,3 +324,35 @@ def test_a_marker_topic_with_other_partitions_or_cleanup_is_refused(stack, setti
     finally:
         _recreate_topic(admin, None)
         ensure_topics(settings)
+
+
+def own_subscriptions(redis) -> int:  # type: ignore[no-untyped-def]
+    """Channels this process is subscribed to, as Redis sees it (its clients, by this process's local ports)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return sum(int(c["sub"]) for c in redis.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports)
+
+
+def test_enqueueing_leaves_no_result_subscription_behind(stack, ledger) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor enqueues from a worker's main process for as long as the worker lives: each chord it
+    sends must not leave this process subscribed to result channels."""
+    from k2jobs.client import new_job_id
+    from k2jobs.lifecycle import enqueue_chunks
+    from k2jobs.planning import plan_job
+
+    plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 20_000)
+    job_id = new_job_id()
+    ledger.create_job(job_id, plan, {"ordered": True})
+    with chunk_consumers_paused():  # the chunks wait: no result can end a subscription meanwhile
+        enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))))
+        assert own_subscriptions(ledger.redis) == 0
+    assert run_k2("status", job_id, "--wait", "--json", timeout=300).returncode == 0
