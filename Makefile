@@ -54,7 +54,7 @@ test: install
 test-cluster: install
 	$(BIN)/python -m pytest -m cluster tests/test_cluster.py
 
-# Job after job on a three-broker stack with random kill -9 of workers, brokers and Redis (SOAK_MINUTES, default 10).
+# Two or three overlapping jobs at a time on a three-broker stack, with random kill -9 of workers, brokers and Redis (SOAK_MINUTES, default 10).
 soak: install
 	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}
 

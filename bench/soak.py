@@ -96,12 +96,14 @@ class ReportWatch(threading.Thread):
         super().__init__(daemon=True)
         self.ledger, self.job_id, self.seen = ledger, job_id, []  # type: ignore[var-annotated]
         self.stopping = threading.Event()
+        self.submitted, self.took_s = time.monotonic(), float("nan")
 
     def run(self) -> None:
         while not self.stopping.wait(0.2):
             report = report_of(self.ledger, self.job_id)
             if report is not None and (not self.seen or self.seen[-1] != report["status"]):
                 self.seen.append(report["status"])
+                self.took_s = time.monotonic() - self.submitted
 
 
 def submit(ledger: Any, args: argparse.Namespace, table: Counter[str]) -> ReportWatch:
@@ -121,10 +123,10 @@ def run_round(settings: Any, ledger: Any, rng: random.Random, args: argparse.Nam
         time.sleep(rng.uniform(0.0, 3.0))
         watches.append(submit(ledger, args, table))
     for _ in range(rng.randint(1, 3)):
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, 2.0))
         if all(report_of(ledger, w.job_id) is not None for w in watches):
             break
-        kind = rng.choice(FAULTS)
+        kind = FAULTS[table["faults"] % len(FAULTS)]  # each kind in turn: every run kills all three
         inject(kind, rng)
         table["faults"] += 1
         table[f"{kind} kills"] += 1
@@ -151,12 +153,14 @@ def check_job(settings: Any, ledger: Any, watch: ReportWatch, table: Counter[str
     lost, duplicated = count_exactness(messages, rows)
     backwards = out_of_order(messages)
     wrong = watch.seen != ["succeeded"]
+    table["slowest job s"] = max(table["slowest job s"], round(watch.took_s))
     table["lost"] += lost
     table["duplicated"] += duplicated
     table["out of order"] += backwards
     table["wrongly reported"] += wrong
     print(
-        f"job {job_id}: {report['status']} (reports seen: {', '.join(watch.seen)}), {rows} rows, lost {lost}, "
+        f"job {job_id}: {report['status']} after {watch.took_s:.0f}s (reports seen: {', '.join(watch.seen)}), "
+        f"{rows} rows, lost {lost}, "
         f"duplicated {duplicated}, out of order {backwards}",
         flush=True,
     )
@@ -167,7 +171,7 @@ def format_table(table: Counter[str], minutes: float, seed: int) -> str:
     lines = [
         f"soak: {minutes:g} min, seed {seed}, faults: "
         + ", ".join(f"{table[k + ' kills']} {k}" for k in FAULTS)
-        + " (kill -9)",
+        + f" (kill -9); slowest job {table['slowest job s']} s from submit to report",
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---:" for _ in columns) + "|",
         "| " + " | ".join(str(table[c]) for c in columns) + " |",

@@ -23,7 +23,7 @@ from .lifecycle import finish_job_if_done
 from .planning import ChunkPlan, resolve_inside
 from .publisher import ChunkFenced, ChunkTransaction
 from .supervisor import HEARTBEAT_TTL_S
-from .worker import WorkerClients, worker_clients
+from .worker import WorkerClients, incarnation, worker_clients
 
 log = logging.getLogger(__name__)
 PROGRESS = "PROGRESS"
@@ -161,7 +161,7 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
     clients = worker_clients()
     job = clients.job(job_id)
     plan = job.plan.chunks[int(index)]
-    worker = self.request.hostname or "unknown"
+    worker = incarnation(self.request.hostname or "unknown")
     started = time.monotonic()
     seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
     finished = False  # ended with a known outcome: not a crash, not a commit left uncertain

@@ -28,6 +28,14 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 PLANS_KEPT = 8
+# The worker's main process imports this module before its pool forks: its pid, inherited by every pool process.
+MAIN_PID = os.getpid()
+
+
+def incarnation(hostname: str) -> str:
+    """This run of the worker: its node name and main process. A worker restarted under the same name is
+    another incarnation, so a lease of the dead one is not kept alive by the new one's heartbeat."""
+    return f"{hostname}#{MAIN_PID}"
 
 
 @dataclass
@@ -129,7 +137,7 @@ def _start_supervisor(sender: Any = None, **_: object) -> None:
     """The job supervisor (and the worker's heartbeat) run in the worker's main process, beside the pool."""
     global _supervisor
     settings = load_settings()
-    _supervisor = Supervisor(Ledger(connect(settings.redis_url)), sender.hostname, settings.stall_after_s)
+    _supervisor = Supervisor(Ledger(connect(settings.redis_url)), incarnation(sender.hostname), settings.stall_after_s)
     _supervisor.start()
 
 
