@@ -31,12 +31,19 @@ def workers_named(attempts: dict[str, dict[int, Any]]) -> set[str]:
     return running | set(attempts["reserved"].values())
 
 
-def holder_is_dead(holder: dict[str, Any], live: Iterable[str], worker: str, pid_alive: Callable[[int], bool]) -> bool:
-    """Whether a chunk's lease belongs to an attempt that cannot run any more, seen from an attempt on `worker`.
+def holder_is_dead(
+    holder: dict[str, Any], live: Iterable[str], worker: str, pid: int, pid_alive: Callable[[int], bool]
+) -> bool:
+    """Whether a chunk's lease belongs to an attempt that cannot run any more, seen from an attempt on `worker`
+    in process `pid`.
 
-    Its worker stopped beating (killed, frozen), or it ran in a process of this very worker that is gone (a
-    pool process that crashed or was killed by the time limit).
+    Its worker stopped beating (killed, frozen); or it ran in a process of this very worker that is gone (a
+    pool process that crashed or was killed by the time limit); or it ran in this very process, which runs one
+    task at a time: an earlier attempt that could not release it (Redis was away when it ended).
     """
     if holder.get("worker") not in set(live):
         return True
-    return holder.get("worker") == worker and not pid_alive(int(holder.get("pid", 0)))
+    if holder.get("worker") != worker:
+        return False
+    held_by = int(holder.get("pid", 0))
+    return held_by == pid or not pid_alive(held_by)

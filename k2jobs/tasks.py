@@ -138,7 +138,7 @@ def _take_lease(clients: WorkerClients, job_id: str, index: int, holder: dict[st
         return True
     other = orjson.loads(current)
     live = clients.ledger.live_workers([other.get("worker", "")])
-    if holder_is_dead(other, live, holder["worker"], _pid_alive):
+    if holder_is_dead(other, live, holder["worker"], holder["pid"], _pid_alive):
         return clients.ledger.replace_lease(job_id, index, current, holder, LEASE_TTL_S)
     return False
 

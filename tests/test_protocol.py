@@ -157,10 +157,12 @@ def test_reserved_and_running_count_only_on_live_workers() -> None:
 
 def test_a_lease_holder_is_dead_when_its_worker_stopped_beating_or_its_process_is_gone() -> None:
     holder = {"worker": "w1", "pid": 42}
-    assert not holder_is_dead(holder, {"w1"}, "w2", lambda pid: False)  # another host: its heartbeat decides
-    assert holder_is_dead(holder, set(), "w2", lambda pid: True)
-    assert holder_is_dead(holder, {"w1"}, "w1", lambda pid: pid != 42)  # same worker, its pool process died
-    assert not holder_is_dead(holder, {"w1"}, "w1", lambda pid: True)
+    assert not holder_is_dead(holder, {"w1"}, "w2", 7, lambda pid: False)  # another worker: its heartbeat decides
+    assert holder_is_dead(holder, set(), "w2", 7, lambda pid: True)
+    assert holder_is_dead(holder, {"w1"}, "w1", 7, lambda pid: pid != 42)  # same worker, its pool process died
+    assert not holder_is_dead(holder, {"w1"}, "w1", 7, lambda pid: True)  # same worker, another live process
+    # This very process: an earlier attempt here ended while Redis was away and could not release it.
+    assert holder_is_dead(holder, {"w1"}, "w1", 42, lambda pid: True)
 
 
 # -- the predecessor check and process_chunk ----------------------------------------------------------
