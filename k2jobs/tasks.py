@@ -37,7 +37,9 @@ MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
 # A chunk whose attempts ended this often without an outcome (their process died: segfault, out of memory,
 # killed; or the time limit stopped them while committing) is failed, once Kafka says it did not commit.
 MAX_UNFINISHED = 3
-LEASE_TTL_S = int(app.conf.task_time_limit) + 60  # a backstop: a dead holder is normally seen by its heartbeat
+# A backstop: a dead holder is normally seen by its heartbeat or its pid. No live attempt outlives it (the
+# hard time limit kills it first), so a lease left behind (its release failed while Redis was away) ends soon.
+LEASE_TTL_S = int(app.conf.task_time_limit) + 5
 
 
 class FlowerProgress:
