@@ -94,6 +94,12 @@ def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: s
     }
 
 
+def record_failed(ledger: Ledger, job_id: str, chunk: ChunkPlan, reason: str) -> dict[str, Any]:
+    """Record the chunk failed (unless it has a result already) and return the result it has."""
+    ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, reason))
+    return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
+
+
 def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
     """Why a chunk of an ordered job must not publish: the chunk before it did not commit (None if it did)."""
     after = attempt.after
@@ -133,8 +139,7 @@ def process_chunk(
         except ChunkChanged as exc:
             reason = str(exc)
     if reason is not None:
-        ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, reason))
-        return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
+        return record_failed(ledger, job_id, chunk, reason)
     # Opening the transaction fences every earlier attempt of this chunk and ends its transaction: none can
     # commit from now on, so what Kafka holds now is final. A first attempt (no earlier start since Redis last
     # restarted) skips the question: nothing of it can be in Kafka.
@@ -148,8 +153,7 @@ def process_chunk(
             ledger.record_result(job_id, chunk.index, result)
             return result
     if attempt.give_up:
-        ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, attempt.give_up))
-        return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, attempt.give_up)
+        return record_failed(ledger, job_id, chunk, attempt.give_up)
     ledger.set_progress(job_id, chunk.index, 0)
     txn.begin()
 

@@ -126,7 +126,6 @@ class Ledger:
         pipe.set(_plan(job_id), orjson.dumps(plan.to_dict()))
         pipe.zadd(JOBS_KEY, {job_id: now})
         pipe.sadd(RUNNING_KEY, job_id)
-        pipe.hset(_job(job_id), "touched", now)
         for key in (_job(job_id), _plan(job_id)):
             pipe.expire(key, TTL_S)
         pipe.execute()
@@ -169,17 +168,12 @@ class Ledger:
     def set_running(self, job_id: str) -> None:
         """Mark a job running again (resume), watched by the supervisor from now on."""
         pipe = self.redis.pipeline()
-        pipe.hset(_job(job_id), mapping={"status": "running", "touched": time.time()})
+        pipe.hset(_job(job_id), "status", "running")
         pipe.sadd(RUNNING_KEY, job_id)
         pipe.execute()
 
     def running_jobs(self) -> list[str]:
         return sorted(j.decode() for j in self.redis.smembers(RUNNING_KEY))
-
-    def idle_s(self, job_id: str) -> float:
-        """Seconds since any chunk of the job last moved (progress or result), or since it was (re)started."""
-        touched = self.redis.hget(_job(job_id), "touched")
-        return 0.0 if touched is None else time.time() - float(touched)
 
     def supervisor_lock(self, ttl_s: float) -> Any:
         """The lock that lets one job supervisor act at a time (redis-py's Lock, with a time to live)."""
@@ -315,11 +309,8 @@ class Ledger:
         return {int(k): orjson.loads(v) for k, v in raw.items()}
 
     def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
-        """Rows a chunk has handled so far; also marks the job as moving (what `status --wait` watches)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(_progress(job_id), str(index), rows_done)
-        pipe.hset(_job(job_id), "touched", time.time())
-        pipe.execute()
+        """Rows a chunk has handled so far (what `status --wait` shows and watches)."""
+        self.redis.hset(_progress(job_id), str(index), rows_done)
 
     def progress(self, job_id: str) -> int:
         return sum(int(v) for v in self.redis.hvals(_progress(job_id)))

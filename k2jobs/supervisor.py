@@ -18,7 +18,7 @@ from redis.exceptions import LockError
 
 from .attempts import LOST, chunk_state, workers_named
 from .ledger import Ledger
-from .lifecycle import enqueue_chunks, finish_job_if_done, running_chunks, uncommitted
+from .lifecycle import enqueue_chunks, finish_job_if_done
 from .reconcile import chunks_to_come
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,7 @@ class JobSupervision:
         ordered = self.ledger.job_options(job_id).get("ordered", True)
         results = self.ledger.results(job_id)
         to_come = chunks_to_come(plan, results, ordered)
-        if not to_come:
-            if running_chunks(self.ledger, job_id, uncommitted(plan, results)):
-                return []
+        if not to_come:  # every chunk ended or is held back: finished unless an attempt still runs one
             report = finish_job_if_done(self.ledger, job_id)
             return [] if report is None else [f"job {job_id}: finished by the supervisor, {report['status']}"]
         attempts = self.ledger.attempts(job_id, to_come)

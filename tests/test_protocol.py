@@ -370,7 +370,6 @@ def supervised(monkeypatch):  # type: ignore[no-untyped-def]
         return ledger.reports[job_id]
 
     monkeypatch.setattr(supervisor, "finish_job_if_done", finish)
-    monkeypatch.setattr(supervisor, "running_chunks", lambda ledger, job, indexes: [])
     ledger = FakeLedger(plan_of([0, 1, 2], [3]))
     return supervisor.JobSupervision(ledger, stall_after_s=20), ledger, sent, finished  # type: ignore[arg-type]
 
