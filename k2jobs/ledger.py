@@ -72,6 +72,8 @@ def _worker(name: str) -> str:
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"""
 _REPLACE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"""
+_RENEW = """local held = redis.call('get', KEYS[1])
+if held == ARGV[1] or not held then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"""
 
 
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
@@ -90,6 +92,7 @@ class Ledger:
         self.redis: Any = client  # bytes replies (no decode_responses)
         self._release = client.register_script(_RELEASE)
         self._replace = client.register_script(_REPLACE)
+        self._renew = client.register_script(_RENEW)
 
     def ping(self) -> None:
         try:
@@ -241,6 +244,11 @@ class Ledger:
     def replace_lease(self, job_id: str, index: int, was: bytes, holder: dict[str, Any], ttl_s: int) -> bool:
         """Take the lease from a holder known to be dead, unless someone else did first."""
         return bool(self._replace(keys=[_lease(job_id, index)], args=[was, orjson.dumps(holder), ttl_s]))
+
+    def renew_lease(self, job_id: str, index: int, holder: dict[str, Any], ttl_s: int) -> bool:
+        """Keep `holder` the chunk's running attempt for `ttl_s` more seconds (taking the lease back if Redis
+        lost it); False if another attempt holds it."""
+        return bool(self._renew(keys=[_lease(job_id, index)], args=[orjson.dumps(holder), ttl_s]))
 
     def release_lease(self, job_id: str, index: int, holder: dict[str, Any]) -> None:
         self._release(keys=[_lease(job_id, index)], args=[orjson.dumps(holder)])

@@ -9,15 +9,14 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import RedisError
 
 from .app import app
-from .attempts import holder_is_dead
 from .chunk import Attempt, chunk_result, process_chunk
 from .errors import CommitUncertain, K2Error, PublishError, UnsafePathError
+from .leases import LeaseKeeper, take_lease
 from .ledger import FAILED
 from .lifecycle import finish_job_if_done
 from .planning import ChunkPlan, resolve_inside
@@ -37,9 +36,6 @@ MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
 # A chunk whose attempts ended this often without an outcome (their process died: segfault, out of memory,
 # killed; or the time limit stopped them while committing) is failed, once Kafka says it did not commit.
 MAX_UNFINISHED = 3
-# A backstop: a dead holder is normally seen by its heartbeat or its pid. No live attempt outlives it (the
-# hard time limit kills it first), so a lease left behind (its release failed while Redis was away) ends soon.
-LEASE_TTL_S = int(app.conf.task_time_limit) + 5
 
 
 class FlowerProgress:
@@ -78,16 +74,6 @@ def give_up_reason(unfinished: int) -> str:
         f"{unfinished} attempts ended without finishing (the worker process died: killed, out of memory or a "
         "crash; or the time limit stopped it while committing): not tried again"
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ChunkTask(Task):  # type: ignore[misc]
@@ -133,18 +119,6 @@ class ChunkTask(Task):  # type: ignore[misc]
             log.error("chunk %s of job %s failed (%s); Redis did not take it: %s", plan.index, job_id, exc, redis_exc)
 
 
-def _take_lease(clients: WorkerClients, job_id: str, index: int, holder: dict[str, Any]) -> bool:
-    """Whether this attempt may run the chunk: no other attempt is, or the one holding it is dead."""
-    current = clients.ledger.take_lease(job_id, index, holder, LEASE_TTL_S)
-    if current is None:
-        return True
-    other = orjson.loads(current)
-    live = clients.ledger.live_workers([other.get("worker", "")])
-    if holder_is_dead(other, live, holder["worker"], holder["pid"], _pid_alive):
-        return clients.ledger.replace_lease(job_id, index, current, holder, LEASE_TTL_S)
-    return False
-
-
 @app.task(
     name="k2jobs.process_chunk",
     base=ChunkTask,
@@ -169,10 +143,12 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
     finished = False  # ended with a known outcome: not a crash, not a commit left uncertain
     try:
         holder = {"worker": worker, "pid": os.getpid(), "token": uuid.uuid4().hex}
-        if not _take_lease(clients, job_id, plan.index, holder):
+        if not take_lease(clients.ledger, job_id, plan.index, holder):
             log.info("chunk %s of job %s is being loaded by another attempt: this one yields", plan.index, job_id)
             finished = True
             raise Ignore()
+        keeper = LeaseKeeper(clients.ledger, job_id, plan.index, holder)
+        keeper.start()
         try:
             result = _run_attempt(self, clients, job_id, plan, after, seen)
             finished = True
@@ -185,7 +161,7 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
             finished = True
             raise
         finally:
-            clients.ledger.release_lease(job_id, plan.index, holder)
+            keeper.stop()
         following = job.next_in_key.get(plan.index) if job.ordered else None
         if following is not None:
             clients.ledger.mark_queued(job_id, [following])  # the chain sends it when this task returns

@@ -356,3 +356,24 @@ def test_enqueueing_leaves_no_result_subscription_behind(stack, ledger) -> None:
         enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))))
         assert own_subscriptions(ledger.redis) == 0
     assert run_k2("status", job_id, "--wait", "--json", timeout=300).returncode == 0
+
+
+def test_a_lease_lives_while_its_attempt_works_and_ends_soon_after_its_process_dies(ledger) -> None:  # type: ignore[no-untyped-def]
+    """Item 6 of the exactly-once issue: a lease left by a dead attempt (or one that ended while Redis was
+    away) must not hold its chunk for a whole chunk time limit; the supervisor sees it lost within
+    LEASE_TTL_S, whatever the transaction timeout."""
+    from k2jobs.leases import LEASE_TTL_S, LeaseKeeper, take_lease
+
+    job_id = f"lease-test-{time.time_ns()}"
+    holder = {"worker": "nobody@lease-test", "pid": 1, "token": "a"}
+    assert take_lease(ledger, job_id, 0, holder)
+    keeper = LeaseKeeper(ledger, job_id, 0, holder)
+    keeper.start()
+    time.sleep(LEASE_TTL_S + 2)  # renewed while the attempt works, however long it takes
+    assert ledger.attempts(job_id, [0])["running"] == {0: holder}
+    keeper.stopping.set()  # its process dies: no more renewals, no release
+    keeper.join()
+    wait_until(lambda: not ledger.attempts(job_id, [0])["running"], timeout_s=LEASE_TTL_S + 1, what="lease to end")
+    ledger.redis.set(f"k2:lease:{job_id}:0", b'{"worker": "other"}', ex=60)  # another attempt took it over
+    assert not ledger.renew_lease(job_id, 0, holder, LEASE_TTL_S)  # a renewal never takes it back from that one
+    ledger.redis.delete(f"k2:lease:{job_id}:0")
