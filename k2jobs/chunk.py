@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .records import Kind
 log = logging.getLogger(__name__)
 TransactionFactory = Callable[[str, int], ChunkTransaction]
 ProgressHook = Callable[[int], None]
+PROGRESS_EVERY_S = 0.1  # how often a running chunk's progress is written to Redis
 
 
 @dataclass
@@ -30,13 +32,18 @@ class Attempt:
     """One attempt at one chunk: what it knows before it starts, and how far it got."""
 
     job_id: str
-    chunk: ChunkPlan
+    chunk: ChunkPlan  # the task's chunk: the first of a bundle
     after: int | None = None  # ordered jobs: the chunk that must have committed before this one publishes
     rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
     marker_start: int = 0  # where this job's markers begin on the marker partition
     before_commit: Callable[[], None] | None = None  # a fault-injection point for tests (K2_TEST_*)
     give_up: str | None = None  # too many attempts ended unfinished: fail with this reason unless it committed
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
+    members: list[ChunkPlan] | None = None  # a bundle's chunks (small keys sharing the task), in publish order
+
+    @property
+    def chunks(self) -> list[ChunkPlan]:
+        return self.members or [self.chunk]
 
 
 def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
@@ -100,6 +107,27 @@ def record_failed(ledger: Ledger, job_id: str, chunk: ChunkPlan, reason: str) ->
     return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
 
 
+def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the task of one chunk, or of a bundle of chunks, returns: the chunk's result, or the bundle's sums."""
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if r["status"] != COMMITTED]
+    return {
+        "chunk": results[0]["chunk"],
+        "path": f"{len(results)} files",
+        "status": FAILED if failed else COMMITTED,
+        "rows": sum(r["rows"] for r in results),
+        "published": sum(r["published"] for r in results),
+        "rejected": sum(r["rejected"] for r in results),
+        "reasons": [reason for r in results for reason in r.get("reasons", [])][:5],
+        "error": "; ".join(f"{r['path']}: {r['error']}" for r in failed[:3]) or None,
+    }
+
+
+def fail_all(ledger: Ledger, job_id: str, chunks: list[ChunkPlan], reason: str) -> dict[str, Any]:
+    return task_result([record_failed(ledger, job_id, chunk, reason) for chunk in chunks])
+
+
 def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
     """Why a chunk of an ordered job must not publish: the chunk before it did not commit (None if it did)."""
     after = attempt.after
@@ -114,6 +142,54 @@ def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers
     return f"not loaded, to keep the key's order: chunk {after}{where} comes before it and {reason}"
 
 
+class ProgressWriter:
+    """Writes the running chunk's rows handled to Redis at most every PROGRESS_EVERY_S (and tells the hook)."""
+
+    def __init__(self, ledger: Ledger, job_id: str, hook: ProgressHook | None) -> None:
+        self.ledger, self.job_id, self.hook = ledger, job_id, hook
+        self.chunk = -1
+        self.last = 0.0
+
+    def __call__(self, rows_done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.ledger.set_progress(self.job_id, self.chunk, rows_done)
+        if self.hook is not None:
+            self.hook(rows_done)
+
+
+def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Each chunk's bytes, or why it cannot be loaded: its file changed, or a file of its key before it did."""
+    data: dict[int, bytes] = {}
+    failed: dict[int, str] = {}
+    broken: dict[tuple[str, str], ChunkPlan] = {}
+    for chunk in chunks:
+        before = broken.get((chunk.kind, chunk.symbol))
+        if before is not None:
+            failed[chunk.index] = f"not loaded, to keep the key's order: {before.path} before it failed"
+            continue
+        try:
+            data[chunk.index] = read_chunk(data_root, chunk)
+        except ChunkChanged as exc:
+            failed[chunk.index] = str(exc)
+            broken[(chunk.kind, chunk.symbol)] = chunk
+    return data, failed
+
+
+def committed_results(chunks: list[ChunkPlan], marker: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunks' results from the counts their commit marker holds (one chunk's counts, or a bundle's)."""
+    if len(chunks) == 1 and "chunks" not in marker:
+        return [chunk_result(chunks[0], COMMITTED, marker)]
+    counts, failed = marker["chunks"], marker.get("failed", {})
+    return [
+        chunk_result(c, COMMITTED, counts[str(c.index)])
+        if str(c.index) in counts
+        else chunk_result(c, FAILED, {}, failed.get(str(c.index), "not in the bundle's commit"))
+        for c in chunks
+    ]
+
+
 def process_chunk(
     attempt: Attempt,
     data_root: Path,
@@ -123,62 +199,70 @@ def process_chunk(
     open_transaction: TransactionFactory,
     on_progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
-    """Load one chunk exactly once; safe to call again after any crash or retry.
+    """Load one chunk (or a bundle of small files' chunks) exactly once; safe to call again after any crash
+    or retry. A bundle publishes in one transaction, under one commit marker.
 
     With `attempt.after` (ordered jobs), the chunk publishes only if that chunk committed, so a key's
     messages stay in file order; otherwise it records a failure naming that chunk.
     """
-    job_id, chunk = attempt.job_id, attempt.chunk
-    done = ledger.chunk_result(job_id, chunk.index)
-    if done is not None:
-        return done
+    job_id, chunks = attempt.job_id, attempt.chunks
+    done = ledger.chunk_results(job_id, [c.index for c in chunks])
+    if all(r is not None for r in done):
+        return task_result(done)  # type: ignore[arg-type]
     reason = None if attempt.after is None else predecessor_failure(attempt, ledger, markers)
-    if reason is None:
-        try:
-            data = read_chunk(data_root, chunk)
-        except ChunkChanged as exc:
-            reason = str(exc)
     if reason is not None:
-        return record_failed(ledger, job_id, chunk, reason)
-    # Opening the transaction fences every earlier attempt of this chunk and ends its transaction: none can
+        return fail_all(ledger, job_id, chunks, reason)
+    # Opening the transaction fences every earlier attempt of this task and ends its transaction: none can
     # commit from now on, so what Kafka holds now is final. A first attempt (no earlier start since Redis last
-    # restarted) skips the question: nothing of it can be in Kafka.
-    txn = open_transaction(job_id, chunk.index)
-    key = marker_key(job_id, chunk.index)
+    # restarted) skips the question: nothing of it can be in Kafka. Kafka is asked before the files are read:
+    # a file changed after its chunk committed does not make that chunk failed.
+    txn = open_transaction(job_id, attempt.chunk.index)
+    key = marker_key(job_id, attempt.chunk.index)
     if attempt.rerun or attempt.give_up:
         marker = markers.find(key, attempt.marker_start)
         if marker is not None:
-            log.info("chunk %s of job %s was committed by an earlier attempt", chunk.index, job_id)
-            result = chunk_result(chunk, COMMITTED, marker)
-            ledger.record_result(job_id, chunk.index, result)
-            return result
+            log.info("chunk %s of job %s was committed by an earlier attempt", attempt.chunk.index, job_id)
+            results = committed_results(chunks, marker)
+            ledger.record_results(job_id, results)
+            return task_result(results)
     if attempt.give_up:
-        return record_failed(ledger, job_id, chunk, attempt.give_up)
-    ledger.set_progress(job_id, chunk.index, 0)
+        return fail_all(ledger, job_id, chunks, attempt.give_up)
+    data, failed = read_members(data_root, chunks)
+    loading = [c for c in chunks if c.index in data]
+    if not loading:
+        return task_result([record_failed(ledger, job_id, c, failed[c.index]) for c in chunks])
     txn.begin()
-
-    def progress(rows_done: int) -> None:
-        ledger.set_progress(job_id, chunk.index, rows_done)
-        if on_progress is not None:
-            on_progress(rows_done)
-
-    rows = ChunkRows(data, chunk, job_id)
+    counts: dict[int, dict[str, Any]] = {}
+    progress = ProgressWriter(ledger, job_id, on_progress)
     try:
-        send_rows(txn, rows, batch_rows, progress)
+        for chunk in loading:
+            progress.chunk = chunk.index
+            rows = ChunkRows(data.pop(chunk.index), chunk, job_id)
+            send_rows(txn, rows, batch_rows, progress)
+            counts[chunk.index] = rows.counts()
     except BaseException:
         txn.abort()  # at once: an open transaction holds back every read_committed consumer of its partitions
         raise
-    counts = rows.counts()
-    if counts["published"] + counts["rejected"] != chunk.rows:
-        txn.abort()  # nothing of this chunk becomes visible
-        result = chunk_result(chunk, FAILED, counts, "row count differs from the plan")
-        ledger.record_result(job_id, chunk.index, result)
-        return result
-    txn.send(COMMITS_TOPIC, key, orjson.dumps(counts), [("job_id", job_id.encode())], COMMITS_PARTITION)
+    wrong = [c.path for c in loading if counts[c.index]["published"] + counts[c.index]["rejected"] != c.rows]
+    if wrong:
+        txn.abort()  # nothing of this task becomes visible
+        why = f"row count differs from the plan ({', '.join(wrong[:3])})"
+        results = [chunk_result(c, FAILED, counts.get(c.index, {}), failed.get(c.index, why)) for c in chunks]
+        ledger.record_results(job_id, results)
+        return task_result(results)
+    value = (
+        counts[loading[0].index]
+        if len(chunks) == 1
+        else {
+            "chunks": {str(i): n for i, n in counts.items()},
+            "failed": {str(i): reason for i, reason in failed.items()},
+        }
+    )
+    txn.send(COMMITS_TOPIC, key, orjson.dumps(value), [("job_id", job_id.encode())], COMMITS_PARTITION)
     attempt.commit_started = True
     if attempt.before_commit is not None:
         attempt.before_commit()
     txn.commit()
-    result = chunk_result(chunk, COMMITTED, counts)
-    ledger.record_result(job_id, chunk.index, result)
-    return result
+    results = committed_results(chunks, value) if len(chunks) > 1 else [chunk_result(chunks[0], COMMITTED, value)]
+    ledger.record_results(job_id, results)
+    return task_result(results)

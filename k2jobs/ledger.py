@@ -293,16 +293,28 @@ class Ledger:
         """The final result of a chunk, if it has one."""
         return _loads(self.redis.hget(_results(job_id), str(index)))  # type: ignore[arg-type]
 
+    def chunk_results(self, job_id: str, indexes: list[int]) -> list[dict[str, Any] | None]:
+        """The final results of these chunks (None for a chunk without one)."""
+        return [_loads(raw) for raw in self.redis.hmget(_results(job_id), [str(i) for i in indexes])]
+
+    def record_results(self, job_id: str, results: list[dict[str, Any]]) -> None:
+        """Store several chunks' final results at once (a bundle's), with the rules of record_result."""
+        pipe = self.redis.pipeline()
+        key = _results(job_id)
+        for result in results:
+            index = str(result["chunk"])
+            if result["status"] != COMMITTED:
+                pipe.hsetnx(key, index, orjson.dumps(result))
+            else:
+                pipe.hset(key, index, orjson.dumps(result))
+            pipe.hset(_progress(job_id), index, result.get("published", 0) + result.get("rejected", 0))
+        pipe.expire(key, TTL_S)
+        pipe.expire(_progress(job_id), TTL_S)
+        pipe.execute()
+
     def record_result(self, job_id: str, index: int, result: dict[str, Any]) -> None:
         """Store a chunk's final result; a committed result is never replaced by a failure."""
-        key = _results(job_id)
-        if result["status"] != COMMITTED:
-            self.redis.hsetnx(key, str(index), orjson.dumps(result))
-        else:
-            self.redis.hset(key, str(index), orjson.dumps(result))
-        self.set_progress(job_id, index, result.get("published", 0) + result.get("rejected", 0))
-        for k in (key, _progress(job_id)):
-            self.redis.expire(k, TTL_S)
+        self.record_results(job_id, [{**result, "chunk": index}])
 
     def clear_failures(self, job_id: str, indexes: Iterable[int]) -> None:
         """Forget failed results so the chunks can run again (resume)."""

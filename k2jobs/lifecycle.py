@@ -28,12 +28,19 @@ def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> tuple[list
     chains' first chunks (the ones enqueued now).
 
     Keys load in parallel on different workers; within a key, chunk k+1 is enqueued only when chunk k
-    has finished, so no worker ever waits for a chunk queued behind it.
+    has finished, so no worker ever waits for a chunk queued behind it. A bundle of small keys (each whole
+    in it, in order) is one task of its own.
     """
     wanted = set(indexes)
     header: list[Signature] = []
     heads: list[int] = []
     for group in plan.key_groups():
+        if group[0] in plan.unit_of:  # a bundled key: its bundle is wanted if any of its chunks is
+            unit = plan.unit(group[0])
+            if unit not in heads and wanted.intersection(plan.bundles[unit]):
+                header.append(_chunk_task(job_id, unit, None))
+                heads.append(unit)
+            continue
         pending = [i for i in group if i in wanted]
         if not pending:
             continue
@@ -54,7 +61,7 @@ def enqueue_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int
     if ordered:
         header, heads = ordered_header(job_id, plan, indexes)
     else:
-        heads = sorted(indexes, key=lambda i: -plan.chunks[i].rows)
+        heads = sorted(plan.units(indexes), key=lambda i: -sum(c.rows for c in plan.members(i)))
         header = [_chunk_task(job_id, i, None) for i in heads]
     ledger.mark_queued(job_id, heads)
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
@@ -83,11 +90,12 @@ def uncommitted(plan: JobPlan, results: dict[int, dict[str, Any]]) -> list[int]:
     return [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != COMMITTED]
 
 
-def running_chunks(ledger: Ledger, job_id: str, indexes: list[int]) -> list[int]:
-    """Which of these chunks an attempt on a live worker is running now."""
-    attempts = ledger.attempts(job_id, indexes)
+def running_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int]) -> list[int]:
+    """Which tasks loading these chunks an attempt on a live worker is running now."""
+    units = plan.units(indexes)
+    attempts = ledger.attempts(job_id, units)
     live = ledger.live_workers(workers_named(attempts))
-    return [i for i in indexes if chunk_state(i, attempts, "", live) == RUNNING]
+    return [i for i in units if chunk_state(i, attempts, "", live) == RUNNING]
 
 
 def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
@@ -100,7 +108,7 @@ def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
     results = ledger.results(job_id)
     if chunks_to_come(plan, results, ledger.job_options(job_id).get("ordered", True)):
         return None
-    if running_chunks(ledger, job_id, uncommitted(plan, results)):
+    if running_chunks(ledger, job_id, plan, uncommitted(plan, results)):
         return None
     return finish_job(ledger, job_id)
 
@@ -128,7 +136,7 @@ def resume_job(ledger: Ledger, job_id: str) -> list[int]:
     plan = ledger.plan(job_id)
     pending = uncommitted(plan, ledger.results(job_id))
     ledger.clear_failures(job_id, pending)
-    ledger.reset_attempts(job_id, pending)
+    ledger.reset_attempts(job_id, plan.units(pending))
     ledger.clear_report(job_id)
     ledger.set_running(job_id)
     if pending:

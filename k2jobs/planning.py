@@ -9,6 +9,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .errors import InputError, UnsafePathError
@@ -74,10 +75,28 @@ class JobPlan:
     source_dir: str
     files: list[FilePlan]
     chunks: list[ChunkPlan]
+    # Small files share a task and its transaction: first chunk -> every chunk loaded with it (see bundle_small_keys).
+    bundles: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    @cached_property
+    def unit_of(self) -> dict[int, int]:
+        """Chunk -> the chunk whose task loads it (itself unless it is in a bundle)."""
+        return {member: lead for lead, members in self.bundles.items() for member in members}
+
+    def unit(self, index: int) -> int:
+        return self.unit_of.get(index, index)
+
+    def units(self, indexes: list[int]) -> list[int]:
+        """The tasks that load these chunks, each once, in the chunks' order."""
+        return list(dict.fromkeys(self.unit(i) for i in indexes))
+
+    def members(self, unit: int) -> list[ChunkPlan]:
+        """The chunks one task loads, in the order it publishes them."""
+        return [self.chunks[i] for i in self.bundles.get(unit, [unit])]
 
     def key_groups(self) -> list[list[int]]:
         """Chunk indexes per Kafka key and topic (kind and symbol), in the order they must be published.
@@ -90,7 +109,12 @@ class JobPlan:
         return sorted(groups.values(), key=lambda group: -sum(self.chunks[i].rows for i in group))
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {
+            "source_dir": self.source_dir,
+            "files": [asdict(f) for f in self.files],
+            "chunks": [asdict(c) for c in self.chunks],
+            "bundles": {str(lead): members for lead, members in self.bundles.items()},
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> JobPlan:  # type: ignore[type-arg]
@@ -98,7 +122,34 @@ class JobPlan:
             source_dir=raw["source_dir"],
             files=[FilePlan(**f) for f in raw["files"]],
             chunks=[ChunkPlan.from_dict(c) for c in raw["chunks"]],
+            bundles={int(lead): members for lead, members in raw.get("bundles", {}).items()},
         )
+
+
+def bundle_small_keys(files: list[FilePlan], lines_per_chunk: int) -> dict[int, list[int]]:
+    """Pack the keys whose files together hold fewer rows than a chunk into shared tasks of up to a chunk's rows.
+
+    A key (kind and symbol) goes whole into one bundle, its files in path order, so per-key file order holds
+    inside the bundle's one transaction; a key with more rows keeps its own chunks and chain. The task of a
+    bundle is named by its first chunk. Bundles of one chunk are not bundles.
+    """
+    keys: dict[tuple[str, str], list[FilePlan]] = {}
+    for file in sorted(files, key=lambda f: f.path):
+        keys.setdefault((file.kind, file.symbol), []).append(file)
+    bundles: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    for key_files in keys.values():
+        key_rows = sum(f.rows for f in key_files)
+        if key_rows >= lines_per_chunk or any(len(f.chunks) > 1 for f in key_files):
+            continue
+        if current and rows + key_rows > lines_per_chunk:
+            bundles.append(current)
+            current, rows = [], 0
+        current.extend(i for f in key_files for i in f.chunks)
+        rows += key_rows
+    bundles.append(current)
+    return {members[0]: members for members in bundles if len(members) > 1}
 
 
 def count_rows(data: bytes, line_endings: int | None = None) -> int:
@@ -349,4 +400,9 @@ def plan_job(root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bo
         chunks.extend(file_chunks)
     if not chunks:
         raise InputError(f"the CSV files under {directory} hold no rows")
-    return JobPlan(source_dir=real_dir.relative_to(root).as_posix() or ".", files=files, chunks=chunks)
+    return JobPlan(
+        source_dir=real_dir.relative_to(root).as_posix() or ".",
+        files=files,
+        chunks=chunks,
+        bundles=bundle_small_keys(files, lines_per_chunk),
+    )

@@ -57,9 +57,10 @@ class JobSupervision:
         if not to_come:  # every chunk ended or is held back: finished unless an attempt still runs one
             report = finish_job_if_done(self.ledger, job_id)
             return [] if report is None else [f"job {job_id}: finished by the supervisor, {report['status']}"]
-        attempts = self.ledger.attempts(job_id, to_come)
+        units = plan.units(to_come)  # a bundle's chunks run in one task, named by its first chunk
+        attempts = self.ledger.attempts(job_id, units)
         live = self.ledger.live_workers(workers_named(attempts))
-        lost = [i for i in to_come if chunk_state(i, attempts, epoch, live) == LOST]
+        lost = [i for i in units if chunk_state(i, attempts, epoch, live) == LOST]
         for key in [k for k in self.lost_since if k[0] == job_id and k[1] not in lost]:
             del self.lost_since[key]
         due = [i for i in lost if now - self.lost_since.setdefault((job_id, i), now) >= self.stall_after_s]

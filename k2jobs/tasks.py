@@ -14,7 +14,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from redis import RedisError
 
 from .app import app
-from .chunk import Attempt, chunk_result, process_chunk
+from .chunk import Attempt, chunk_result, fail_all, process_chunk
 from .errors import CommitUncertain, K2Error, PublishError, UnsafePathError
 from .leases import LeaseKeeper, take_lease
 from .ledger import FAILED
@@ -108,15 +108,15 @@ class ChunkTask(Task):  # type: ignore[misc]
         clients = worker_clients()
         try:
             job_id, index = str(args[0]), int(args[1])
-            plan = clients.job(job_id).plan.chunks[index]
+            chunks = clients.job(job_id).plan.members(index)
         except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
             log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
-        result = chunk_result(plan, FAILED, {}, failure_reason(exc, self.request.retries))
+        reason = failure_reason(exc, self.request.retries)
         try:
-            clients.ledger.record_result(job_id, plan.index, result)
+            clients.ledger.record_results(job_id, [chunk_result(c, FAILED, {}, reason) for c in chunks])
         except RedisError as redis_exc:  # the job supervisor finds the chunk without a result later
-            log.error("chunk %s of job %s failed (%s); Redis did not take it: %s", plan.index, job_id, exc, redis_exc)
+            log.error("chunk %s of job %s failed (%s); Redis did not take it: %s", index, job_id, exc, redis_exc)
 
 
 @app.task(
@@ -173,8 +173,8 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
         "chunk done job_id=%s chunk=%s file=%s rows=%s published=%s rejected=%s status=%s duration_s=%.3f",
         job_id,
         plan.index,
-        plan.path,
-        plan.rows,
+        result["path"],
+        result["rows"],
         result["published"],
         result["rejected"],
         result["status"],
@@ -192,6 +192,7 @@ def _run_attempt(
         job_id,
         plan,
         after,
+        members=clients.job(job_id).plan.members(plan.index),
         # Redis keeps every start unless it restarted since the job began: then any attempt may have run before.
         rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
         marker_start=seen["marker_start"],
@@ -199,7 +200,8 @@ def _run_attempt(
         give_up=None if unfinished < MAX_UNFINISHED else give_up_reason(unfinished),
     )
     try:
-        resolve_inside(settings.data_root, settings.data_root / plan.data_path)
+        for chunk in attempt.chunks:
+            resolve_inside(settings.data_root, settings.data_root / chunk.data_path)
         return process_chunk(
             attempt,
             settings.data_root,
@@ -210,9 +212,7 @@ def _run_attempt(
             FlowerProgress(task, job_id, plan),
         )
     except UnsafePathError as exc:
-        result = chunk_result(plan, FAILED, {}, str(exc))
-        clients.ledger.record_result(job_id, plan.index, result)
-        return result
+        return fail_all(clients.ledger, job_id, attempt.chunks, str(exc))
     except ChunkFenced:
         log.warning("chunk %s of job %s is being loaded by a newer attempt: this one yields", plan.index, job_id)
         raise Ignore() from None

@@ -187,9 +187,16 @@ class FakeLedger:
     def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.done.get(index)
 
+    def chunk_results(self, job_id: str, indexes: list[int]) -> list[dict[str, Any] | None]:
+        return [self.done.get(i) for i in indexes]
+
     def record_result(self, job_id: str, index: int, result: dict[str, Any]) -> None:
         if result["status"] == "committed" or index not in self.done:
             self.done[index] = result
+
+    def record_results(self, job_id: str, results: list[dict[str, Any]]) -> None:
+        for result in results:
+            self.record_result(job_id, result["chunk"], result)
 
     def results(self, job_id: str) -> dict[int, dict[str, Any]]:
         return dict(self.done)
@@ -441,3 +448,92 @@ def test_layers_import_downwards_only() -> None:
     assert "'k2jobs.lifecycle'" in loaded  # the client enqueues through it
     for workers_only in ("k2jobs.worker", "k2jobs.supervisor", "k2jobs.tasks"):
         assert f"'{workers_only}'" not in loaded
+
+
+@pytest.fixture()
+def small_files(tmp_path):  # type: ignore[no-untyped-def]
+    """Three companies' small trade files, one of them in two files (a key with two files), and one big file."""
+    from k2jobs.planning import plan_job
+
+    root = tmp_path / "in"
+    (root / "trades").mkdir(parents=True)
+    (root / "reference-data").mkdir()
+    (root / "reference-data" / "company_info.csv").write_text("company_id,symbol\n1,AAA\n2,BBB\n3,BBB\n4,CCC\n5,DDD\n")
+    line = b"03/10/2014,10:05:51.000,37.53,100,3,XT,\r\n"
+    for name, rows in (("1", 3), ("2", 4), ("3", 2), ("4", 5), ("5", 30)):
+        (root / "trades" / f"{name}.csv").write_bytes(line * rows)
+    return tmp_path, plan_job(tmp_path, root, 10)
+
+
+def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their_chains(small_files) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.lifecycle import ordered_header
+
+    _, plan = small_files
+    by_path = {f.path: f.chunks for f in plan.files}
+    aaa, bbb1, bbb2, ccc = (by_path[f"trades/{n}.csv"][0] for n in "1234")
+    # AAA (3 rows) + BBB's two files (4 + 2) fit in 10 rows; CCC (5) would not: it starts the next bundle alone,
+    # which is no bundle. DDD (30 rows, 3 chunks) is never bundled.
+    assert plan.bundles == {aaa: [aaa, bbb1, bbb2]}
+    assert [c.path for c in plan.members(aaa)] == ["trades/1.csv", "trades/2.csv", "trades/3.csv"]
+    assert plan.units([bbb2, ccc, aaa]) == [aaa, ccc]
+    header, heads = ordered_header("job", plan, list(range(len(plan.chunks))))
+    assert sorted(heads) == sorted([aaa, ccc, by_path["trades/5.csv"][0]])
+    assert len(header) == 3  # the bundle once, CCC alone, DDD's chain
+    assert plan.from_dict(orjson.loads(orjson.dumps(plan.to_dict()))).bundles == plan.bundles
+
+
+def run_bundle(small_files, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool):  # type: ignore[no-untyped-def]
+    root, plan = small_files
+    lead = next(iter(plan.bundles))
+    events: list[str] = []
+    at = Attempt("job", plan.chunks[lead], None, rerun, members=plan.members(lead))
+    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))  # type: ignore[arg-type]
+    return result, events, plan.members(lead)
+
+
+def test_a_bundle_publishes_its_files_in_one_transaction_under_one_marker(small_files) -> None:  # type: ignore[no-untyped-def]
+    ledger = FakeLedger()
+    result, events, members = run_bundle(small_files, ledger, FakeMarkers(), rerun=False)
+    assert events == [
+        "begin",
+        "batch market.trades.raw 3",
+        "batch market.trades.raw 4",
+        "batch market.trades.raw 2",
+        "marker k2jobs.commits partition 0",
+        "commit",
+    ]
+    assert result["status"] == "committed" and result["published"] == 9
+    assert [ledger.done[c.index]["published"] for c in members] == [3, 4, 2]
+
+
+def test_a_changed_file_in_a_bundle_fails_it_and_its_keys_later_files_and_the_rest_loads(small_files) -> None:  # type: ignore[no-untyped-def]
+    root, plan = small_files
+    (root / "in" / "trades" / "2.csv").write_bytes(b"changed\r\n")
+    ledger = FakeLedger()
+    result, events, members = run_bundle(small_files, ledger, FakeMarkers(), rerun=False)
+    assert events == ["begin", "batch market.trades.raw 3", "marker k2jobs.commits partition 0", "commit"]
+    aaa, bbb1, bbb2 = (ledger.done[c.index] for c in members)
+    assert aaa["status"] == "committed"
+    assert bbb1["status"] == "failed" and "trades/2.csv changed after submit" in bbb1["error"]
+    assert bbb2["status"] == "failed" and "to keep the key's order: trades/2.csv" in bbb2["error"]
+    assert result["status"] == "failed"
+
+
+def test_a_rerun_of_a_committed_bundle_records_every_file_from_its_marker_and_publishes_nothing(small_files) -> None:  # type: ignore[no-untyped-def]
+    first = FakeLedger()
+    run_bundle(small_files, first, FakeMarkers(), rerun=False)
+    _, plan = small_files
+    lead = next(iter(plan.bundles))
+    value = {"chunks": {str(i): first.done[i] for i in plan.bundles[lead]}, "failed": {}}
+
+    class BundleMarkers(FakeMarkers):
+        def find(self, key: bytes, start: int, keepalive: Any = None) -> dict[str, Any] | None:
+            self.asked.append(key)
+            return value
+
+    (small_files[0] / "in" / "trades" / "2.csv").write_bytes(b"changed after its commit\r\n")
+    again = FakeLedger()
+    result, events, members = run_bundle(small_files, again, BundleMarkers(), rerun=True)
+    assert events == []  # fenced, asked Kafka, found the marker: nothing read, nothing sent
+    assert [again.done[c.index]["status"] for c in members] == ["committed"] * 3
+    assert result["published"] == 9
