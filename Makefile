@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-smoke soak up down clean
+.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry
 
@@ -88,6 +88,11 @@ bench: install
 # The acceptance check of the throughput targets: exits 1 unless all are met (~1M rows, a few minutes).
 bench-check: install
 	$(BIN)/python bench/bench.py --rows 1000000 --check
+	$(BIN)/python bench/shapes.py --check
+
+# Job shapes side by side (big files, thousands of small files, one key in many chunks); a few minutes.
+bench-shapes: install
+	$(BIN)/python bench/shapes.py
 
 bench-smoke: install
 	$(BIN)/python bench/bench.py --smoke

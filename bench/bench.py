@@ -398,15 +398,20 @@ def naive_value(kind: str, fields: list[str], symbol: str, company_id: int) -> d
     return value
 
 
-def naive_loader(bootstrap: str) -> Result:
-    """One process, row by row, over the whole input (trades and quotes), as k2jobs loads it."""
+def naive_loader(
+    bootstrap: str,
+    files: list[tuple[str, int, Path]] | None = None,
+    symbols: dict[int, str] | None = None,
+    name: str = "naive loader, 1 process",
+) -> Result:
+    """One process, row by row, over the whole input (trades and quotes, or `files`), as k2jobs loads it."""
     from confluent_kafka import Producer
 
-    symbols, deliveries = company_symbols(), Deliveries()
+    symbols, deliveries = symbols or company_symbols(), Deliveries()
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
     producer = Producer(conf)
     started, sent = time.perf_counter(), 0
-    for kind, cid, path in input_files():
+    for kind, cid, path in files or input_files():
         key = f"ASX.{symbols[cid]}".encode()
         with path.open(newline="", encoding="utf-8") as handle:
             for fields in csv.reader(handle):
@@ -418,17 +423,19 @@ def naive_loader(bootstrap: str) -> Result:
     seconds = time.perf_counter() - started
     if left or deliveries.failed or deliveries.ok != sent:
         raise BenchError(f"naive: {sent} sent, {deliveries.ok} delivered, {left} left ({deliveries.first_error})")
-    return Result("naive loader, 1 process", sent, seconds)
+    return Result(name, sent, seconds)
 
 
 # -- k2jobs --------------------------------------------------------------------------------------
-def k2jobs_load(env: dict[str, str], workers: int, expected: int, *options: str, name: str = "") -> Result:
+def k2jobs_load(
+    env: dict[str, str], workers: int, expected: int, *options: str, name: str = "", source: Path = INPUT
+) -> Result:
     """`submit --wait` from launch to report, as a user runs it; checked. Plan/enqueue times come from the job."""
     from k2jobs.ledger import Ledger, connect
 
     timeout = max(900.0, expected / 200)
     started = time.perf_counter()
-    submit = ("submit", str(INPUT), "--wait", "--json", "--again", *options)
+    submit = ("submit", str(source), "--wait", "--json", "--again", *options)
     report = json.loads(k2(env, *submit, timeout=timeout, ok=(0, 1)))
     seconds = time.perf_counter() - started
     job_id, totals = report["job_id"], report["totals"]

@@ -33,13 +33,14 @@ class Attempt:
 
     job_id: str
     chunk: ChunkPlan  # the task's chunk: the first of a bundle
-    after: int | None = None  # ordered jobs: the chunk that must have committed before this one publishes
+    after: int | None = None  # ordered jobs: the task (its first chunk) that must have committed before this one
     rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
     marker_start: int = 0  # where this job's markers begin on the marker partition
     before_commit: Callable[[], None] | None = None  # a fault-injection point for tests (K2_TEST_*)
     give_up: str | None = None  # too many attempts ended unfinished: fail with this reason unless it committed
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
-    members: list[ChunkPlan] | None = None  # a bundle's chunks (small keys sharing the task), in publish order
+    members: list[ChunkPlan] | None = None  # a bundle's chunks (see planning.bundle_chunks), in publish order
+    after_chunks: list[int] | None = None  # every chunk of the task `after`
 
     @property
     def chunks(self) -> list[ChunkPlan]:
@@ -129,17 +130,22 @@ def fail_all(ledger: Ledger, job_id: str, chunks: list[ChunkPlan], reason: str) 
 
 
 def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
-    """Why a chunk of an ordered job must not publish: the chunk before it did not commit (None if it did)."""
+    """Why a task of an ordered job must not publish: the task before it in its key did not commit (None if it
+    did). A task commits all its chunks or none of them."""
     after = attempt.after
     assert after is not None
-    before = ledger.chunk_result(attempt.job_id, after)
-    if before is not None and before["status"] == COMMITTED:
+    before = ledger.chunk_results(attempt.job_id, attempt.after_chunks or [after])
+    failed = next((r for r in before if r is not None and r["status"] != COMMITTED), None)
+    if failed is None and all(r is not None for r in before):
         return None
-    if before is None and markers.find(marker_key(attempt.job_id, after), attempt.marker_start) is not None:
+    if failed is None and markers.find(marker_key(attempt.job_id, after), attempt.marker_start) is not None:
         return None  # committed in Kafka; only Redis did not hear of it
-    reason = "it has no result" if before is None else f"it failed: {before.get('error')}"
-    where = "" if before is None else f" ({before['path']})"
-    return f"not loaded, to keep the key's order: chunk {after}{where} comes before it and {reason}"
+    if failed is None:
+        return f"not loaded, to keep the key's order: chunk {after} comes before it and it has no result"
+    return (
+        f"not loaded, to keep the key's order: chunk {failed['chunk']} ({failed['path']}) comes before it "
+        f"and it failed: {failed.get('error')}"
+    )
 
 
 class ProgressWriter:
@@ -159,35 +165,23 @@ class ProgressWriter:
             self.hook(rows_done)
 
 
-def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[dict[int, bytes], dict[int, str]]:
-    """Each chunk's bytes, or why it cannot be loaded: its file changed, or a file of its key before it did."""
-    data: dict[int, bytes] = {}
-    failed: dict[int, str] = {}
-    broken: dict[tuple[str, str], ChunkPlan] = {}
+def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[list[bytes], dict[int, str]]:
+    """Every chunk's bytes; or, if a file changed, why each chunk of the task is not loaded (all or none)."""
+    data: list[bytes] = []
     for chunk in chunks:
-        before = broken.get((chunk.kind, chunk.symbol))
-        if before is not None:
-            failed[chunk.index] = f"not loaded, to keep the key's order: {before.path} before it failed"
-            continue
         try:
-            data[chunk.index] = read_chunk(data_root, chunk)
+            data.append(read_chunk(data_root, chunk))
         except ChunkChanged as exc:
-            failed[chunk.index] = str(exc)
-            broken[(chunk.kind, chunk.symbol)] = chunk
-    return data, failed
+            others = f"not loaded: {chunk.path}, loaded in the same transaction, changed after submit"
+            return [], {c.index: str(exc) if c is chunk else others for c in chunks}
+    return data, {}
 
 
 def committed_results(chunks: list[ChunkPlan], marker: dict[str, Any]) -> list[dict[str, Any]]:
     """The chunks' results from the counts their commit marker holds (one chunk's counts, or a bundle's)."""
-    if len(chunks) == 1 and "chunks" not in marker:
+    if "chunks" not in marker:
         return [chunk_result(chunks[0], COMMITTED, marker)]
-    counts, failed = marker["chunks"], marker.get("failed", {})
-    return [
-        chunk_result(c, COMMITTED, counts[str(c.index)])
-        if str(c.index) in counts
-        else chunk_result(c, FAILED, {}, failed.get(str(c.index), "not in the bundle's commit"))
-        for c in chunks
-    ]
+    return [chunk_result(c, COMMITTED, marker["chunks"][str(c.index)]) for c in chunks]
 
 
 def process_chunk(
@@ -228,41 +222,34 @@ def process_chunk(
     if attempt.give_up:
         return fail_all(ledger, job_id, chunks, attempt.give_up)
     data, failed = read_members(data_root, chunks)
-    loading = [c for c in chunks if c.index in data]
-    if not loading:
+    if failed:
         return task_result([record_failed(ledger, job_id, c, failed[c.index]) for c in chunks])
     txn.begin()
     counts: dict[int, dict[str, Any]] = {}
     progress = ProgressWriter(ledger, job_id, on_progress)
     try:
-        for chunk in loading:
+        for chunk, chunk_data in zip(chunks, data, strict=True):
             progress.chunk = chunk.index
-            rows = ChunkRows(data.pop(chunk.index), chunk, job_id)
+            rows = ChunkRows(chunk_data, chunk, job_id)
             send_rows(txn, rows, batch_rows, progress)
             counts[chunk.index] = rows.counts()
     except BaseException:
         txn.abort()  # at once: an open transaction holds back every read_committed consumer of its partitions
         raise
-    wrong = [c.path for c in loading if counts[c.index]["published"] + counts[c.index]["rejected"] != c.rows]
+    del data
+    wrong = [c.path for c in chunks if counts[c.index]["published"] + counts[c.index]["rejected"] != c.rows]
     if wrong:
         txn.abort()  # nothing of this task becomes visible
         why = f"row count differs from the plan ({', '.join(wrong[:3])})"
-        results = [chunk_result(c, FAILED, counts.get(c.index, {}), failed.get(c.index, why)) for c in chunks]
+        results = [chunk_result(c, FAILED, counts[c.index], why) for c in chunks]
         ledger.record_results(job_id, results)
         return task_result(results)
-    value = (
-        counts[loading[0].index]
-        if len(chunks) == 1
-        else {
-            "chunks": {str(i): n for i, n in counts.items()},
-            "failed": {str(i): reason for i, reason in failed.items()},
-        }
-    )
+    value = counts[chunks[0].index] if len(chunks) == 1 else {"chunks": {str(i): n for i, n in counts.items()}}
     txn.send(COMMITS_TOPIC, key, orjson.dumps(value), [("job_id", job_id.encode())], COMMITS_PARTITION)
     attempt.commit_started = True
     if attempt.before_commit is not None:
         attempt.before_commit()
     txn.commit()
-    results = committed_results(chunks, value) if len(chunks) > 1 else [chunk_result(chunks[0], COMMITTED, value)]
+    results = committed_results(chunks, value)
     ledger.record_results(job_id, results)
     return task_result(results)

@@ -77,7 +77,7 @@ def with_value_format(plan: JobPlan, value_format: str, schema_ids: dict[str, in
 def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: SubmitOptions) -> tuple[str, JobPlan]:
     """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
     started = time.perf_counter()
-    plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown)
+    plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
     planned = time.perf_counter()
     ledger.ping()
     if not options.again:
@@ -88,6 +88,7 @@ def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: Sub
     job_id = new_job_id()
     recorded = {
         "chunk_rows": options.chunk_rows,
+        "task_rows": settings.task_rows,
         "batch_rows": settings.batch_rows,
         "ordered": options.ordered,
         "format": options.value_format,
@@ -100,18 +101,24 @@ def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: Sub
 
 
 def job_progress(ledger: Ledger, job_id: str) -> Progress:
-    """Rows and chunks done so far, from the workers' per-batch progress in Redis."""
+    """Rows and chunks done so far: the job's counters in Redis, which the workers move with every result and
+    (throttled) progress write; two reads however many chunks the job has."""
     meta = ledger.job_meta(job_id)
-    results = ledger.results(job_id)
     report = ledger.report(job_id)
+    if "chunks_done" in meta:
+        rows_done, chunks_done, rejected = int(meta["rows_done"]), int(meta["chunks_done"]), int(meta["rejected"])
+    else:  # a job recorded before the counters existed
+        results = ledger.results(job_id)
+        rows_done, chunks_done = ledger.progress(job_id), len(results)
+        rejected = sum(r.get("rejected", 0) for r in results.values())
     return Progress(
         job_id=job_id,
         status=report["status"] if report else meta["status"],
         rows=int(meta["rows"]),
-        rows_done=min(int(meta["rows"]), ledger.progress(job_id)),
+        rows_done=max(0, min(int(meta["rows"]), rows_done)),
         chunks=int(meta["chunks"]),
-        chunks_done=len(results),
-        rejected=sum(r.get("rejected", 0) for r in results.values()),
+        chunks_done=chunks_done,
+        rejected=rejected,
         elapsed_s=time.time() - float(meta["created"]),
     )
 

@@ -58,6 +58,9 @@ class Settings:
     # Replicas of the topics k2jobs creates; None: the smaller of 3 and the number of brokers.
     replication_factor: int | None = None
     chunk_rows: int = 200_000
+    # Rows one task loads in one Kafka transaction: small files' chunks, and a key's consecutive small chunks,
+    # share a task up to this many rows (a transaction costs ~10-30 ms; a chunk on its own would pay it).
+    task_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
     # A chunk with no attempt queued, reserved or running for this long is enqueued again (the job supervisor).
@@ -167,6 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         partitions=_int(env, "K2_PARTITIONS", defaults.partitions),
         replication_factor=_int(env, "K2_REPLICATION_FACTOR", 0) or None,
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),
+        task_rows=_int(env, "K2_TASK_ROWS", defaults.task_rows),
         batch_rows=_int(env, "K2_BATCH_ROWS", defaults.batch_rows),
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),

@@ -72,6 +72,49 @@ def _worker(name: str) -> str:
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"""
 _REPLACE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"""
+# The job's counters (chunks_done, rejected, rows_done in k2:job:<id>) move with every result and progress write,
+# in the same script, so a waiting client reads three numbers instead of every chunk's result.
+_PROGRESS_LUA = """local function progress(index, rows)
+  local old = tonumber(redis.call('hget', KEYS[2], index) or '0')
+  redis.call('hset', KEYS[2], index, rows)
+  return tonumber(rows) - old
+end
+"""
+_SET_PROGRESS = (
+    _PROGRESS_LUA
+    + """local delta = progress(ARGV[1], ARGV[2])
+if delta ~= 0 then redis.call('hincrby', KEYS[3], 'rows_done', delta) end"""
+)
+_RECORD = (
+    _PROGRESS_LUA
+    + """local done, rejected, rows = 0, 0, 0
+for i = 1, #ARGV, 4 do
+  local index, committed, value, result = ARGV[i], ARGV[i + 1] == '1', ARGV[i + 2], cjson.decode(ARGV[i + 2])
+  local prev = redis.call('hget', KEYS[1], index)
+  if not prev or committed then
+    if prev then rejected = rejected - (cjson.decode(prev)['rejected'] or 0) else done = done + 1 end
+    redis.call('hset', KEYS[1], index, value)
+    rejected = rejected + (result['rejected'] or 0)
+  end
+  rows = rows + progress(index, ARGV[i + 3])
+end
+redis.call('hincrby', KEYS[3], 'chunks_done', done)
+redis.call('hincrby', KEYS[3], 'rejected', rejected)
+redis.call('hincrby', KEYS[3], 'rows_done', rows)"""
+)
+_CLEAR_FAILURES = """local done, rejected = 0, 0
+for i = 1, #ARGV do
+  local prev = redis.call('hget', KEYS[1], ARGV[i])
+  if prev then
+    local result = cjson.decode(prev)
+    if result['status'] ~= 'committed' then
+      redis.call('hdel', KEYS[1], ARGV[i])
+      done, rejected = done - 1, rejected - (result['rejected'] or 0)
+    end
+  end
+end
+redis.call('hincrby', KEYS[2], 'chunks_done', done)
+redis.call('hincrby', KEYS[2], 'rejected', rejected)"""
 _RENEW = """local held = redis.call('get', KEYS[1])
 if held == ARGV[1] or not held then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"""
 
@@ -93,6 +136,9 @@ class Ledger:
         self._release = client.register_script(_RELEASE)
         self._replace = client.register_script(_REPLACE)
         self._renew = client.register_script(_RENEW)
+        self._set_progress = client.register_script(_SET_PROGRESS)
+        self._record = client.register_script(_RECORD)
+        self._clear_failures = client.register_script(_CLEAR_FAILURES)
 
     def ping(self) -> None:
         try:
@@ -123,6 +169,9 @@ class Ledger:
             "chunks": len(plan.chunks),
             "files": len(plan.files),
             "options": orjson.dumps(options),
+            "chunks_done": 0,
+            "rejected": 0,
+            "rows_done": 0,
         }
         pipe = self.redis.pipeline()
         pipe.hset(_job(job_id), mapping=meta)  # type: ignore[arg-type]
@@ -298,17 +347,16 @@ class Ledger:
         return [_loads(raw) for raw in self.redis.hmget(_results(job_id), [str(i) for i in indexes])]
 
     def record_results(self, job_id: str, results: list[dict[str, Any]]) -> None:
-        """Store several chunks' final results at once (a bundle's), with the rules of record_result."""
-        pipe = self.redis.pipeline()
-        key = _results(job_id)
+        """Store chunks' final results at once (a task's), and move the job's counters; a committed result is
+        never replaced by a failure."""
+        args: list[Any] = []
         for result in results:
-            index = str(result["chunk"])
-            if result["status"] != COMMITTED:
-                pipe.hsetnx(key, index, orjson.dumps(result))
-            else:
-                pipe.hset(key, index, orjson.dumps(result))
-            pipe.hset(_progress(job_id), index, result.get("published", 0) + result.get("rejected", 0))
-        pipe.expire(key, TTL_S)
+            rows = result.get("published", 0) + result.get("rejected", 0)
+            args += [str(result["chunk"]), int(result["status"] == COMMITTED), orjson.dumps(result), rows]
+        keys = [_results(job_id), _progress(job_id), _job(job_id)]
+        pipe = self.redis.pipeline()
+        self._record(keys=keys, args=args, client=pipe)
+        pipe.expire(_results(job_id), TTL_S)
         pipe.expire(_progress(job_id), TTL_S)
         pipe.execute()
 
@@ -318,11 +366,7 @@ class Ledger:
 
     def clear_failures(self, job_id: str, indexes: Iterable[int]) -> None:
         """Forget failed results so the chunks can run again (resume)."""
-        key = _results(job_id)
-        for index in indexes:
-            current = self.chunk_result(job_id, index)
-            if current is not None and current["status"] != COMMITTED:
-                self.redis.hdel(key, str(index))
+        self._clear_failures(keys=[_results(job_id), _job(job_id)], args=[str(i) for i in indexes])
 
     def results(self, job_id: str) -> dict[int, dict[str, Any]]:
         raw = self.redis.hgetall(_results(job_id))
@@ -330,9 +374,10 @@ class Ledger:
 
     def set_progress(self, job_id: str, index: int, rows_done: int) -> None:
         """Rows a chunk has handled so far (what `status --wait` shows and watches)."""
-        self.redis.hset(_progress(job_id), str(index), rows_done)
+        self._set_progress(keys=[_results(job_id), _progress(job_id), _job(job_id)], args=[str(index), rows_done])
 
     def progress(self, job_id: str) -> int:
+        """Rows handled so far, added up from every chunk (the job's `rows_done` counter keeps the same sum)."""
         return sum(int(v) for v in self.redis.hvals(_progress(job_id)))
 
     def chunk_progress(self, job_id: str) -> dict[int, int]:

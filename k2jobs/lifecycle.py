@@ -24,30 +24,24 @@ def _chunk_task(job_id: str, index: int, after: int | None) -> Signature:
 
 
 def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> tuple[list[Signature], list[int]]:
-    """One chain per Kafka key and topic, its chunks one after the other in file and line order; and the
-    chains' first chunks (the ones enqueued now).
+    """One chain per Kafka key and topic, its tasks one after the other in file and line order; and the
+    chains' first tasks (the ones enqueued now).
 
-    Keys load in parallel on different workers; within a key, chunk k+1 is enqueued only when chunk k
-    has finished, so no worker ever waits for a chunk queued behind it. A bundle of small keys (each whole
-    in it, in order) is one task of its own.
+    Keys load in parallel on different workers; within a key, task k+1 is enqueued only when task k has
+    finished, so no worker ever waits for a task queued behind it. A task shared by small keys (each whole
+    in it, in order) is a chain of its own, sent once.
     """
-    wanted = set(indexes)
+    wanted = set(plan.units(indexes))
     header: list[Signature] = []
     heads: list[int] = []
-    for group in plan.key_groups():
-        if group[0] in plan.unit_of:  # a bundled key: its bundle is wanted if any of its chunks is
-            unit = plan.unit(group[0])
-            if unit not in heads and wanted.intersection(plan.bundles[unit]):
-                header.append(_chunk_task(job_id, unit, None))
-                heads.append(unit)
+    for chain_ in plan.key_chains():
+        pending = [u for u in chain_ if u in wanted]
+        if not pending or pending[0] in heads:
             continue
-        pending = [i for i in group if i in wanted]
-        if not pending:
-            continue
-        start = group.index(pending[0])  # committed chunks before it stay as they are
-        tasks = [_chunk_task(job_id, group[n], group[n - 1] if n else None) for n in range(start, len(group))]
+        start = chain_.index(pending[0])  # committed tasks before it stay as they are
+        tasks = [_chunk_task(job_id, chain_[n], chain_[n - 1] if n else None) for n in range(start, len(chain_))]
         header.append(tasks[0] if len(tasks) == 1 else chain(*tasks))
-        heads.append(group[start])
+        heads.append(chain_[start])
     return header, heads
 
 

@@ -75,7 +75,7 @@ class JobPlan:
     source_dir: str
     files: list[FilePlan]
     chunks: list[ChunkPlan]
-    # Small files share a task and its transaction: first chunk -> every chunk loaded with it (see bundle_small_keys).
+    # Chunks one task loads in one transaction: first chunk -> all of them, in publish order (see bundle_chunks).
     bundles: dict[int, list[int]] = field(default_factory=dict)
 
     @property
@@ -84,7 +84,7 @@ class JobPlan:
 
     @cached_property
     def unit_of(self) -> dict[int, int]:
-        """Chunk -> the chunk whose task loads it (itself unless it is in a bundle)."""
+        """Chunk -> the first chunk of the task that loads it (itself unless it is in a bundle)."""
         return {member: lead for lead, members in self.bundles.items() for member in members}
 
     def unit(self, index: int) -> int:
@@ -97,6 +97,11 @@ class JobPlan:
     def members(self, unit: int) -> list[ChunkPlan]:
         """The chunks one task loads, in the order it publishes them."""
         return [self.chunks[i] for i in self.bundles.get(unit, [unit])]
+
+    def key_chains(self) -> list[list[int]]:
+        """The tasks of each key and topic in the order they must commit (key_groups, in tasks). A task shared
+        by small keys is in the chain of each of them, alone."""
+        return [self.units(group) for group in self.key_groups()]
 
     def key_groups(self) -> list[list[int]]:
         """Chunk indexes per Kafka key and topic (kind and symbol), in the order they must be published.
@@ -126,29 +131,40 @@ class JobPlan:
         )
 
 
-def bundle_small_keys(files: list[FilePlan], lines_per_chunk: int) -> dict[int, list[int]]:
-    """Pack the keys whose files together hold fewer rows than a chunk into shared tasks of up to a chunk's rows.
+def bundle_chunks(files: list[FilePlan], chunks: list[ChunkPlan], task_rows: int) -> dict[int, list[int]]:
+    """Which chunks one task loads together, in one Kafka transaction, up to `task_rows` rows a task.
 
-    A key (kind and symbol) goes whole into one bundle, its files in path order, so per-key file order holds
-    inside the bundle's one transaction; a key with more rows keeps its own chunks and chain. The task of a
-    bundle is named by its first chunk. Bundles of one chunk are not bundles.
+    A key (kind and symbol) with fewer rows than that goes whole into a task shared with other small keys,
+    its files in path order (the real layout: thousands of small per-company files). A bigger key's chunks
+    go, in order, into tasks of consecutive chunks of that key alone, which chain like chunks. Either way a
+    key's messages keep file and line order. A task is named by its first chunk; a task of one chunk is
+    not a bundle.
     """
-    keys: dict[tuple[str, str], list[FilePlan]] = {}
+    keys: dict[tuple[str, str], list[int]] = {}
     for file in sorted(files, key=lambda f: f.path):
-        keys.setdefault((file.kind, file.symbol), []).append(file)
+        keys.setdefault((file.kind, file.symbol), []).extend(file.chunks)
     bundles: list[list[int]] = []
-    current: list[int] = []
-    rows = 0
-    for key_files in keys.values():
-        key_rows = sum(f.rows for f in key_files)
-        if key_rows >= lines_per_chunk or any(len(f.chunks) > 1 for f in key_files):
+    shared: list[int] = []
+    shared_rows = 0
+    for indexes in keys.values():
+        rows = sum(chunks[i].rows for i in indexes)
+        if rows < task_rows:
+            if shared and shared_rows + rows > task_rows:
+                bundles.append(shared)
+                shared, shared_rows = [], 0
+            shared.extend(indexes)
+            shared_rows += rows
             continue
-        if current and rows + key_rows > lines_per_chunk:
-            bundles.append(current)
-            current, rows = [], 0
-        current.extend(i for f in key_files for i in f.chunks)
-        rows += key_rows
-    bundles.append(current)
+        own: list[int] = []
+        own_rows = 0
+        for index in indexes:
+            if own and own_rows + chunks[index].rows > task_rows:
+                bundles.append(own)
+                own, own_rows = [], 0
+            own.append(index)
+            own_rows += chunks[index].rows
+        bundles.append(own)
+    bundles.append(shared)
     return {members[0]: members for members in bundles if len(members) > 1}
 
 
@@ -376,8 +392,11 @@ def plan_file(
     return file_plan, chunks
 
 
-def plan_job(root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bool = False) -> JobPlan:
-    """Validate `directory` and cut every input file into chunks."""
+def plan_job(
+    root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bool = False, task_rows: int = 0
+) -> JobPlan:
+    """Validate `directory`, cut every input file into chunks, and bundle small chunks into tasks of up to
+    `task_rows` rows (default: `lines_per_chunk`)."""
     if lines_per_chunk <= 0:
         raise InputError("--chunk-rows must be positive")
     if not directory.exists():
@@ -404,5 +423,5 @@ def plan_job(root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bo
         source_dir=real_dir.relative_to(root).as_posix() or ".",
         files=files,
         chunks=chunks,
-        bundles=bundle_small_keys(files, lines_per_chunk),
+        bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
     )

@@ -88,6 +88,8 @@ def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # t
     assert final.returncode == 0
     assert json.loads(final.stdout)["totals"]["published"] == 170_332
     assert ledger.progress(job_id) == 170_332  # per-chunk progress adds up to every row
+    meta = ledger.job_meta(job_id)  # and the counters a waiting client reads instead of every chunk agree
+    assert (int(meta["rows_done"]), int(meta["chunks_done"]), int(meta["rejected"])) == (170_332, 39, 0)
     assert json.loads(run_k2("status", job_id, "--json").stdout)["status"] == "succeeded"
 
 

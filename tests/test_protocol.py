@@ -269,7 +269,7 @@ def test_predecessor_committed_in_redis_or_only_in_kafka_lets_the_chunk_publish(
 
 def test_predecessor_failed_or_never_committed_holds_the_chunk_back_with_the_reason() -> None:
     ledger = FakeLedger()
-    ledger.done[2] = {"status": "failed", "path": "trades/0.csv", "error": "boom"}
+    ledger.done[2] = {"chunk": 2, "status": "failed", "path": "trades/0.csv", "error": "boom"}
     reason = predecessor_failure(attempt(), ledger, FakeMarkers({marker_key("job", 2)}))  # type: ignore[arg-type]
     assert reason is not None and "chunk 2 (trades/0.csv)" in reason and "boom" in reason
     reason = predecessor_failure(attempt(), FakeLedger(), FakeMarkers())  # type: ignore[arg-type]
@@ -471,15 +471,41 @@ def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their
     _, plan = small_files
     by_path = {f.path: f.chunks for f in plan.files}
     aaa, bbb1, bbb2, ccc = (by_path[f"trades/{n}.csv"][0] for n in "1234")
-    # AAA (3 rows) + BBB's two files (4 + 2) fit in 10 rows; CCC (5) would not: it starts the next bundle alone,
-    # which is no bundle. DDD (30 rows, 3 chunks) is never bundled.
+    # AAA (3 rows) + BBB's two files (4 + 2) fit in 10 rows; CCC (5) would not: it starts the next shared task
+    # alone, which is no bundle. DDD (30 rows, 3 chunks of 10) has tasks of its own, one chunk each.
     assert plan.bundles == {aaa: [aaa, bbb1, bbb2]}
     assert [c.path for c in plan.members(aaa)] == ["trades/1.csv", "trades/2.csv", "trades/3.csv"]
     assert plan.units([bbb2, ccc, aaa]) == [aaa, ccc]
     header, heads = ordered_header("job", plan, list(range(len(plan.chunks))))
-    assert sorted(heads) == sorted([aaa, ccc, by_path["trades/5.csv"][0]])
-    assert len(header) == 3  # the bundle once, CCC alone, DDD's chain
+    ddd = by_path["trades/5.csv"]
+    assert sorted(heads) == sorted([aaa, ccc, ddd[0]])
+    assert len(header) == 3  # the shared task once, CCC alone, DDD's chain
+    ddd_chain = next(h for h in header if hasattr(h, "tasks"))
+    assert [t.args for t in ddd_chain.tasks] == [
+        ("job", ddd[0], None),
+        ("job", ddd[1], ddd[0]),
+        ("job", ddd[2], ddd[1]),
+    ]
     assert plan.from_dict(orjson.loads(orjson.dumps(plan.to_dict()))).bundles == plan.bundles
+
+
+def test_a_keys_consecutive_small_chunks_share_tasks_that_chain(small_files) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.lifecycle import ordered_header
+    from k2jobs.planning import plan_job
+
+    root, _ = small_files
+    plan = plan_job(root, root / "in", 4, task_rows=10)  # DDD: 30 rows in chunks of 4 -> tasks of 2 chunks
+    ddd = next(f.chunks for f in plan.files if f.path == "trades/5.csv")
+    assert len(ddd) == 8
+    chain_ = [ddd[n] for n in range(0, 8, 2)]
+    assert [plan.bundles[u] for u in chain_] == [ddd[n : n + 2] for n in range(0, 8, 2)]
+    header, _ = ordered_header("job", plan, ddd[3:])  # tasks from the one holding chunk 3 of DDD
+    ddd_chain = next(h for h in header if hasattr(h, "tasks"))
+    assert [t.args for t in ddd_chain.tasks] == [
+        ("job", chain_[1], chain_[0]),
+        ("job", chain_[2], chain_[1]),
+        ("job", chain_[3], chain_[2]),
+    ]
 
 
 def run_bundle(small_files, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool):  # type: ignore[no-untyped-def]
@@ -506,17 +532,28 @@ def test_a_bundle_publishes_its_files_in_one_transaction_under_one_marker(small_
     assert [ledger.done[c.index]["published"] for c in members] == [3, 4, 2]
 
 
-def test_a_changed_file_in_a_bundle_fails_it_and_its_keys_later_files_and_the_rest_loads(small_files) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_file_fails_its_whole_task_with_the_reason_and_nothing_is_sent(small_files) -> None:  # type: ignore[no-untyped-def]
     root, plan = small_files
     (root / "in" / "trades" / "2.csv").write_bytes(b"changed\r\n")
     ledger = FakeLedger()
     result, events, members = run_bundle(small_files, ledger, FakeMarkers(), rerun=False)
-    assert events == ["begin", "batch market.trades.raw 3", "marker k2jobs.commits partition 0", "commit"]
+    assert events == []  # a task commits all its chunks or none: `resume` loads them all once the file is back
     aaa, bbb1, bbb2 = (ledger.done[c.index] for c in members)
-    assert aaa["status"] == "committed"
     assert bbb1["status"] == "failed" and "trades/2.csv changed after submit" in bbb1["error"]
-    assert bbb2["status"] == "failed" and "to keep the key's order: trades/2.csv" in bbb2["error"]
+    for other in (aaa, bbb2):
+        assert other["status"] == "failed" and "trades/2.csv, loaded in the same transaction, changed" in other["error"]
     assert result["status"] == "failed"
+
+
+def test_a_task_after_a_task_of_several_chunks_waits_for_all_of_them() -> None:
+    ledger = FakeLedger()
+    ledger.done[0] = {"chunk": 0, "status": "committed", "path": "trades/0.csv"}
+    at = Attempt("job", plan_of([0, 1, 2]).chunks[2], 0, after_chunks=[0, 1])
+    assert "chunk 0 comes before it and it has no result" in (predecessor_failure(at, ledger, FakeMarkers()) or "")  # type: ignore[arg-type]
+    ledger.done[1] = {"chunk": 1, "status": "failed", "path": "trades/0.csv", "error": "boom"}
+    assert "chunk 1 (trades/0.csv)" in (predecessor_failure(at, ledger, FakeMarkers()) or "")  # type: ignore[arg-type]
+    ledger.done[1] = {"chunk": 1, "status": "committed", "path": "trades/0.csv"}
+    assert predecessor_failure(at, ledger, FakeMarkers()) is None  # type: ignore[arg-type]
 
 
 def test_a_rerun_of_a_committed_bundle_records_every_file_from_its_marker_and_publishes_nothing(small_files) -> None:  # type: ignore[no-untyped-def]
@@ -524,7 +561,7 @@ def test_a_rerun_of_a_committed_bundle_records_every_file_from_its_marker_and_pu
     run_bundle(small_files, first, FakeMarkers(), rerun=False)
     _, plan = small_files
     lead = next(iter(plan.bundles))
-    value = {"chunks": {str(i): first.done[i] for i in plan.bundles[lead]}, "failed": {}}
+    value = {"chunks": {str(i): first.done[i] for i in plan.bundles[lead]}}
 
     class BundleMarkers(FakeMarkers):
         def find(self, key: bytes, start: int, keepalive: Any = None) -> dict[str, Any] | None:

@@ -1,0 +1,161 @@
+"""Job shapes side by side in one run: the same 360,000 trade rows as few big files, as thousands of small
+files (the real layout: one file per company), and as one key cut into many chunks.
+
+One local broker and 2 workers (the bench stack of bench/bench.py, on its own ports):
+
+- 4 files of 90,000 rows, one company each;
+- 4,000 files of 90 rows, one company each (company_info.csv lists 4,000 companies), and the naive
+  single-process loader of bench/bench.py on the same 4,000 files;
+- one company's 360,000 rows in one file, cut into 4 chunks of 90,000 rows and into 360 chunks of 1,000.
+
+Targets (issue 17): many small files >= 0.5x the big files and >= 2x naive on the same files; one key in 360
+chunks >= 0.5x the same key in 4 chunks. Writes bench/results/shapes.{md,json}; with --check, exits 1 when a
+target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402 - the bench stack, the loaders and the report helpers are bench.py's
+
+ROWS = 360_000
+SHAPES = bench.WORK / "shapes"
+TARGETS = {"many_files_vs_big": 0.5, "many_files_vs_naive": 2.0, "many_chunks_vs_few": 0.5}
+
+
+def write_shape(name: str, files: int, rows_per_file: int) -> Path:
+    """`files` trade files of `rows_per_file` real rows, one company each; company_info lists them all."""
+    root = SHAPES / name
+    manifest = root / ".manifest"
+    wanted = f"{files}x{rows_per_file}"
+    if manifest.exists() and manifest.read_text() == wanted:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    lines = bench.sample_lines("trades")
+    (root / "trades").mkdir(parents=True)
+    (root / "reference-data").mkdir()
+    info = ["company_id,symbol"] + [f"{100_000 + n},S{n:05d}" for n in range(files)]
+    (root / bench.COMPANY_INFO).write_text("\n".join(info) + "\n")
+    for n in range(files):
+        start = (n * rows_per_file) % len(lines)
+        rows = (lines[start:] + lines) if start + rows_per_file > len(lines) else lines[start:]
+        bench.write_tiled(root / "trades" / f"{100_000 + n}.csv", rows, rows_per_file)
+    manifest.write_text(wanted)
+    return root
+
+
+def naive_on(root: Path, bootstrap: str) -> bench.Result:
+    """bench.py's naive loader over every file of `root` (its own company_info)."""
+    with (root / bench.COMPANY_INFO).open(newline="") as handle:
+        symbols = {int(r["company_id"]): r["symbol"] for r in csv.DictReader(handle)}
+    files = [("trades", int(p.stem), p) for p in sorted((root / "trades").glob("*.csv"))]
+    return bench.naive_loader(bootstrap, files, symbols, name=f"naive loader, 1 process, {len(files)} files")
+
+
+def load(env: dict[str, str], root: Path, name: str, *options: str) -> bench.Result:
+    return bench.k2jobs_load(env, 2, ROWS, *options, name=name, source=root)
+
+
+def run(env: dict[str, str]) -> tuple[list[bench.Result], dict[str, Any]]:
+    from k2jobs.config import load_settings
+
+    settings = load_settings(env)
+    big, small, one = (
+        write_shape("4x90000", 4, 90_000),
+        write_shape("4000x90", 4000, 90),
+        write_shape("1x360000", 1, ROWS),
+    )
+    info = {"stack_up_s": round(bench.restart_stack(env, 2), 1)}
+    bench.ensure_topics(settings.kafka_bootstrap, settings.partitions)
+    bench.warm_up(env)
+    results = []
+    print("shapes: 4 files of 90,000 rows ...")
+    results.append(load(env, big, "k2jobs, 4 files of 90,000 rows"))
+    print("shapes: 4,000 files of 90 rows ...")
+    results.append(load(env, small, "k2jobs, 4,000 files of 90 rows"))
+    print("shapes: naive loader on the 4,000 files ...")
+    results.append(naive_on(small, settings.kafka_bootstrap))
+    print("shapes: one key in 4 chunks, then in 360 chunks ...")
+    results.append(load(env, one, "k2jobs, one key in 4 chunks", "--chunk-rows", "90000"))
+    results.append(load(env, one, "k2jobs, one key in 360 chunks", "--chunk-rows", "1000"))
+    return results, info
+
+
+def targets(results: list[bench.Result]) -> dict[str, dict[str, Any]]:
+    rate = {r.name: r.rate for r in results}
+    values = {
+        "many_files_vs_big": rate["k2jobs, 4,000 files of 90 rows"] / rate["k2jobs, 4 files of 90,000 rows"],
+        "many_files_vs_naive": rate["k2jobs, 4,000 files of 90 rows"] / rate["naive loader, 1 process, 4000 files"],
+        "many_chunks_vs_few": rate["k2jobs, one key in 360 chunks"] / rate["k2jobs, one key in 4 chunks"],
+    }
+    return {
+        name: {"value": round(value, 2), "target": TARGETS[name], "met": value >= TARGETS[name]}
+        for name, value in values.items()
+    }
+
+
+def report(results: list[bench.Result], info: dict[str, Any]) -> str:
+    goals = targets(results)
+    date = datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = [
+        "| job shape | rows | seconds | rows/s | plan + enqueue s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        inside = f"{r.extra['plan_s']:.2f} + {r.extra['enqueue_s']:.2f}" if "plan_s" in r.extra else "-"
+        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {inside} |")
+    text = "\n".join(
+        [
+            f"# k2jobs job shapes ({date}, nproc {bench.os.cpu_count()}, 2 workers)\n",
+            *lines,
+            "",
+            "Targets:\n",
+            *[f"- [{'x' if g['met'] else ' '}] {name} >= {g['target']}x: {g['value']}" for name, g in goals.items()],
+            "",
+        ]
+    )
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    (bench.RESULTS / "shapes.md").write_text(text)
+    payload = {"date": date, **info, "results": [{**r.__dict__, "rows_per_s": round(r.rate)} for r in results]}
+    (bench.RESULTS / "shapes.json").write_text(json.dumps({**payload, "targets": goals}, indent=2, default=str) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the bench stack running at the end")
+    args = parser.parse_args(argv)
+    env = bench.bench_env()
+    started = time.perf_counter()
+    try:
+        results, info = run(env)
+    except (bench.BenchError, subprocess.TimeoutExpired) as exc:
+        print(f"shapes: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep_stack:
+            bench.stop_stack(env)
+    print(report(results, info))
+    print(f"shapes: {time.perf_counter() - started:.0f} s")
+    missed = [name for name, goal in targets(results).items() if not goal["met"]]
+    if args.check and missed:
+        print(f"shapes: targets missed: {', '.join(missed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
