@@ -13,15 +13,20 @@ from typing import Any
 QUEUED, RESERVED, RUNNING, LOST = "queued", "reserved", "running", "lost"
 
 
-def chunk_state(index: int, attempts: dict[str, dict[int, Any]], epoch: str, live: set[str]) -> str:
-    """The state of one chunk's liveliest attempt, from Ledger.attempts, the current epoch and the live workers."""
+def chunk_state(
+    index: int, attempts: dict[str, dict[int, Any]], epoch: str, live: set[str], messages: set[int] | None = None
+) -> str:
+    """The state of one chunk's liveliest attempt, from Ledger.attempts, the current epoch and the live workers;
+    with `messages` (the job's tasks that have a message in Redis), a queued task must have one."""
     lease = attempts["running"].get(index)
     if lease is not None and lease.get("worker") in live:
         return RUNNING
     if attempts["reserved"].get(index) in live:
         return RESERVED
-    if attempts["queued"].get(index) == epoch:
-        return QUEUED  # a message sent since Redis last restarted is still there (acks late, restored if unacked)
+    if attempts["queued"].get(index) == epoch and (messages is None or index in messages):
+        # A message sent since Redis last restarted is still there (acks late, restored if unacked), unless a
+        # worker died between taking it off the queue and recording it unacked (kombu): then `messages` tells.
+        return QUEUED
     return LOST
 
 

@@ -36,7 +36,8 @@ class Attempt:
     after: int | None = None  # ordered jobs: the task (its first chunk) that must have committed before this one
     rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
     marker_start: int = 0  # where this job's markers begin on the marker partition
-    before_commit: Callable[[], None] | None = None  # a fault-injection point for tests (K2_TEST_*)
+    before_commit: Callable[[], None] | None = None  # fault-injection points for tests (K2_TEST_*)
+    after_commit: Callable[[], None] | None = None
     give_up: str | None = None  # too many attempts ended unfinished: fail with this reason unless it committed
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
     members: list[ChunkPlan] | None = None  # a bundle's chunks (see planning.bundle_chunks), in publish order
@@ -115,7 +116,7 @@ def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [r for r in results if r["status"] != COMMITTED]
     return {
         "chunk": results[0]["chunk"],
-        "path": f"{len(results)} files",
+        "path": f"{len(results)} chunks of {len({r['path'] for r in results})} files",
         "status": FAILED if failed else COMMITTED,
         "rows": sum(r["rows"] for r in results),
         "published": sum(r["published"] for r in results),
@@ -172,7 +173,7 @@ def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[list[bytes],
         try:
             data.append(read_chunk(data_root, chunk))
         except ChunkChanged as exc:
-            others = f"not loaded: {chunk.path}, loaded in the same transaction, changed after submit"
+            others = f"not loaded: chunk {chunk.index} ({chunk.path}), in the same transaction, changed after submit"
             return [], {c.index: str(exc) if c is chunk else others for c in chunks}
     return data, {}
 
@@ -250,6 +251,8 @@ def process_chunk(
     if attempt.before_commit is not None:
         attempt.before_commit()
     txn.commit()
+    if attempt.after_commit is not None:
+        attempt.after_commit()
     results = committed_results(chunks, value)
     ledger.record_results(job_id, results)
     return task_result(results)

@@ -72,6 +72,7 @@ class Settings:
     value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0
+    test_note_commits: bool = False  # K2_TEST_NOTE_COMMITS=1: say when a commit returns (k2:test:committed)
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -178,6 +179,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stall_after_s=_int(env, "K2_STALL_AFTER", defaults.stall_after_s),
         kafka_options=kafka_options_from(env),
         test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),
+        test_note_commits=env.get("K2_TEST_NOTE_COMMITS") == "1",
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),
     )

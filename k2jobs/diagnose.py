@@ -8,9 +8,8 @@ from redis import RedisError
 
 from .config import Settings
 from .errors import K2Error
-from .ledger import Ledger
+from .ledger import CHUNK_QUEUE, Ledger
 
-CHUNK_QUEUE = "k2jobs.chunks"  # celeryconfig routes k2jobs.process_chunk here
 ASK_WORKERS_S = 1.0  # how long to wait for workers' replies to a broadcast
 MAX_LISTED = 8  # stuck chunks named one by one; the rest are counted
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,8 @@ RUNNING_KEY = "k2:running"  # ids of jobs without a report: what the job supervi
 SUPERVISOR_KEY = "k2:supervisor"  # which worker's job supervisor acts now (a redis-py Lock)
 LOADED_KEY = "k2:loaded"  # file content (FilePlan.content) -> the succeeded job that published it, kept for good
 COMMITTED, FAILED = "committed", "failed"
+CHUNK_QUEUE = "k2jobs.chunks"  # celeryconfig routes k2jobs.process_chunk here; kombu keeps it as a Redis list
+UNACKED_KEY = "unacked"  # kombu: messages delivered to a worker and not acknowledged yet (restored if it dies)
 
 
 def _job(job_id: str) -> str:
@@ -325,6 +328,27 @@ class Ledger:
             "reserved": {int(k): v.decode() for k, v in reserved.items()},
             "running": {i: orjson.loads(raw) for i, raw in zip(indexes, leases, strict=False) if raw is not None},
         }
+
+    def chunk_messages(self, limit: int) -> set[tuple[str, int]] | None:
+        """(job id, task) of every chunk task message Redis holds: waiting in the queue, or delivered to a worker
+        and not acknowledged (kombu keeps those in its unacked hash, and restores them if the worker dies).
+        None when the queue holds more than `limit` messages: too many to read, and none of them is lost."""
+        if self.redis.llen(CHUNK_QUEUE) > limit:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(CHUNK_QUEUE, 0, limit)
+        pipe.hvals(UNACKED_KEY)
+        waiting, delivered = pipe.execute()
+        found: set[tuple[str, int]] = set()
+        for payload in [*waiting, *(orjson.loads(entry)[0] for entry in delivered)]:
+            message = orjson.loads(payload) if isinstance(payload, bytes) else payload
+            try:
+                if message["headers"].get("task") == "k2jobs.process_chunk":
+                    args = orjson.loads(base64.b64decode(message["body"]))[0]
+                    found.add((str(args[0]), int(args[1])))
+            except (KeyError, IndexError, TypeError, ValueError, orjson.JSONDecodeError):
+                continue  # not a message k2jobs sent: not one of its chunks
+        return found
 
     def reset_attempts(self, job_id: str, indexes: list[int]) -> None:
         """Start the crash count and the supervisor's count again (resume). The starts stay: an attempt that

@@ -3,7 +3,10 @@
 Every worker's main process runs one in a thread; a Redis lock lets one act at a time. Each round also beats
 the worker's heartbeat, which is how other attempts and supervisors know its chunks still run. A chunk is
 re-driven only when it has been lost (no attempt queued, reserved or running: see k2jobs.attempts) for
-`stall_after_s`; a chunk waiting in the queue behind other jobs is never touched, however long it waits.
+`stall_after_s`; a chunk waiting in the queue behind other jobs is never touched, however long it waits. A
+chunk marked queued whose message is neither in the queue nor delivered-and-unacknowledged (a worker killed as
+it took the message off the queue loses it: kombu records it unacked only after the pop) is lost, once it has
+been queued for `stall_after_s`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from redis import RedisError
 from redis.exceptions import LockError
 
-from .attempts import LOST, chunk_state, workers_named
+from .attempts import LOST, QUEUED, chunk_state, workers_named
 from .ledger import Ledger
 from .lifecycle import enqueue_chunks, finish_job_if_done
 from .reconcile import chunks_to_come
@@ -24,6 +27,7 @@ from .reconcile import chunks_to_come
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 HEARTBEAT_TTL_S = 15  # a worker that has not beaten for this long is dead or frozen: its chunks are lost
+MESSAGES_READ_MAX = 2_000  # a queue longer than this is not read for lost messages (later, once it is shorter)
 
 
 class JobSupervision:
@@ -32,12 +36,21 @@ class JobSupervision:
     def __init__(self, ledger: Ledger, stall_after_s: float) -> None:
         self.ledger, self.stall_after_s = ledger, stall_after_s
         self.lost_since: dict[tuple[str, int], float] = {}
+        self.queued_since: dict[tuple[str, int], float] = {}
+        self._messages: set[tuple[str, int]] | None | bool = False  # read at most once a round (False: not yet)
+
+    def messages(self) -> set[tuple[str, int]] | None:
+        """The chunk task messages in Redis this round (None: too many to read; then none counts as lost)."""
+        if self._messages is False:
+            self._messages = self.ledger.chunk_messages(MESSAGES_READ_MAX)
+        return self._messages  # type: ignore[return-value]
 
     def round(self, now: float | None = None) -> list[str]:
         """One round over the running jobs; returns what it did, one line per action. A job that raises is
         logged and skipped: the others are still supervised."""
         now = time.monotonic() if now is None else now
         epoch = self.ledger.epoch()
+        self._messages = False
         actions: list[str] = []
         for job_id in self.ledger.running_jobs():
             try:
@@ -60,10 +73,19 @@ class JobSupervision:
         units = plan.units(to_come)  # a bundle's chunks run in one task, named by its first chunk
         attempts = self.ledger.attempts(job_id, units)
         live = self.ledger.live_workers(workers_named(attempts))
-        lost = [i for i in units if chunk_state(i, attempts, epoch, live) == LOST]
+        states = {i: chunk_state(i, attempts, epoch, live) for i in units}
+        for key in [k for k in self.queued_since if k[0] == job_id and states.get(k[1]) != QUEUED]:
+            del self.queued_since[key]
+        # A task queued this long may have lost its message with a worker that died taking it: look for it.
+        waited = [i for i in units if states[i] == QUEUED and self._since(self.queued_since, job_id, i, now)]
+        messages = self.messages() if waited else None
+        if messages is not None:
+            ours = {i for j, i in messages if j == job_id}
+            states.update({i: chunk_state(i, attempts, epoch, live, ours) for i in waited})
+        lost = [i for i in units if states[i] == LOST]
         for key in [k for k in self.lost_since if k[0] == job_id and k[1] not in lost]:
             del self.lost_since[key]
-        due = [i for i in lost if now - self.lost_since.setdefault((job_id, i), now) >= self.stall_after_s]
+        due = [i for i in lost if self._since(self.lost_since, job_id, i, now)]
         if not due:
             return []
         self.ledger.count_redrive(job_id, len(due))
@@ -71,6 +93,10 @@ class JobSupervision:
         for i in due:
             self.lost_since.pop((job_id, i), None)
         return [f"job {job_id}: chunks {due} had no attempt queued, reserved or running: enqueued again"]
+
+    def _since(self, since: dict[tuple[str, int], float], job_id: str, index: int, now: float) -> bool:
+        """Whether the task has been in this state for `stall_after_s` (counting from the first round that saw it)."""
+        return now - since.setdefault((job_id, index), now) >= self.stall_after_s
 
 
 class Supervisor(threading.Thread):

@@ -108,7 +108,8 @@ class ChunkTask(Task):  # type: ignore[misc]
         clients = worker_clients()
         try:
             job_id, index = str(args[0]), int(args[1])
-            chunks = clients.job(job_id).plan.members(index)
+            job_plan = clients.job(job_id).plan
+            chunks = job_plan.members(job_plan.unit(index))
         except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
             log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
@@ -136,7 +137,7 @@ def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = 
     """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed."""
     clients = worker_clients()
     job = clients.job(job_id)
-    plan = job.plan.chunks[int(index)]
+    plan = job.plan.chunks[job.plan.unit(int(index))]  # a message naming any chunk of a task runs that task
     worker = incarnation(self.request.hostname or "unknown")
     started = time.monotonic()
     seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
@@ -198,6 +199,7 @@ def _run_attempt(
         rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
         marker_start=seen["marker_start"],
         before_commit=_pause_before_commit(clients, job_id, plan.index),
+        after_commit=_note_commit(clients, job_id, plan.index),
         give_up=None if unfinished < MAX_UNFINISHED else give_up_reason(unfinished),
     )
     try:
@@ -238,6 +240,14 @@ def _pause_before_commit(clients: WorkerClients, job_id: str, index: int) -> Any
         time.sleep(pause)
 
     return pause_here
+
+
+def _note_commit(clients: WorkerClients, job_id: str, index: int) -> Any:
+    """Test hook (K2_TEST_NOTE_COMMITS=1): push to k2:test:committed the moment a commit returns, so a test
+    blocked on it can kill the broker while it writes the commit's markers."""
+    if not clients.settings.test_note_commits:
+        return None
+    return lambda: clients.ledger.redis.rpush("k2:test:committed", f"{job_id}:{index}")
 
 
 @app.task(name="k2jobs.reconcile_job", acks_late=True)

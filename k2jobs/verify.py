@@ -15,6 +15,7 @@ from .avro import wire_header
 from .config import Settings
 from .errors import KafkaUnavailable
 from .ledger import Ledger
+from .markers import COMMITS_TOPIC
 from .planning import JobPlan
 from .publisher import admin_client
 from .records import Kind
@@ -119,7 +120,8 @@ def stalled_partitions(settings: Settings, timeout_s: float = 10.0) -> list[Stal
     admin = admin_client(settings)
     try:
         topics = admin.list_topics(timeout=timeout_s).topics
-        partitions = [TopicPartition(t, p) for t in job_topics() if t in topics for p in topics[t].partitions]
+        watched = [*job_topics(), COMMITS_TOPIC]  # a stalled marker partition hides every later commit's marker
+        partitions = [TopicPartition(t, p) for t in watched if t in topics for p in topics[t].partitions]
         ends = {}
         for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
             futures = admin.list_offsets(

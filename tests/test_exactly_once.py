@@ -355,6 +355,11 @@ def test_enqueueing_leaves_no_result_subscription_behind(stack, ledger) -> None:
     with chunk_consumers_paused():  # the chunks wait: no result can end a subscription meanwhile
         enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))))
         assert own_subscriptions(ledger.redis) == 0
+        # What the supervisor looks for when a task has waited long: every sent task is found in Redis.
+        heads = {c[0] for c in plan.key_chains()}
+        found = ledger.chunk_messages(limit=10_000)
+        assert found is not None and {(job_id, i) for i in heads} <= found
+        assert ledger.chunk_messages(limit=0) is None  # a queue longer than the limit is not read
     assert run_k2("status", job_id, "--wait", "--json", timeout=300).returncode == 0
 
 
@@ -377,3 +382,63 @@ def test_a_lease_lives_while_its_attempt_works_and_ends_soon_after_its_process_d
     ledger.redis.set(f"k2:lease:{job_id}:0", b'{"worker": "other"}', ex=60)  # another attempt took it over
     assert not ledger.renew_lease(job_id, 0, holder, LEASE_TTL_S)  # a renewal never takes it back from that one
     ledger.redis.delete(f"k2:lease:{job_id}:0")
+
+
+def kafka_transactions(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Kafka's own kafka-transactions.sh (org.apache.kafka.tools.TransactionsCommand) against the test broker."""
+    from k2jobs.local_kafka import kafka_libs
+
+    done = subprocess.run(
+        ["java", "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.TransactionsCommand"]
+        + ["--bootstrap-server", settings.kafka_bootstrap, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_single_broker_killed_as_a_commit_returns_the_job_ends_and_the_truth_is_told(  # type: ignore[no-untyped-def]
+    stack, settings, ledger, big_input, read_back
+) -> None:
+    """kill -9 of the only broker the moment a task's commit returns, while the broker writes the commit's markers.
+
+    Kafka 4.4 on one node can come back without those markers (its coordinator finds the partitions leaderless
+    while it loads, and completes the commit without them): a hanging transaction, measured here in about half
+    of such kills (bench/hanging_txn.py, README). Either way the job ends by itself with a report. Without a
+    hang, every row is there once, in order. With one, `verify` says the job does not match and names the
+    stalled partitions, and Kafka's own find-hanging names the same transaction; the test then aborts it with
+    kafka-transactions.sh, as the README tells an operator to, so later tests read the partitions again.
+    """
+    ledger.redis.delete("k2:test:committed")
+    with a_worker("note-commits", {"K2_TEST_NOTE_COMMITS": "1"}):
+        job_id = start_job(big_input)
+        kafka = stack_pid("kafka")
+        assert ledger.redis.blpop(["k2:test:committed"], timeout=120) is not None, "no commit"
+        os.killpg(kafka, signal.SIGKILL)  # within a millisecond or so of the commit's return
+        wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
+        up = run_k2("stack", "up", "--workers", "2")
+        assert up.returncode == 0, up.stderr
+    done = run_k2("status", job_id, "--wait", "--json", timeout=600)
+    report = json.loads(done.stdout)
+    assert report["status"] in ("succeeded", "failed"), report  # it ended by itself
+    verify = json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)
+    stalled = {(p["topic"], p["partition"]) for p in verify["stalled_partitions"]}
+    if not stalled:
+        assert_exact(read_back, job_id)
+        return
+    assert verify["ok"] is False  # a hanging transaction hides committed rows: the job is not reported as matching
+    time.sleep(65)  # find-hanging lists transactions older than --max-transaction-timeout, in whole minutes
+    hanging = kafka_transactions(settings, "find-hanging", "--broker-id", "1", "--max-transaction-timeout", "1")
+    named = {(line.split()[0], int(line.split()[1])) for line in hanging.splitlines()[1:] if line.strip()}
+    assert stalled <= named, (stalled, hanging)
+    for line in hanging.splitlines()[1:]:
+        topic, partition, *_, start, _, _ = line.split()
+        if (topic, int(partition)) in stalled:
+            kafka_transactions(settings, "abort", "--topic", topic, "--partition", partition, "--start-offset", start)
+    wait_until(
+        lambda: json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)["stalled_partitions"] == [],
+        timeout_s=60,
+        what="the aborted transactions to clear",
+    )

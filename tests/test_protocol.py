@@ -183,6 +183,8 @@ class FakeLedger:
         self.reports: dict[str, dict[str, Any]] = {}
         self.redrives = 0
         self.options: dict[str, Any] = {"ordered": True}
+        self.lost_messages: set[int] | None = set()  # queued chunks whose message is gone (None: queue not read)
+        self.messages_read = 0
 
     def chunk_result(self, job_id: str, index: int) -> dict[str, Any] | None:
         return self.done.get(index)
@@ -228,6 +230,12 @@ class FakeLedger:
 
     def live_workers(self, names: Any) -> set[str]:
         return self.live & set(names)
+
+    def chunk_messages(self, limit: int) -> set[tuple[str, int]] | None:
+        self.messages_read += 1
+        if self.lost_messages is None:
+            return None  # a queue too long to read
+        return {("job", i) for i in self.queued if i not in self.lost_messages}
 
     def count_redrive(self, job_id: str, chunks: int) -> int:
         self.redrives += chunks
@@ -388,6 +396,30 @@ def test_a_queued_chunk_is_never_redriven_and_no_report_is_saved(supervised) -> 
     for hour in range(10):
         supervision.round(now=hour * 3600.0)
     assert sent == [] and finished == [] and ledger.redrives == 0
+    assert ledger.messages_read == 9  # its message was looked for once it had waited, and found each time
+
+
+def test_a_queued_chunk_whose_message_is_gone_is_lost_and_redriven(supervised) -> None:  # type: ignore[no-untyped-def]
+    """A worker killed as it took a message off the queue loses it (kombu records it unacked only after the pop):
+    the chunk stays marked queued, but no message of it is waiting or delivered."""
+    supervision, ledger, sent, _ = supervised
+    ledger.done[0] = {"status": "committed"}
+    ledger.queued = {1: "e1", 3: "e1"}
+    ledger.lost_messages = {1}
+    for now in (0.0, 10.0, 20.0, 30.0):
+        supervision.round(now=now)
+    assert sent == []  # queued for 20 s: looked for at 20 s, lost since then
+    supervision.round(now=40.0)
+    assert sent == [[1]] and ledger.redrives == 1  # the other one still has its message
+
+
+def test_a_queue_too_long_to_read_is_trusted(supervised) -> None:  # type: ignore[no-untyped-def]
+    supervision, ledger, sent, _ = supervised
+    ledger.queued = {0: "e1", 3: "e1"}
+    ledger.lost_messages = None
+    for hour in range(3):
+        supervision.round(now=hour * 3600.0)
+    assert sent == []
 
 
 def test_a_lost_chunk_is_redriven_once_it_has_been_lost_for_the_stall_time(supervised) -> None:  # type: ignore[no-untyped-def]
@@ -541,7 +573,7 @@ def test_a_changed_file_fails_its_whole_task_with_the_reason_and_nothing_is_sent
     aaa, bbb1, bbb2 = (ledger.done[c.index] for c in members)
     assert bbb1["status"] == "failed" and "trades/2.csv changed after submit" in bbb1["error"]
     for other in (aaa, bbb2):
-        assert other["status"] == "failed" and "trades/2.csv, loaded in the same transaction, changed" in other["error"]
+        assert other["status"] == "failed" and "(trades/2.csv), in the same transaction, changed" in other["error"]
     assert result["status"] == "failed"
 
 
