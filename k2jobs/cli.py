@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--json", action="store_true", help="print only JSON on stdout")
     submit.add_argument(
-        "--chunk-rows", type=int, default=None, help="lines per chunk task (default 200000, or K2_CHUNK_ROWS)"
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="lines per chunk (default 200000, or K2_CHUNK_ROWS); one task loads chunks up to K2_TASK_ROWS rows",
     )
     submit.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
     submit.add_argument(
