@@ -74,10 +74,10 @@ def load(env: dict[str, str], root: Path, name: str, *options: str, workers: int
 
 
 def scaling(env: dict[str, str], big: Path, small: Path) -> list[bench.Result]:
-    """Both file shapes with 1, 2 and 4 workers (fresh workers each time, the broker stays warm)."""
+    """Both file shapes with 1, 2 and 4 workers (a fresh stack each time: `stack up` only adds workers)."""
     results = []
     for workers in (1, 2, 4):
-        bench.restart_workers(env, workers)
+        bench.restart_stack(env, workers)
         bench.warm_up(env)
         print(f"shapes: scaling, {workers} worker(s) ...")
         for root, shape in ((big, "4 files of 90,000 rows"), (small, "4,000 files of 90 rows")):

@@ -17,7 +17,7 @@ from .batches import ChunkRows
 from .errors import ChunkChanged
 from .ledger import COMMITTED, FAILED, Ledger
 from .markers import COMMITS_PARTITION, COMMITS_TOPIC, CommitMarkers, marker_key
-from .planning import ChunkPlan, resolve_inside
+from .planning import ChunkPlan, InsideRoot
 from .publisher import ChunkTransaction
 from .records import Kind
 
@@ -48,9 +48,9 @@ class Attempt:
         return self.members or [self.chunk]
 
 
-def read_chunk(data_root: Path, chunk: ChunkPlan) -> bytes:
+def read_chunk(data_root: Path, chunk: ChunkPlan, inside: InsideRoot | None = None) -> bytes:
     """The chunk's bytes, refused if the file moved outside the root or its size or chunk checksum changed."""
-    path = resolve_inside(data_root, data_root / chunk.data_path)
+    path = (inside or InsideRoot(data_root))(data_root / chunk.data_path)
     try:
         stat = path.stat()
         with path.open("rb") as handle:
@@ -169,9 +169,10 @@ class ProgressWriter:
 def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[list[bytes], dict[int, str]]:
     """Every chunk's bytes; or, if a file changed, why each chunk of the task is not loaded (all or none)."""
     data: list[bytes] = []
+    inside = InsideRoot(data_root)
     for chunk in chunks:
         try:
-            data.append(read_chunk(data_root, chunk))
+            data.append(read_chunk(data_root, chunk, inside))
         except ChunkChanged as exc:
             others = f"not loaded: chunk {chunk.index} ({chunk.path}), in the same transaction, changed after submit"
             return [], {c.index: str(exc) if c is chunk else others for c in chunks}

@@ -19,7 +19,7 @@ from .errors import CommitUncertain, K2Error, PublishError, UnsafePathError
 from .leases import LeaseKeeper, take_lease
 from .ledger import FAILED
 from .lifecycle import finish_job_if_done
-from .planning import ChunkPlan, resolve_inside
+from .planning import ChunkPlan
 from .publisher import ChunkFenced, ChunkTransaction
 from .supervisor import HEARTBEAT_TTL_S
 from .worker import WorkerClients, incarnation, worker_clients
@@ -202,9 +202,7 @@ def _run_attempt(
         after_commit=_note_commit(clients, job_id, plan.index),
         give_up=None if unfinished < MAX_UNFINISHED else give_up_reason(unfinished),
     )
-    try:
-        for chunk in attempt.chunks:
-            resolve_inside(settings.data_root, settings.data_root / chunk.data_path)
+    try:  # a path that leads outside the data root is refused when the chunk is read (UnsafePathError)
         return process_chunk(
             attempt,
             settings.data_root,
