@@ -73,11 +73,12 @@ appender.console.name = STDERR
 appender.console.target = SYSTEM_ERR
 """
 TARGETS = {
-    "vs_naive": 3.0,
-    "vs_python_ceiling": 0.25,
+    # Issue 17 raised the big-file targets: >= 5.5x naive, >= 0.6x the raw-produce ceiling, first job >= 0.85x.
+    "vs_naive": 5.5,
+    "vs_python_ceiling": 0.6,
     "rss_mb": 150.0,
     "ordered_vs_unordered": 0.9,
-    "first_job": 0.9,
+    "first_job": 0.85,
     "avro_vs_json": 1.0,
 }
 FIRST_JOB = "k2jobs first job after workers start, 2 workers"
