@@ -70,7 +70,18 @@ def naive_on(root: Path, bootstrap: str) -> bench.Result:
 
 
 def load(env: dict[str, str], root: Path, name: str, *options: str, workers: int = 2, rows: int = ROWS) -> bench.Result:
-    return bench.k2jobs_load(env, workers, rows, *options, name=name, source=root)
+    result = bench.k2jobs_load(env, workers, rows, *options, name=name, source=root)
+    result.extra["redis_kb"] = redis_kb(env, result.extra["job_id"])
+    return result
+
+
+def redis_kb(env: dict[str, str], job_id: str) -> float:
+    """What the job's keys take in Redis (MEMORY USAGE of each), in KiB: it grows with the chunks, linearly."""
+    import redis
+
+    client = redis.Redis.from_url(env["K2_REDIS_URL"])
+    keys = list(client.scan_iter(f"k2:job:{job_id}*", count=1000))
+    return round(sum(client.memory_usage(k) or 0 for k in keys) / 1024, 1)
 
 
 def scaling(env: dict[str, str], big: Path, small: Path) -> list[bench.Result]:
@@ -144,12 +155,13 @@ def report(results: list[bench.Result], info: dict[str, Any]) -> str:
     goals = targets(results)
     date = datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
-        "| job shape | rows | seconds | rows/s | plan + enqueue s |",
-        "|---|---:|---:|---:|---:|",
+        "| job shape | rows | seconds | rows/s | plan + enqueue s | job in Redis KiB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         inside = f"{r.extra['plan_s']:.2f} + {r.extra['enqueue_s']:.2f}" if "plan_s" in r.extra else "-"
-        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {inside} |")
+        memory = r.extra.get("redis_kb", "-")
+        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {inside} | {memory} |")
     text = "\n".join(
         [
             f"# k2jobs job shapes ({date}, nproc {bench.os.cpu_count()}, 2 workers)\n",
