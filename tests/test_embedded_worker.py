@@ -38,7 +38,7 @@ def test_embedded_worker_loads_a_chunk_and_a_rerun_returns_the_same_result(
     from k2jobs.publisher import ensure_topics
 
     ensure_topics(settings)
-    plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 100_000)
+    plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 100_000, task_rows=1)  # each chunk a task of its own
     job_id = new_job_id()
     ledger.create_job(job_id, plan, {})
     chunk = next(c for c in plan.chunks if c.path == "trades/7181.csv")
