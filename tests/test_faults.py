@@ -44,8 +44,17 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
 
 
 def start_job(big_input: Path) -> str:
+    """A job of 13 chunks of up to 60,000 rows, each a task (and transaction) of its own, so several are still
+    to come when a test strikes; with the default K2_TASK_ROWS the job is 4 tasks and often ends first."""
     done = run_k2(
-        "submit", str(big_input.relative_to(DATA_ROOT)), "--no-wait", "--json", "--again", "--chunk-rows", "60000"
+        "submit",
+        str(big_input.relative_to(DATA_ROOT)),
+        "--no-wait",
+        "--json",
+        "--again",
+        "--chunk-rows",
+        "60000",
+        env={"K2_TASK_ROWS": "60000"},
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
