@@ -107,7 +107,7 @@ def test_kafka_down_longer_than_the_retries_fails_the_job_then_resume_completes_
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
-    up = run_k2("stack", "up", "--workers", "2")
+            up = run_k2("stack", "up", "--workers", "2")  # whatever failed: the next tests need a broker
     assert up.returncode == 0, up.stderr
     resumed = run_k2("resume", job_id, "--json", timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
