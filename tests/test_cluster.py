@@ -78,7 +78,10 @@ def cluster_ledger(cluster_settings) -> Any:  # type: ignore[no-untyped-def]
 
 
 def start_job(folder: str = "big", *extra: str) -> str:
-    done = run_k2(ENV, "submit", folder, "--no-wait", "--json", "--again", "--chunk-rows", CHUNK_ROWS, *extra)
+    """Each 20,000-row chunk a task (and transaction) of its own: many commits for a kill to land on, and
+    `transactional_id(job, chunk)` names a running task's producer. (The soak kills under default tasks.)"""
+    env = {**ENV, "K2_TASK_ROWS": CHUNK_ROWS}
+    done = run_k2(env, "submit", folder, "--no-wait", "--json", "--again", "--chunk-rows", CHUNK_ROWS, *extra)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["job_id"]  # type: ignore[no-any-return]
 
