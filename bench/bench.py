@@ -621,9 +621,14 @@ def main(argv: list[str] | None = None) -> int:
             stop_stack(env)
     print()
     print(write_results("smoke" if args.smoke else "latest", rows, results, info))
-    missed = [name for name, goal in targets(results).items() if not goal["met"]]
-    if args.check and missed:
-        print(f"bench: targets missed: {', '.join(missed)}", file=sys.stderr)
+    return exit_status("bench", targets(results), args.check)
+
+
+def exit_status(who: str, goals: dict[str, dict[str, Any]], check: bool) -> int:
+    """1 when checking and a target is missed (named on stderr), else 0."""
+    missed = [name for name, goal in goals.items() if not goal["met"]]
+    if check and missed:
+        print(f"{who}: targets missed: {', '.join(missed)}", file=sys.stderr)
         return 1
     return 0
 

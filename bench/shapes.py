@@ -201,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.stop_stack(env)
     print(report(results, info))
     print(f"shapes: {time.perf_counter() - started:.0f} s")
-    missed = [name for name, goal in targets(results).items() if not goal["met"]]
-    if args.check and missed:
-        print(f"shapes: targets missed: {', '.join(missed)}", file=sys.stderr)
-        return 1
-    return 0
+    return bench.exit_status("shapes", targets(results), args.check)
 
 
 if __name__ == "__main__":
