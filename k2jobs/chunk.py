@@ -103,12 +103,6 @@ def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: s
     }
 
 
-def record_failed(ledger: Ledger, job_id: str, chunk: ChunkPlan, reason: str) -> dict[str, Any]:
-    """Record the chunk failed (unless it has a result already) and return the result it has."""
-    ledger.record_result(job_id, chunk.index, chunk_result(chunk, FAILED, {}, reason))
-    return ledger.chunk_result(job_id, chunk.index) or chunk_result(chunk, FAILED, {}, reason)
-
-
 def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     """What the task of one chunk, or of a bundle of chunks, returns: the chunk's result, or the bundle's sums."""
     if len(results) == 1:
@@ -126,8 +120,13 @@ def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def fail_all(ledger: Ledger, job_id: str, chunks: list[ChunkPlan], reason: str) -> dict[str, Any]:
-    return task_result([record_failed(ledger, job_id, chunk, reason) for chunk in chunks])
+def fail_all(ledger: Ledger, job_id: str, chunks: list[ChunkPlan], reason: str | dict[int, str]) -> dict[str, Any]:
+    """Record the task's chunks failed (a chunk with a result keeps it), in one round trip each way; the
+    task's result from what they have now. `reason`: one for all, or one per chunk index."""
+    why = reason if isinstance(reason, dict) else {c.index: reason for c in chunks}
+    ledger.record_results(job_id, [chunk_result(c, FAILED, {}, why[c.index]) for c in chunks])
+    stored = ledger.chunk_results(job_id, [c.index for c in chunks])
+    return task_result([r or chunk_result(c, FAILED, {}, why[c.index]) for c, r in zip(chunks, stored, strict=True)])
 
 
 def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
@@ -225,7 +224,7 @@ def process_chunk(
         return fail_all(ledger, job_id, chunks, attempt.give_up)
     data, failed = read_members(data_root, chunks)
     if failed:
-        return task_result([record_failed(ledger, job_id, c, failed[c.index]) for c in chunks])
+        return fail_all(ledger, job_id, chunks, failed)
     txn.begin()
     counts: dict[int, dict[str, Any]] = {}
     progress = ProgressWriter(ledger, job_id, on_progress)
