@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-smoke soak up down clean
+.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-task-cost bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry
 
@@ -93,6 +93,10 @@ bench-check: install
 # Job shapes side by side (big files, thousands of small files, one key in many chunks); a few minutes.
 bench-shapes: install
 	$(BIN)/python bench/shapes.py
+
+# The fixed cost of one task (one Kafka transaction), step by step (bench/task_cost.py); a minute.
+bench-task-cost: install
+	$(BIN)/python bench/task_cost.py
 
 bench-smoke: install
 	$(BIN)/python bench/bench.py --smoke

@@ -52,3 +52,4 @@ worker_hijack_root_logger = False
 # out again while an attempt runs it yields to that attempt.
 task_soft_time_limit, task_time_limit = _settings.chunk_time_limits_s
 k2_chunk_retries = _settings.chunk_retries
+k2_chunk_retry_s = _settings.chunk_retry_s

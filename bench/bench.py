@@ -361,15 +361,20 @@ class Deliveries:
         self.first_error = self.first_error or str(err)
 
 
-def python_ceiling(bootstrap: str) -> Result:
-    """One process sending the raw trade CSV lines, with the settings k2jobs uses."""
+def python_ceiling(
+    bootstrap: str,
+    files: list[tuple[str, int, Path]] | None = None,
+    symbols: dict[int, str] | None = None,
+    name: str = "raw CSV lines, 1 Python process",
+) -> Result:
+    """One process sending the raw trade CSV lines (of the input, or of `files`), with the settings k2jobs uses."""
     from confluent_kafka import Producer
 
-    symbols, errors = company_symbols(), Deliveries()
+    symbols, errors = symbols or company_symbols(), Deliveries()
     conf = {"bootstrap.servers": bootstrap, **FAST_PRODUCER, "enable.idempotence": True}
     producer = Producer({**conf, "delivery.report.only.error": True, "on_delivery": errors})
     started, sent = time.perf_counter(), 0
-    for _kind, cid, path in input_files(("trades",)):
+    for _kind, cid, path in files or input_files(("trades",)):
         key = f"ASX.{symbols[cid]}".encode()
         for line in path.read_bytes().splitlines():
             produce(producer, TOPICS["python"], line, key)
@@ -380,7 +385,7 @@ def python_ceiling(bootstrap: str) -> Result:
     seconds = time.perf_counter() - started
     if left or errors.failed:
         raise BenchError(f"raw produce: {left} undelivered, {errors.failed} failed ({errors.first_error})")
-    return Result("raw CSV lines, 1 Python process", sent, seconds)
+    return Result(name, sent, seconds)
 
 
 # -- naive loader --------------------------------------------------------------------------------

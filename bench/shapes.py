@@ -38,6 +38,8 @@ ROWS = 360_000
 SHAPES = bench.WORK / "shapes"
 TARGETS = {"many_files_vs_big": 0.5, "many_files_vs_naive": 2.0, "many_chunks_vs_few": 0.5, "submit_10000_files_s": 5.0}
 SUBMIT_10000 = "k2jobs, 10,000 files of 10 rows"
+ONE_TASK_EACH = "k2jobs, one key in 360 chunks, a task each (K2_TASK_ROWS=1000)"
+SCALING_ROWS = 1_000_000  # per kind, bench.py's default input
 
 
 def write_shape(name: str, files: int, rows_per_file: int) -> Path:
@@ -61,12 +63,25 @@ def write_shape(name: str, files: int, rows_per_file: int) -> Path:
     return root
 
 
-def naive_on(root: Path, bootstrap: str) -> bench.Result:
-    """bench.py's naive loader over every file of `root` (its own company_info)."""
+def files_of(root: Path) -> tuple[list[tuple[str, int, Path]], dict[int, str]]:
+    """`root`'s trade files as bench.py's loaders take them, and its own company_info's symbols."""
     with (root / bench.COMPANY_INFO).open(newline="") as handle:
         symbols = {int(r["company_id"]): r["symbol"] for r in csv.DictReader(handle)}
-    files = [("trades", int(p.stem), p) for p in sorted((root / "trades").glob("*.csv"))]
+    return [("trades", int(p.stem), p) for p in sorted((root / "trades").glob("*.csv"))], symbols
+
+
+def naive_on(root: Path, bootstrap: str) -> bench.Result:
+    """bench.py's naive loader over every file of `root`."""
+    files, symbols = files_of(root)
     return bench.naive_loader(bootstrap, files, symbols, name=f"naive loader, 1 process, {len(files)} files")
+
+
+def ceiling_on(root: Path, bootstrap: str) -> bench.Result:
+    """bench.py's raw-produce ceiling (best of its runs) over every file of `root`."""
+    files, symbols = files_of(root)
+    name = f"raw CSV lines, 1 Python process, {len(files)} files"
+    runs = [bench.python_ceiling(bootstrap, files, symbols, name) for _ in range(bench.CEILING_RUNS)]
+    return max(runs, key=lambda r: r.rate)
 
 
 def load(env: dict[str, str], root: Path, name: str, *options: str, workers: int = 2, rows: int = ROWS) -> bench.Result:
@@ -85,14 +100,21 @@ def redis_kb(env: dict[str, str], job_id: str) -> float:
 
 
 def scaling(env: dict[str, str], big: Path, small: Path) -> list[bench.Result]:
-    """Both file shapes with 1, 2 and 4 workers (a fresh stack each time: `stack up` only adds workers)."""
+    """Both file shapes, and bench.py's big input (1M trade + 1M quote rows in 6 files), with 1, 2 and 4
+    workers (a fresh stack each time: `stack up` only adds workers)."""
     results = []
+    large = bench.build_input(SCALING_ROWS)
+    shapes = (
+        (big, "4 files of 90,000 rows", ROWS),
+        (small, "4,000 files of 90 rows", ROWS),
+        (large, "6 files of 333,333 rows", 2 * SCALING_ROWS),
+    )
     for workers in (1, 2, 4):
         bench.restart_stack(env, workers)
         bench.warm_up(env)
         print(f"shapes: scaling, {workers} worker(s) ...")
-        for root, shape in ((big, "4 files of 90,000 rows"), (small, "4,000 files of 90 rows")):
-            results.append(load(env, root, f"scaling: {shape}, {workers} worker(s)", workers=workers))
+        for root, shape, rows in shapes:
+            results.append(load(env, root, f"scaling: {shape}, {workers} worker(s)", workers=workers, rows=rows))
     return results
 
 
@@ -108,7 +130,8 @@ def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], di
     info = {"stack_up_s": round(bench.restart_stack(env, 2), 1)}
     bench.ensure_topics(settings.kafka_bootstrap, settings.partitions)
     bench.warm_up(env)
-    results = []
+    print("shapes: raw-produce ceiling on the 4 files ...")
+    results = [ceiling_on(big, settings.kafka_bootstrap)]
     print("shapes: 4 files of 90,000 rows ...")
     results.append(load(env, big, "k2jobs, 4 files of 90,000 rows"))
     print("shapes: 4,000 files of 90 rows ...")
@@ -118,6 +141,10 @@ def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], di
     print("shapes: one key in 4 chunks, then in 360 chunks ...")
     results.append(load(env, one, "k2jobs, one key in 4 chunks", "--chunk-rows", "90000"))
     results.append(load(env, one, "k2jobs, one key in 360 chunks", "--chunk-rows", "1000"))
+    # Not a target: the fixed cost of a task (a transaction), when every chunk pays it (see task_cost.py).
+    print("shapes: one key in 360 chunks, a task (and transaction) each ...")
+    each = {**env, "K2_TASK_ROWS": "1000"}
+    results.append(load(each, one, ONE_TASK_EACH, "--chunk-rows", "1000"))
     print("shapes: 10,000 files of 10 rows ...")
     results.append(load(env, write_shape("10000x10", 10_000, 10), SUBMIT_10000, rows=100_000))
     if with_scaling:
@@ -151,21 +178,40 @@ def targets(results: list[bench.Result]) -> dict[str, dict[str, Any]]:
     }
 
 
+def per_task_ms(results: list[bench.Result]) -> float:
+    """Wall time a task adds, end to end: one key's 360 chunks as 360 chained tasks against 4 (ms per task)."""
+    rate = {r.name: r for r in results}
+    return (rate[ONE_TASK_EACH].seconds - rate["k2jobs, one key in 4 chunks"].seconds) / 356 * 1000
+
+
+def per_task_line(results: list[bench.Result]) -> str:
+    return (
+        f"Fixed cost of a task (a transaction) end to end, one key's tasks running one after another: "
+        f"{per_task_ms(results):.1f} ms (360 tasks against 4, same rows)."
+    )
+
+
 def report(results: list[bench.Result], info: dict[str, Any]) -> str:
     goals = targets(results)
     date = datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
-        "| job shape | rows | seconds | rows/s | plan + enqueue s | job in Redis KiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| job shape | rows | seconds | rows/s | vs raw ceiling | plan + enqueue s | job in Redis KiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    ceiling = results[0].rate  # run() measures the raw-produce ceiling first
     for r in results:
         inside = f"{r.extra['plan_s']:.2f} + {r.extra['enqueue_s']:.2f}" if "plan_s" in r.extra else "-"
         memory = r.extra.get("redis_kb", "-")
-        lines.append(f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {inside} | {memory} |")
+        lines.append(
+            f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {r.rate / ceiling:.2f}x | {inside} "
+            f"| {memory} |"
+        )
     text = "\n".join(
         [
             f"# k2jobs job shapes ({date}, nproc {bench.os.cpu_count()}, 2 workers)\n",
             *lines,
+            "",
+            per_task_line(results),
             "",
             "Targets:\n",
             *[

@@ -66,7 +66,11 @@ class Settings:
     # A chunk with no attempt queued, reserved or running for this long is enqueued again (the job supervisor).
     stall_after_s: int = 10
     stall_warn_s: int = 30  # `status --wait` says what it sees when no chunk moved for this long
-    chunk_retries: int = 8  # Kafka or Redis errors: retries with exponential backoff, then the chunk fails
+    # Kafka or Redis errors: a chunk retries (exponential backoff with jitter) until it has retried this often
+    # AND this long since its first failure, then fails with the reason. Counts alone run out in a minute of
+    # broker restarts; time alone would give up at once after one long stall.
+    chunk_retries: int = 8
+    chunk_retry_s: int = 300
     # Where Avro schemas are registered (Confluent's API: Apicurio serves it under /apis/ccompat/v7).
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
@@ -176,6 +180,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_s=_int(env, "K2_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s),
         stall_warn_s=_int(env, "K2_STALL_WARN_S", defaults.stall_warn_s),
         chunk_retries=_int(env, "K2_CHUNK_RETRIES", defaults.chunk_retries),
+        chunk_retry_s=_int(env, "K2_CHUNK_RETRY_S", defaults.chunk_retry_s),
         stall_after_s=_int(env, "K2_STALL_AFTER", defaults.stall_after_s),
         kafka_options=kafka_options_from(env),
         test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),

@@ -33,6 +33,7 @@ _VISIBILITY_S = int(app.conf.broker_transport_options["visibility_timeout"])
 # it), but a shorter one keeps copies rare.
 RETRY_BACKOFF_MAX_S = max(1, _VISIBILITY_S // 2)
 MAX_RETRIES = int(app.conf.get("k2_chunk_retries", 8))
+RETRY_FOR_S = int(app.conf.get("k2_chunk_retry_s", 300))  # and retried this long since the first failure
 # A chunk whose attempts ended this often without an outcome (their process died: segfault, out of memory,
 # killed; or the time limit stopped them while committing) is failed, once Kafka says it did not commit.
 MAX_UNFINISHED = 3
@@ -61,12 +62,17 @@ class FlowerProgress:
         self.task.send_event("task-progress", **meta)
 
 
-def failure_reason(exc: BaseException, retries: int) -> str:
+def failure_reason(exc: BaseException, retries: int, retried_s: float = 0.0) -> str:
     """What the report says about a chunk that raised."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return f"took longer than the chunk time limit ({app.conf.task_soft_time_limit}s) and was stopped"
     text = f"{type(exc).__name__}: {exc}"
-    return f"gave up after {retries} retries: {text}" if retries else text
+    return f"gave up after {retries} retries in {retried_s:.0f}s: {text}" if retries else text
+
+
+def out_of_retries(retries: int, retried_s: float, max_retries: int, retry_for_s: float) -> bool:
+    """A chunk gives up once it has retried `max_retries` times and for `retry_for_s` seconds, both."""
+    return retries >= max_retries and retried_s >= retry_for_s
 
 
 def give_up_reason(unfinished: int) -> str:
@@ -84,13 +90,22 @@ class ChunkTask(Task):  # type: ignore[misc]
     never recorded failed (CommitUncertain): the next attempt asks Kafka.
     """
 
-    def retry(self, *args: Any, exc: BaseException | None = None, max_retries: int | None = None, **kwargs: Any) -> Any:
-        limit = self.max_retries if max_retries is None else max_retries
-        if exc is not None and limit is not None and self.request.retries >= limit:
-            self.record_failure(self.request.args, exc)  # Celery's retry raises `exc` now: the chunk has failed
+    def retry(
+        self, *args: Any, exc: BaseException | None = None, max_retries: int | None = None, **options: Any
+    ) -> Any:
+        """Celery's retry with k2jobs' budget (retries and seconds, see out_of_retries). The first failure's time
+        travels in the retried message (`first_failure`), so any worker can measure the budget."""
+        retries = self.request.retries
+        first = (self.request.kwargs or {}).get("first_failure") or time.time()
+        retried_s = time.time() - first
+        if exc is not None and out_of_retries(retries, retried_s, MAX_RETRIES, RETRY_FOR_S):
+            self.record_failure(self.request.args, exc, retried_s)
+            max_retries = retries  # Celery's retry raises `exc` now: the chunk has failed
         else:
             self._mark_queued(self.request.args)  # the retry's message is sent next
-        return super().retry(*args, exc=exc, max_retries=max_retries, **kwargs)
+            max_retries = retries + 1
+            options["kwargs"] = {**(options.get("kwargs") or self.request.kwargs or {}), "first_failure": first}
+        return super().retry(*args, exc=exc, max_retries=max_retries, **options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         self.record_failure(args, exc)  # kept if recorded already: a failed result never replaces another
@@ -101,7 +116,7 @@ class ChunkTask(Task):  # type: ignore[misc]
         except (IndexError, TypeError, ValueError, RedisError) as exc:
             log.warning("could not mark a retried chunk queued (args %r): %s", args, exc)
 
-    def record_failure(self, args: Any, exc: BaseException) -> None:
+    def record_failure(self, args: Any, exc: BaseException, retried_s: float = 0.0) -> None:
         if isinstance(exc, CommitUncertain):
             log.error("chunk (args %r) reached its commit, then: %s; the next attempt asks Kafka", args, exc)
             return
@@ -113,7 +128,7 @@ class ChunkTask(Task):  # type: ignore[misc]
         except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
             log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
-        reason = failure_reason(exc, self.request.retries)
+        reason = failure_reason(exc, self.request.retries, retried_s)
         try:
             clients.ledger.record_results(job_id, [chunk_result(c, FAILED, {}, reason) for c in chunks])
         except RedisError as redis_exc:  # the job supervisor finds the chunk without a result later
@@ -133,8 +148,11 @@ class ChunkTask(Task):  # type: ignore[misc]
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     retry_jitter=True,
 )
-def process_chunk_task(self: Task, job_id: str, index: int, after: int | None = None) -> dict[str, Any]:
-    """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed."""
+def process_chunk_task(
+    self: Task, job_id: str, index: int, after: int | None = None, first_failure: float | None = None
+) -> dict[str, Any]:
+    """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed.
+    `first_failure`: set by ChunkTask.retry on retried messages (the retry budget's clock)."""
     clients = worker_clients()
     job = clients.job(job_id)
     plan = job.plan.chunks[job.plan.unit(int(index))]  # a message naming any chunk of a task runs that task

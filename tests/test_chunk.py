@@ -103,3 +103,13 @@ def test_rows_are_sent_in_order_in_batches_with_their_headers(compiled: bool) ->
         sent[topic] += [(v, line_of(h)) for v, h in zip(values, headers, strict=True)]
     assert sent == {"market.trades.raw": published, "market.trades.dlq": dead}
     assert txn.batches[0][3][0] == [("job_id", b"job-1"), ("source", b"trades/7078.csv:1")]
+
+
+def test_a_chunk_gives_up_only_once_both_its_retries_and_its_seconds_are_spent() -> None:
+    """Eight retries with a 10 s backoff cap last under a minute: broker restarts last longer (test_cluster)."""
+    from k2jobs.tasks import out_of_retries
+
+    assert not out_of_retries(8, 55.0, max_retries=8, retry_for_s=300)
+    assert not out_of_retries(3, 400.0, max_retries=8, retry_for_s=300)
+    assert out_of_retries(8, 300.0, max_retries=8, retry_for_s=300)
+    assert out_of_retries(2, 8.5, max_retries=2, retry_for_s=8)

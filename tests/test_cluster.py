@@ -99,7 +99,7 @@ def assert_exact(settings: Any, ledger: Any, job_id: str, rows: int) -> list[Any
     """The job succeeded, every row is in Kafka once (read_committed), and `verify` agrees: no stalled partition."""
     done = run_k2(ENV, "status", job_id, "--wait", "--json", timeout=900)
     report = json.loads(done.stdout)
-    assert done.returncode == 0, report
+    assert done.returncode == 0, (report["status"], report["totals"], report.get("failures", [])[:3])
     assert report["totals"] == {"rows": rows, "published": rows, "rejected": 0}
     messages = read_job(settings, ledger, job_id)
     assert count_exactness(messages, rows) == (0, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,13 +84,14 @@ def test_an_exception_in_a_chunk_fails_the_job_with_the_reason(stack, settings, 
 def test_kafka_down_longer_than_the_retries_fails_the_job_then_resume_completes_it(  # type: ignore[no-untyped-def]
     stack, settings, ledger, big_input, read_back
 ) -> None:
-    """A worker with a small retry budget: the job fails by itself, naming Kafka; `resume` loads the rest."""
+    """A worker with a small retry budget (2 retries and 8 s): the job fails by itself, naming Kafka and the
+    budget spent (the first failure's time travels with the retried message); `resume` loads the rest."""
     with chunk_consumers_paused():  # only the short-budget worker loads
         log = (TEST_STACK / "logs" / "short-retries-worker.log").open("ab")
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "k2jobs.app", "worker", "-Q", "k2jobs.chunks,k2jobs.control"]
             + ["-c", "1", "-n", "short-retries@%h", "--loglevel", "INFO"],
-            env={**os.environ, "K2_CHUNK_RETRIES": "2"},
+            env={**os.environ, "K2_CHUNK_RETRIES": "2", "K2_CHUNK_RETRY_S": "8"},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -103,7 +105,8 @@ def test_kafka_down_longer_than_the_retries_fails_the_job_then_resume_completes_
             report = json.loads(done.stdout)
             assert done.returncode == 1 and report["status"] == "failed"
             reasons = " ".join(f["error"] for f in report["failures"])
-            assert "gave up after 2 retries" in reasons, reasons
+            spent = [(int(n), int(s)) for n, s in re.findall(r"gave up after (\d+) retries in (\d+)s", reasons)]
+            assert spent and all(n >= 2 and s >= 8 for n, s in spent), reasons
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(60)
