@@ -15,6 +15,7 @@ import orjson
 
 from .batches import ChunkRows
 from .errors import ChunkChanged
+from .gz import GzipDamaged, open_gzip, read_range
 from .ledger import COMMITTED, FAILED, Ledger
 from .markers import COMMITS_PARTITION, COMMITS_TOPIC, CommitMarkers, marker_key
 from .planning import ChunkPlan, InsideRoot
@@ -42,27 +43,38 @@ class Attempt:
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
     members: list[ChunkPlan] | None = None  # a bundle's chunks (see planning.bundle_chunks), in publish order
     after_chunks: list[int] | None = None  # every chunk of the task `after`
+    gzip_indexes: dict[str, bytes] | None = None  # the job's gzip indexes (JobPlan.gzip_indexes)
 
     @property
     def chunks(self) -> list[ChunkPlan]:
         return self.members or [self.chunk]
 
 
-def read_chunk(data_root: Path, chunk: ChunkPlan, inside: InsideRoot | None = None) -> bytes:
-    """The chunk's bytes, refused if the file moved outside the root or its size or chunk checksum changed."""
+def read_chunk(
+    data_root: Path, chunk: ChunkPlan, inside: InsideRoot | None = None, gzip_indexes: dict[str, bytes] | None = None
+) -> bytes:
+    """The chunk's bytes (decompressed, for a .csv.gz file: from the point its gzip index names), refused if the
+    file moved outside the root, or its size or the chunk's checksum changed, or its gzip data is damaged."""
     path = (inside or InsideRoot(data_root))(data_root / chunk.data_path)
     try:
         stat = path.stat()
-        with path.open("rb") as handle:
-            handle.seek(chunk.start)
-            data = handle.read(chunk.end - chunk.start)
+        # Content, not modification time: a copy of the data (another mount, rsync) has other times, same bytes.
+        if stat.st_size != chunk.file_size:
+            raise ChunkChanged(
+                f"{chunk.path} changed after submit (size {chunk.file_size} -> {stat.st_size}): "
+                "its chunk was not loaded"
+            )
+        if chunk.compression:
+            with open_gzip(path, (gzip_indexes or {}).get(chunk.data_path)) as reader:
+                data = read_range(reader, chunk.start, chunk.end, chunk.path)
+        else:
+            with path.open("rb") as handle:
+                handle.seek(chunk.start)
+                data = handle.read(chunk.end - chunk.start)
+    except GzipDamaged as exc:
+        raise ChunkChanged(f"{exc}: its chunk was not loaded") from exc
     except OSError as exc:
-        raise ChunkChanged(f"{chunk.path}: cannot be read any more ({exc.strerror})") from exc
-    # Content, not modification time: a copy of the data (another mount, rsync) has other times, same bytes.
-    if stat.st_size != chunk.file_size:
-        raise ChunkChanged(
-            f"{chunk.path} changed after submit (size {chunk.file_size} -> {stat.st_size}): its chunk was not loaded"
-        )
+        raise ChunkChanged(f"{chunk.path}: cannot be read any more ({exc.strerror or exc})") from exc
     if zlib.crc32(data) != chunk.crc32:
         raise ChunkChanged(f"{chunk.path} bytes {chunk.start}-{chunk.end} changed after submit (checksum)")
     return data
@@ -165,13 +177,15 @@ class ProgressWriter:
             self.hook(rows_done)
 
 
-def read_members(data_root: Path, chunks: list[ChunkPlan]) -> tuple[list[bytes], dict[int, str]]:
+def read_members(
+    data_root: Path, chunks: list[ChunkPlan], gzip_indexes: dict[str, bytes] | None = None
+) -> tuple[list[bytes], dict[int, str]]:
     """Every chunk's bytes; or, if a file changed, why each chunk of the task is not loaded (all or none)."""
     data: list[bytes] = []
     inside = InsideRoot(data_root)
     for chunk in chunks:
         try:
-            data.append(read_chunk(data_root, chunk, inside))
+            data.append(read_chunk(data_root, chunk, inside, gzip_indexes))
         except ChunkChanged as exc:
             others = f"not loaded: chunk {chunk.index} ({chunk.path}), in the same transaction, changed after submit"
             return [], {c.index: str(exc) if c is chunk else others for c in chunks}
@@ -222,7 +236,7 @@ def process_chunk(
             return task_result(results)
     if attempt.give_up:
         return fail_all(ledger, job_id, chunks, attempt.give_up)
-    data, failed = read_members(data_root, chunks)
+    data, failed = read_members(data_root, chunks, attempt.gzip_indexes)
     if failed:
         return fail_all(ledger, job_id, chunks, failed)
     txn.begin()

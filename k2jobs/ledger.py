@@ -31,6 +31,10 @@ def _plan(job_id: str) -> str:
     return f"k2:job:{job_id}:plan"
 
 
+def _gzip_indexes(job_id: str) -> str:
+    return f"k2:job:{job_id}:gzip-index"
+
+
 def _results(job_id: str) -> str:
     return f"k2:job:{job_id}:results"  # chunk index -> final result JSON (committed or failed)
 
@@ -179,9 +183,11 @@ class Ledger:
         pipe = self.redis.pipeline()
         pipe.hset(_job(job_id), mapping=meta)  # type: ignore[arg-type]
         pipe.set(_plan(job_id), orjson.dumps(plan.to_dict()))
+        if plan.gzip_indexes:
+            pipe.hset(_gzip_indexes(job_id), mapping=plan.gzip_indexes)  # type: ignore[arg-type]
         pipe.zadd(JOBS_KEY, {job_id: now})
         pipe.sadd(RUNNING_KEY, job_id)
-        for key in (_job(job_id), _plan(job_id)):
+        for key in (_job(job_id), _plan(job_id), _gzip_indexes(job_id)):
             pipe.expire(key, TTL_S)
         pipe.execute()
 
@@ -199,7 +205,11 @@ class Ledger:
         raw = self.redis.get(_plan(job_id))
         if raw is None:
             raise JobNotFound(f"no job {job_id!r} in Redis")
-        return JobPlan.from_dict(orjson.loads(raw))
+        plan = JobPlan.from_dict(orjson.loads(raw))
+        if any(c.compression for c in plan.chunks):
+            stored = self.redis.hgetall(_gzip_indexes(job_id))
+            plan.gzip_indexes.update({path.decode(): index for path, index in stored.items()})
+        return plan
 
     def job_options(self, job_id: str) -> dict[str, Any]:
         """The options a job was submitted with (chunk rows, order, ...)."""

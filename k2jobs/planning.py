@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import InputError, UnsafePathError
+from .gz import DAMAGED, GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, export_index, open_gzip
 from .records import Kind
 
 BOM = b"\xef\xbb\xbf"
@@ -43,6 +44,8 @@ class ChunkPlan:
     # How values are written (k2jobs.config.VALUE_FORMATS) and, for Avro, the registry's schema id.
     value_format: str = "json"
     schema_id: int = 0
+    # "gzip": start, end and crc32 are of the decompressed bytes, file_size the compressed file's (k2jobs.gz).
+    compression: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
@@ -78,6 +81,8 @@ class JobPlan:
     chunks: list[ChunkPlan]
     # Chunks one task loads in one transaction: first chunk -> all of them, in publish order (see bundle_chunks).
     bundles: dict[int, list[int]] = field(default_factory=dict)
+    # data_path -> the gzip index of a .csv.gz file (k2jobs.gz); kept in Redis beside the plan, not in it.
+    gzip_indexes: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -277,8 +282,16 @@ def read_company_symbols(directory: Path) -> dict[int, str]:
     return symbols
 
 
+def input_stem(name: str) -> str | None:
+    """The company id part of an input file's name (`7078.csv`, `7078.csv.gz`); None if it is neither."""
+    for suffix in (GZIP_SUFFIX, ".csv"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def find_input_files(directory: Path, skip_unknown: bool = False) -> list[tuple[Kind, Path]]:
-    """The CSV files to load, by kind; anything unexpected is refused unless skipped."""
+    """The CSV files (plain or gzip) to load, by kind; anything unexpected is refused unless skipped."""
     found: list[tuple[Kind, Path]] = []
     kinds = {kind.value: kind for kind in Kind}
     for entry in sorted(directory.iterdir()):
@@ -289,10 +302,12 @@ def find_input_files(directory: Path, skip_unknown: bool = False) -> list[tuple[
             for file in sorted(entry.iterdir()):
                 if file.name.startswith("."):
                     continue
-                if file.suffix == ".csv" and file.is_file():
+                if input_stem(file.name) is not None and file.is_file():
                     found.append((kinds[name], file))
                 elif not skip_unknown:
-                    raise InputError(f"{file} is not a CSV file k2jobs can load (use --skip-unknown to skip it)")
+                    raise InputError(
+                        f"{file} is not a CSV file (.csv or .csv.gz) k2jobs can load (use --skip-unknown to skip it)"
+                    )
             continue
         if entry.is_file() and DOCUMENTATION.match(name):
             continue
@@ -368,45 +383,58 @@ def plan_file(
     lines_per_chunk: int,
     first_index: int,
     inside: InsideRoot | None = None,
-) -> tuple[FilePlan, list[ChunkPlan]]:
-    """Cut one file into chunks, counting rows and checksumming each."""
+) -> tuple[FilePlan, list[ChunkPlan], bytes | None]:
+    """Cut one file into chunks, counting rows and checksumming each. A .csv.gz file's chunks are ranges of
+    its decompressed bytes, and its gzip index comes back with them (None for a plain file)."""
     real = (inside or InsideRoot(root))(path)
     relative = path.relative_to(directory).as_posix()
-    if not path.stem.isdigit() or int(path.stem) not in symbols:
-        raise InputError(f"{relative}: file name {path.stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}")
-    company_id = int(path.stem)
+    stem = input_stem(path.name) or path.stem
+    if not stem.isdigit() or int(stem) not in symbols:
+        raise InputError(f"{relative}: file name {stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}")
+    company_id = int(stem)
+    compression = GZIP if path.name.endswith(GZIP_SUFFIX) else ""
     try:
         info = real.stat()
-        handle = real.open("rb")
+        handle = open_gzip(real) if compression else real.open("rb")
     except OSError as exc:
-        raise InputError(f"{relative} cannot be read: {exc.strerror}") from exc
+        raise InputError(f"{relative} cannot be read: {exc.strerror or exc}") from exc
     chunks: list[ChunkPlan] = []
-    file_crc = None
+    file_crc, size = None, 0
     with handle:
-        for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):
-            piece_crc = zlib.crc32(piece)
-            if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
-                file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
-            file_crc = crc32_combine(file_crc, piece_crc, len(piece))
-            rows = count_rows(piece, endings)
-            if rows == 0:
-                continue  # only blank lines: nothing to load, nothing to count
-            chunks.append(
-                ChunkPlan(
-                    index=first_index + len(chunks),
-                    path=relative,
-                    data_path=real.relative_to(root).as_posix(),
-                    kind=kind.value,
-                    symbol=symbols[company_id],
-                    company_id=company_id,
-                    start=start,
-                    end=start + len(piece),
-                    first_line=first_line,
-                    rows=rows,
-                    crc32=piece_crc,
-                    file_size=info.st_size,
+        try:
+            for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):
+                piece_crc = zlib.crc32(piece)
+                if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
+                    file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
+                file_crc = crc32_combine(file_crc, piece_crc, len(piece))
+                size = start + len(piece)  # decompressed, for a .csv.gz file
+                rows = count_rows(piece, endings)
+                if rows == 0:
+                    continue  # only blank lines: nothing to load, nothing to count
+                chunks.append(
+                    ChunkPlan(
+                        index=first_index + len(chunks),
+                        path=relative,
+                        data_path=real.relative_to(root).as_posix(),
+                        kind=kind.value,
+                        symbol=symbols[company_id],
+                        company_id=company_id,
+                        start=start,
+                        end=start + len(piece),
+                        first_line=first_line,
+                        rows=rows,
+                        crc32=piece_crc,
+                        file_size=info.st_size,
+                        compression=compression,
+                    )
                 )
-            )
+            if compression:
+                check_complete(real, size, file_crc or 0, relative)
+            index = export_index(handle) if compression else None  # type: ignore[arg-type]
+        except GzipDamaged as exc:
+            raise InputError(str(exc)) from exc
+        except DAMAGED as exc:
+            raise InputError(f"{relative}: gzip data is corrupt or truncated ({exc})") from exc
     file_plan = FilePlan(
         path=relative,
         kind=kind.value,
@@ -417,7 +445,7 @@ def plan_file(
         size=info.st_size,
         crc32=zlib.crc32(BOM if info.st_size else b"") if file_crc is None else file_crc,
     )
-    return file_plan, chunks
+    return file_plan, chunks, index
 
 
 def plan_job(
@@ -441,11 +469,16 @@ def plan_job(
         raise InputError(f"{directory} cannot be read: {exc.strerror}") from exc
     files: list[FilePlan] = []
     chunks: list[ChunkPlan] = []
+    indexes: dict[str, bytes] = {}
     inside = InsideRoot(root)
     for kind, path in inputs:
-        file_plan, file_chunks = plan_file(root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks), inside)
+        file_plan, file_chunks, index = plan_file(
+            root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks), inside
+        )
         files.append(file_plan)
         chunks.extend(file_chunks)
+        if index is not None and file_chunks:
+            indexes[file_chunks[0].data_path] = index
     if not chunks:
         raise InputError(f"the CSV files under {directory} hold no rows")
     return JobPlan(
@@ -453,4 +486,5 @@ def plan_job(
         files=files,
         chunks=chunks,
         bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
+        gzip_indexes=indexes,
     )
