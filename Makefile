@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 
-.PHONY: install system-deps kafka registry demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-task-cost bench-smoke soak up down clean
+.PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-task-cost bench-smoke soak up down clean
 
-install: system-deps $(VENV)/.installed kafka registry
+install: system-deps $(VENV)/.installed kafka registry s3
 
 # The real Redis server (Debian's package), a C compiler, and Java 17 + Maven for the Kafka broker.
 system-deps:
@@ -32,20 +32,29 @@ $(VENV)/.installed: pyproject.toml k2jobs/_fastrows.c
 kafka: $(VENV)/.installed
 	$(BIN)/python -c "from k2jobs.local_kafka import kafka_libs; print('kafka jars:', kafka_libs())"
 
+# VersityGW, an S3-compatible server (Apache-2.0), built once with `go install` into ~/.cache/k2jobs (~1 min).
+s3: $(VENV)/.installed
+	@command -v go >/dev/null || { echo "Go is required to build the local S3 server (apt-get install golang)"; exit 1; }
+	$(BIN)/python -c "from k2jobs.local_s3 import s3_binary; print('s3 server:', s3_binary())"
+
 # Apicurio Registry (a Quarkus app, ~110 MB) from Maven Central, unpacked once into ~/.cache/k2jobs.
 registry: $(VENV)/.installed
 	$(BIN)/python -c "from k2jobs.local_registry import registry_app; print('schema registry:', registry_app())"
 
 up: install
-	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2}
+	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2} $$([ "$${K2_SOURCE:-}" = s3 ] && echo --s3)
 
 down:
 	$(BIN)/python -m k2jobs stack down
 
 # K2_FORMAT=avro make demo loads TradeV2/QuoteV2 Avro records instead of JSON values.
 demo: up
-	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro)"
-	$(BIN)/python -m k2jobs submit data/sample --again
+	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro), from $${K2_SOURCE:-the directory} (K2_SOURCE=s3: from the stack's S3 server)"
+	@if [ "$${K2_SOURCE:-}" = s3 ]; then \
+	  $(BIN)/python -m k2jobs.local_s3 data/sample; \
+	else \
+	  $(BIN)/python -m k2jobs submit data/sample --again; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest

@@ -62,6 +62,7 @@ STACK_ENV = {
     "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{29092 + PORT_SHIFT}",
     "K2_FLOWER_PORT": str(25555 + PORT_SHIFT),
     "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{28081 + PORT_SHIFT}/apis/ccompat/v7",
+    "K2_S3_PORT": str(27070 + PORT_SHIFT),
     "K2_DATA_ROOT": str(WORK),
 }
 JAVA_TOOL = "org.apache.kafka.tools.ProducerPerformance"
@@ -222,7 +223,7 @@ def k2(env: dict[str, str], *args: str, timeout: float = 600, ok: tuple[int, ...
 def start_workers(env: dict[str, str], workers: int, old: tuple[int, ...] = ()) -> float:
     """`stack up` with `workers` workers, none of them one of the `old` pids; seconds it took."""
     started = time.perf_counter()
-    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--json", timeout=600))
+    status = json.loads(k2(env, "stack", "up", "--workers", str(workers), "--s3", "--json", timeout=600))
     running = [w for w in status["workers"] if w["pid"] and w["pid"] not in old]
     if len(running) != workers:
         raise BenchError(f"stack up started {len(running)} new workers, wanted {workers}: {status}")

@@ -3,7 +3,7 @@ files (the real layout: one file per company), and as one key cut into many chun
 
 One local broker and 2 workers (the bench stack of bench/bench.py, on its own ports):
 
-- 4 files of 90,000 rows, one company each;
+- 4 files of 90,000 rows, one company each; the same files gzipped, and the same files from the stack's S3 server;
 - 4,000 files of 90 rows, one company each (company_info.csv lists 4,000 companies), and the naive
   single-process loader of bench/bench.py on the same 4,000 files;
 - one company's 360,000 rows in one file, cut into 4 chunks of 90,000 rows and into 360 chunks of 1,000.
@@ -13,7 +13,8 @@ One local broker and 2 workers (the bench stack of bench/bench.py, on its own po
 With --scaling, also the big-files and many-files shapes with 1, 2 and 4 workers.
 
 Targets (issue 17): many small files >= 0.5x the big files and >= 2x naive on the same files; one key in 360
-chunks >= 0.5x the same key in 4 chunks; 10,000 files planned and enqueued in <= 5 s. Writes
+chunks >= 0.5x the same key in 4 chunks; 10,000 files planned and enqueued in <= 5 s. Issue 18: the 4 big files
+gzipped load at >= 0.7x the plain ones. Writes
 bench/results/shapes.{md,json}; with --check, exits 1 when a target is missed.
 """
 
@@ -36,8 +37,16 @@ import bench  # noqa: E402 - the bench stack, the loaders and the report helpers
 
 ROWS = 360_000
 SHAPES = bench.WORK / "shapes"
-TARGETS = {"many_files_vs_big": 0.5, "many_files_vs_naive": 2.0, "many_chunks_vs_few": 0.5, "submit_10000_files_s": 5.0}
+TARGETS = {
+    "many_files_vs_big": 0.5,
+    "many_files_vs_naive": 2.0,
+    "many_chunks_vs_few": 0.5,
+    "gzip_vs_plain": 0.7,  # issue 18
+    "submit_10000_files_s": 5.0,
+}
 SUBMIT_10000 = "k2jobs, 10,000 files of 10 rows"
+S3_BIG = "k2jobs, 4 files of 90,000 rows, from S3 (VersityGW)"
+GZIP_BIG = "k2jobs, 4 files of 90,000 rows, .csv.gz"
 ONE_TASK_EACH = "k2jobs, one key in 360 chunks, a task each (K2_TASK_ROWS=1000)"
 SCALING_ROWS = 1_000_000  # per kind, bench.py's default input
 
@@ -61,6 +70,35 @@ def write_shape(name: str, files: int, rows_per_file: int) -> Path:
         bench.write_tiled(root / "trades" / f"{100_000 + n}.csv", rows, rows_per_file)
     manifest.write_text(wanted)
     return root
+
+
+def gzip_shape(plain: Path) -> Path:
+    """The same files as `plain`, each gzipped (`.csv.gz`, level 6: gzip's default)."""
+    import gzip
+
+    root = plain.with_name(plain.name + "-gz")
+    manifest = root / ".manifest"
+    wanted = (plain / ".manifest").read_text()
+    if manifest.exists() and manifest.read_text() == wanted:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(plain / "reference-data", root / "reference-data")
+    (root / "trades").mkdir()
+    for path in sorted((plain / "trades").glob("*.csv")):
+        (root / "trades" / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes(), 6))
+    manifest.write_text(wanted)
+    return root
+
+
+def load_from_s3(env: dict[str, str], root: Path) -> bench.Result:
+    """The files of `root` uploaded to the bench stack's S3 server (VersityGW), loaded from s3://bench/NAME."""
+    from k2jobs.config import load_settings
+    from k2jobs.local_s3 import s3_client_env, upload_directory
+
+    settings = load_settings(env)
+    s3_env = s3_client_env(settings.stack_dir, settings.s3_port)
+    upload_directory(s3_env, root, "bench", root.name)
+    return load({**env, **s3_env}, f"s3://bench/{root.name}", S3_BIG)  # type: ignore[arg-type]
 
 
 def files_of(root: Path) -> tuple[list[tuple[str, int, Path]], dict[int, str]]:
@@ -134,6 +172,10 @@ def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], di
     results = [ceiling_on(big, settings.kafka_bootstrap)]
     print("shapes: 4 files of 90,000 rows ...")
     results.append(load(env, big, "k2jobs, 4 files of 90,000 rows"))
+    print("shapes: the 4 files gzipped ...")
+    results.append(load(env, gzip_shape(big), GZIP_BIG))
+    print("shapes: the 4 files from the stack's S3 server ...")
+    results.append(load_from_s3(env, big))
     print("shapes: 4,000 files of 90 rows ...")
     results.append(load(env, small, "k2jobs, 4,000 files of 90 rows"))
     print("shapes: naive loader on the 4,000 files ...")
@@ -164,6 +206,7 @@ def targets(results: list[bench.Result]) -> dict[str, dict[str, Any]]:
         "many_files_vs_big": rate["k2jobs, 4,000 files of 90 rows"] / rate["k2jobs, 4 files of 90,000 rows"],
         "many_files_vs_naive": rate["k2jobs, 4,000 files of 90 rows"] / rate["naive loader, 1 process, 4000 files"],
         "many_chunks_vs_few": rate["k2jobs, one key in 360 chunks"] / rate["k2jobs, one key in 4 chunks"],
+        "gzip_vs_plain": rate[GZIP_BIG] / rate["k2jobs, 4 files of 90,000 rows"],
         "submit_10000_files_s": next(
             r.extra["plan_s"] + r.extra["enqueue_s"] for r in results if r.name == SUBMIT_10000
         ),

@@ -18,6 +18,7 @@ from .errors import ChunkChanged
 from .gz import GzipDamaged, open_gzip, read_range
 from .ledger import COMMITTED, FAILED, Ledger
 from .markers import COMMITS_PARTITION, COMMITS_TOPIC, CommitMarkers, marker_key
+from .objects import is_object_url, read_object_chunk
 from .planning import ChunkPlan, InsideRoot
 from .publisher import ChunkTransaction
 from .records import Kind
@@ -55,6 +56,8 @@ def read_chunk(
 ) -> bytes:
     """The chunk's bytes (decompressed, for a .csv.gz file: from the point its gzip index names), refused if the
     file moved outside the root, or its size or the chunk's checksum changed, or its gzip data is damaged."""
+    if is_object_url(chunk.data_path):
+        return checked(chunk, read_object_chunk(chunk, gzip_indexes))  # size, ETag and damage checked there
     path = (inside or InsideRoot(data_root))(data_root / chunk.data_path)
     try:
         stat = path.stat()
@@ -75,6 +78,11 @@ def read_chunk(
         raise ChunkChanged(f"{exc}: its chunk was not loaded") from exc
     except OSError as exc:
         raise ChunkChanged(f"{chunk.path}: cannot be read any more ({exc.strerror or exc})") from exc
+    return checked(chunk, data)
+
+
+def checked(chunk: ChunkPlan, data: bytes) -> bytes:
+    """`data`, refused unless it is the chunk's bytes as planned (their CRC-32)."""
     if zlib.crc32(data) != chunk.crc32:
         raise ChunkChanged(f"{chunk.path} bytes {chunk.start}-{chunk.end} changed after submit (checksum)")
     return data

@@ -20,8 +20,10 @@ from .errors import (
     RedisUnavailable,
     RegistryUnavailable,
     StackError,
+    StorageUnavailable,
     WaitTimeout,
 )
+from .objects import is_object_url
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -31,6 +33,7 @@ EXIT_KAFKA_UNAVAILABLE = 4
 EXIT_STACK_FAILED = 5
 EXIT_WAIT_TIMEOUT = 6
 EXIT_REGISTRY_UNAVAILABLE = 7
+EXIT_STORAGE_UNAVAILABLE = 8
 EXIT_INTERRUPTED = 130
 
 
@@ -89,7 +92,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     _check_settings(settings)
 
-    directory = Path(args.directory).absolute()
+    directory = args.directory if is_object_url(args.directory) else Path(args.directory).absolute()
     options = SubmitOptions(
         chunk_rows=args.chunk_rows or settings.chunk_rows,
         ordered=not args.unordered,
@@ -195,7 +198,12 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     if getattr(args, "brokers", None) is not None and args.brokers <= 0:
         raise InputError("--brokers must be positive")
-    stack = Stack(settings, workers=getattr(args, "workers", 2), brokers=getattr(args, "brokers", None))
+    stack = Stack(
+        settings,
+        workers=getattr(args, "workers", 2),
+        brokers=getattr(args, "brokers", None),
+        s3=getattr(args, "s3", False),
+    )
     if args.action == "up":
         _check_settings(settings)
         status = stack.up()
@@ -307,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = stack_sub.add_parser("up", help="start what is not running")
     up.add_argument("--workers", type=int, default=2)
     up.add_argument("--brokers", type=int, default=None, help="Kafka brokers (default: as last time, else 1)")
+    up.add_argument(
+        "--s3", action="store_true", help="also a local S3-compatible server (VersityGW); remembered by the stack"
+    )
     up.add_argument("--json", action="store_true")
     stack_sub.add_parser("down", help="stop what the stack started")
     st = stack_sub.add_parser("status", help="pids of the stack's processes")
@@ -328,6 +339,7 @@ ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (StackError, EXIT_STACK_FAILED),
     (WaitTimeout, EXIT_WAIT_TIMEOUT),
     (RegistryUnavailable, EXIT_REGISTRY_UNAVAILABLE),
+    (StorageUnavailable, EXIT_STORAGE_UNAVAILABLE),
 ]
 
 

@@ -16,6 +16,7 @@ from .errors import AlreadyLoaded, WaitTimeout
 from .ledger import Ledger
 from .lifecycle import enqueue_chunks, finish_job_if_done
 from .markers import marker_end
+from .objects import plan_objects
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
 from .registry import register_schemas
@@ -74,10 +75,16 @@ def with_value_format(plan: JobPlan, value_format: str, schema_ids: dict[str, in
     return replace(plan, chunks=chunks)
 
 
-def submit_job(settings: Settings, ledger: Ledger, directory: Path, options: SubmitOptions) -> tuple[str, JobPlan]:
-    """Plan, check the services, record and enqueue a job; nothing is enqueued on any error."""
+def submit_job(
+    settings: Settings, ledger: Ledger, directory: Path | str, options: SubmitOptions
+) -> tuple[str, JobPlan]:
+    """Plan (a directory under the data root, or s3://BUCKET/PREFIX), check the services, record and enqueue a
+    job; nothing is enqueued on any error."""
     started = time.perf_counter()
-    plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
+    if isinstance(directory, str):
+        plan = plan_objects(directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
+    else:
+        plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
     planned = time.perf_counter()
     ledger.ping()
     if not options.again:

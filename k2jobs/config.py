@@ -54,6 +54,7 @@ class Settings:
     stack_dir: Path = Path(".k2stack")
     data_root: Path = Path(".")
     flower_port: int = 5555
+    s3_port: int = 7070  # `stack up --s3`: the local S3-compatible server (VersityGW)
     partitions: int = 6
     # Replicas of the topics k2jobs creates; None: the smaller of 3 and the number of brokers.
     replication_factor: int | None = None
@@ -172,6 +173,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stack_dir=Path(env.get("K2_STACK_DIR") or defaults.stack_dir).absolute(),
         data_root=Path(env.get("K2_DATA_ROOT") or os.getcwd()).resolve(),
         flower_port=_port(env, "K2_FLOWER_PORT", defaults.flower_port),
+        s3_port=_port(env, "K2_S3_PORT", defaults.s3_port),
         partitions=_int(env, "K2_PARTITIONS", defaults.partitions),
         replication_factor=_int(env, "K2_REPLICATION_FACTOR", 0) or None,
         chunk_rows=_int(env, "K2_CHUNK_ROWS", defaults.chunk_rows),

@@ -51,6 +51,12 @@ class RegistryUnavailable(ServiceUnavailable):
     service = "schema registry"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The object store (s3://) could not be reached or refused the credentials."""
+
+    service = "object storage"
+
+
 class SchemaIncompatible(InputError):
     """The registry refused the platform's schema for a subject (a compatibility rule)."""
 

@@ -48,21 +48,20 @@ def export_index(reader: indexed_gzip.IndexedGzipFile) -> bytes:
     return out.getvalue()
 
 
-def check_complete(path: Path, size: int, crc: int, name: str) -> None:
-    """Raise GzipDamaged unless the gzip file at `path` ends where its data does: indexed_gzip reads a truncated
-    file to where it stops, silently. `size` and `crc` are of everything decompressed from it.
+def check_complete(handle: BinaryIO, compressed_size: int, size: int, crc: int, name: str) -> None:
+    """Raise GzipDamaged unless the gzip file open as `handle` ends where its data does: indexed_gzip reads a
+    truncated file to where it stops, silently. `size` and `crc` are of everything decompressed from it.
 
     The last member's trailer (CRC-32 and length of its data) matches the whole data for a file of one member;
     otherwise (several members, or a mismatch) the file is inflated once more with zlib, which knows a complete
     stream from a cut one.
     """
-    with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 8))
-        trailer = handle.read(8)
-        if len(trailer) == 8 and trailer == struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF):
-            return
-        handle.seek(0)
-        _inflate_all(handle, name)
+    handle.seek(max(0, compressed_size - 8))
+    trailer = handle.read(8)
+    if len(trailer) == 8 and trailer == struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF):
+        return
+    handle.seek(0)
+    _inflate_all(handle, name)
 
 
 def _inflate_all(handle: BinaryIO, name: str) -> None:

@@ -9,9 +9,10 @@ import re
 import stat
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import InputError, UnsafePathError
 from .gz import DAMAGED, GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, export_index, open_gzip
@@ -46,6 +47,7 @@ class ChunkPlan:
     schema_id: int = 0
     # "gzip": start, end and crc32 are of the decompressed bytes, file_size the compressed file's (k2jobs.gz).
     compression: str = ""
+    etag: str = ""  # an object's ETag at submit (s3:// input): every read of it is conditional on it
 
     @classmethod
     def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
@@ -263,10 +265,19 @@ def read_company_symbols(directory: Path) -> dict[int, str]:
     """company_id → symbol from reference-data/company_info.csv (which has a header row)."""
     path = directory / COMPANY_INFO
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path} is missing: it maps each file's company id to a symbol") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(f"{path} cannot be read: {exc}") from exc
+    return parse_company_symbols(data, str(path))
+
+
+def parse_company_symbols(data: bytes, path: str) -> dict[int, str]:
+    """company_id → symbol from the bytes of a company_info.csv (`path` names it in errors)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path} cannot be read: {exc}") from exc
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"company_id", "symbol"} <= set(reader.fieldnames):
@@ -374,6 +385,58 @@ def cut_ranges(
         line, buffered, pos = line + endings, buffered - endings, end
 
 
+def company_of(relative: str, name: str, symbols: dict[int, str]) -> int:
+    """The company id a data file's name gives, refused unless company_info lists it."""
+    stem = input_stem(name) or name
+    if not stem.isdigit() or int(stem) not in symbols:
+        raise InputError(f"{relative}: file name {stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}")
+    return int(stem)
+
+
+def cut_file(
+    handle: BinaryIO, lines_per_chunk: int, first_index: int, base: ChunkPlan
+) -> tuple[list[ChunkPlan], int | None, int]:
+    """Cut an open file (decompressed, for gzip) into chunks like `base`, counting rows and checksumming each;
+    also the CRC-32 (None if the file is empty or only a byte-order mark) and size of its bytes. Pieces of blank
+    lines only are counted but make no chunk."""
+    chunks: list[ChunkPlan] = []
+    file_crc, size = None, 0
+    for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):  # type: ignore[arg-type]
+        piece_crc = zlib.crc32(piece)
+        if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
+            file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
+        file_crc = crc32_combine(file_crc, piece_crc, len(piece))
+        size = start + len(piece)
+        rows = count_rows(piece, endings)
+        if rows == 0:
+            continue  # only blank lines: nothing to load, nothing to count
+        chunks.append(
+            replace(
+                base,
+                index=first_index + len(chunks),
+                start=start,
+                end=start + len(piece),
+                first_line=first_line,
+                rows=rows,
+                crc32=piece_crc,
+            )
+        )
+    return chunks, file_crc, size
+
+
+def file_plan(base: ChunkPlan, chunks: list[ChunkPlan], size: int, crc: int) -> FilePlan:
+    return FilePlan(
+        path=base.path,
+        kind=base.kind,
+        symbol=base.symbol,
+        company_id=base.company_id,
+        rows=sum(c.rows for c in chunks),
+        chunks=[c.index for c in chunks],
+        size=size,
+        crc32=crc,
+    )
+
+
 def plan_file(
     root: Path,
     directory: Path,
@@ -388,64 +451,41 @@ def plan_file(
     its decompressed bytes, and its gzip index comes back with them (None for a plain file)."""
     real = (inside or InsideRoot(root))(path)
     relative = path.relative_to(directory).as_posix()
-    stem = input_stem(path.name) or path.stem
-    if not stem.isdigit() or int(stem) not in symbols:
-        raise InputError(f"{relative}: file name {stem!r} is not a company id listed in {COMPANY_INFO.as_posix()}")
-    company_id = int(stem)
+    company_id = company_of(relative, path.name, symbols)
     compression = GZIP if path.name.endswith(GZIP_SUFFIX) else ""
     try:
         info = real.stat()
         handle = open_gzip(real) if compression else real.open("rb")
     except OSError as exc:
         raise InputError(f"{relative} cannot be read: {exc.strerror or exc}") from exc
-    chunks: list[ChunkPlan] = []
-    file_crc, size = None, 0
+    base = ChunkPlan(
+        index=0,
+        path=relative,
+        data_path=real.relative_to(root).as_posix(),
+        kind=kind.value,
+        symbol=symbols[company_id],
+        company_id=company_id,
+        start=0,
+        end=0,
+        first_line=1,
+        rows=0,
+        crc32=0,
+        file_size=info.st_size,
+        compression=compression,
+    )
     with handle:
         try:
-            for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):
-                piece_crc = zlib.crc32(piece)
-                if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
-                    file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
-                file_crc = crc32_combine(file_crc, piece_crc, len(piece))
-                size = start + len(piece)  # decompressed, for a .csv.gz file
-                rows = count_rows(piece, endings)
-                if rows == 0:
-                    continue  # only blank lines: nothing to load, nothing to count
-                chunks.append(
-                    ChunkPlan(
-                        index=first_index + len(chunks),
-                        path=relative,
-                        data_path=real.relative_to(root).as_posix(),
-                        kind=kind.value,
-                        symbol=symbols[company_id],
-                        company_id=company_id,
-                        start=start,
-                        end=start + len(piece),
-                        first_line=first_line,
-                        rows=rows,
-                        crc32=piece_crc,
-                        file_size=info.st_size,
-                        compression=compression,
-                    )
-                )
+            chunks, file_crc, size = cut_file(handle, lines_per_chunk, first_index, base)
+            crc = zlib.crc32(BOM if (size if compression else info.st_size) else b"") if file_crc is None else file_crc
             if compression:
-                check_complete(real, size, file_crc or 0, relative)
+                with real.open("rb") as raw:
+                    check_complete(raw, info.st_size, size, crc, relative)
             index = export_index(handle) if compression else None  # type: ignore[arg-type]
         except GzipDamaged as exc:
             raise InputError(str(exc)) from exc
         except DAMAGED as exc:
             raise InputError(f"{relative}: gzip data is corrupt or truncated ({exc})") from exc
-    file_plan = FilePlan(
-        path=relative,
-        kind=kind.value,
-        symbol=symbols[company_id],
-        company_id=company_id,
-        rows=sum(c.rows for c in chunks),
-        chunks=[c.index for c in chunks],
-        size=info.st_size,
-        crc32=zlib.crc32(BOM if info.st_size else b"") if file_crc is None else file_crc,
-    )
-    return file_plan, chunks, index
+    return file_plan(base, chunks, info.st_size, crc), chunks, index
 
 
 def plan_job(

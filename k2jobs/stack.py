@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -16,6 +17,7 @@ from .config import Settings
 from .errors import StackError
 from .local_kafka import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
 from .local_registry import registry_command
+from .local_s3 import s3_client_env, s3_command, s3_server_env, write_client_env
 from .processes import Service, need_program, stop, wait_until_ready
 from .registry import registry_ready, set_backward_compatibility
 
@@ -60,7 +62,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 class Stack:
     """Starts, inspects and stops the local services in `settings.stack_dir`."""
 
-    def __init__(self, settings: Settings, workers: int = 2, brokers: int | None = None) -> None:
+    def __init__(self, settings: Settings, workers: int = 2, brokers: int | None = None, s3: bool = False) -> None:
         self.settings = settings
         self.dir = settings.stack_dir
         self.workers = workers
@@ -72,6 +74,8 @@ class Stack:
         self.brokers_file = self.dir / "brokers"  # the broker count of this stack folder, remembered by `up`
         self.remembered_brokers = int(self.brokers_file.read_text()) if self.brokers_file.exists() else 1
         self.brokers = brokers or self.remembered_brokers
+        self.s3_file = self.dir / "s3"  # `up --s3` once: the S3 server is part of this stack folder from then on
+        self.s3 = s3 or self.s3_file.exists()
         self.nodes = self.kafka_nodes(self.brokers)
 
     def kafka_nodes(self, count: int) -> list[KafkaNode]:
@@ -134,9 +138,36 @@ class Stack:
             lambda: self._node_ready(node),
         )
 
+    def s3_service(self) -> Service:
+        port = self.settings.s3_port
+        return Service(
+            "s3",
+            s3_command(port, self.dir / "s3-data"),
+            self.dir / "logs" / "s3.log",
+            self.dir / "s3.pid",
+            f"127.0.0.1:{port}",
+            self._s3_ready,
+            s3_server_env(self.dir),
+        )
+
+    def _s3_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.s3_port}/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # answers (403 without credentials): up
+        except OSError:
+            return False
+
+    def _s3_probe(self) -> Service:
+        port = self.settings.s3_port
+        return Service("s3", [], self.dir / "logs" / "s3.log", self.dir / "s3.pid", f"127.0.0.1:{port}", bool)
+
     def worker_service(self, number: int) -> Service:
         name = f"k2w{number}-{self.kafka_port}@%h"
         env = worker_environment(self.settings)
+        if self.s3 and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ACCESS_KEY_ID")):
+            env.update(s3_client_env(self.dir, self.settings.s3_port))  # the stack's own S3 server
         return Service(
             f"worker-{number}",
             worker_command(1, name),
@@ -221,6 +252,12 @@ class Stack:
         self._ensure_brokers()
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
+        if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
+            raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
+        if self.s3:
+            self.s3_file.touch()
+            self._ensure(self.s3_service())
+            write_client_env(self.dir, self.settings.s3_port)
         workers = self.worker_services()
         for worker in workers:
             if worker.pid() is None:
@@ -291,11 +328,22 @@ class Stack:
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
             "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
             "registry": {"pid": self._probe("registry").pid(), "url": self.settings.schema_registry_url},
+            **(
+                {
+                    "s3": {
+                        "pid": self._s3_probe().pid(),
+                        "url": f"http://127.0.0.1:{self.settings.s3_port}",
+                        "client_env": str(self.dir / "s3.env"),  # its settings, secret included: mode 0600
+                    }
+                }
+                if self.s3
+                else {}
+            ),
         }
 
     def down(self) -> list[str]:
         """Stop what this stack started: workers first so they finish their chunks, Redis last."""
-        services = [*self.worker_services(), self.flower_service(), self._probe("registry")]
+        services = [*self.worker_services(), self.flower_service(), self._probe("registry"), self._s3_probe()]
         stopped = [service.name for service in services if stop(service)]
         # All brokers at once: a cluster's last broker cannot shut down cleanly once the other controllers are gone.
         brokers = [self._probe_node(node) for node in self.nodes]

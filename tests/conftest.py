@@ -31,6 +31,7 @@ TEST_ENV = {
     "K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{19092 + PORT_SHIFT}",
     "K2_STACK_DIR": str(TEST_STACK),
     "K2_FLOWER_PORT": str(15555 + PORT_SHIFT),
+    "K2_S3_PORT": str(17070 + PORT_SHIFT),
     "K2_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{18081 + PORT_SHIFT}/apis/ccompat/v7",
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
@@ -77,7 +78,7 @@ def stack(settings) -> Iterator[dict]:  # type: ignore[no-untyped-def,type-arg]
     shutil.rmtree(DATA_ROOT / "sample", ignore_errors=True)
     shutil.copytree(SAMPLE, DATA_ROOT / "sample")
     # Through the CLI, as a user would: the services outlive it and are not this process's children.
-    up = run_k2("stack", "up", "--workers", "2", "--json", timeout=600)
+    up = run_k2("stack", "up", "--workers", "2", "--s3", "--json", timeout=600)
     assert up.returncode == 0, up.stderr
     yield json.loads(up.stdout)
     if not os.environ.get("K2_TEST_KEEP_STACK"):

@@ -152,10 +152,28 @@ def test_every_dependency_waits_for_a_healthcheck(services: dict[str, dict[str, 
             assert check.get("test") and {"interval", "retries"} <= set(check), (name, dependency)
 
 
-def test_only_flower_publishes_a_host_port(services: dict[str, dict[str, Any]]) -> None:
-    assert [name for name, svc in services.items() if svc.get("ports")] == ["flower"]
+def test_only_flower_and_s3_publish_a_host_port_and_only_on_loopback(services: dict[str, dict[str, Any]]) -> None:
+    assert {name for name, svc in services.items() if svc.get("ports")} == {"s3", "flower"}
     (port,) = services["flower"]["ports"]
-    assert str(port).endswith(":5555")
+    assert str(port).startswith("127.0.0.1:") and str(port).endswith(":5555")
+    (port,) = services["s3"]["ports"]
+    assert str(port).startswith("127.0.0.1:") and str(port).endswith(":7070")
+
+
+def test_s3_serves_a_folder_and_the_k2jobs_services_reach_it_with_the_standard_aws_settings(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    s3 = services["s3"]
+    command = s3["command"]
+    assert command[command.index("--port") + 1] == ":7070" and command[-2:] == ["posix", "/s3"]
+    assert {"ROOT_ACCESS_KEY", "ROOT_SECRET_KEY"} <= set(env_of(s3))
+    assert [(source, target) for source, target, _ in mounts(s3)] == [("./s3", "/s3")]
+    for name in ("worker", "submit", "flower"):
+        env = env_of(services[name])
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:7070", name
+        assert env["AWS_ACCESS_KEY_ID"] == env_of(s3)["ROOT_ACCESS_KEY"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == env_of(s3)["ROOT_SECRET_KEY"], name
+        assert env["AWS_REGION"]
 
 
 def test_worker_consumes_every_celery_queue(services: dict[str, dict[str, Any]]) -> None:
@@ -358,4 +376,4 @@ def test_cluster_variant_k2jobs_services_bootstrap_from_every_broker(cluster: di
         assert env["K2_KAFKA_BOOTSTRAP"].split(",") == [f"{broker}:9092" for broker in BROKERS], name
         assert healthy_dependencies(services[name]) >= {"redis", *BROKERS}, name
         assert env["K2_REDIS_URL"].startswith("redis://redis:6379/"), name  # the rest of the base file is kept
-    assert [name for name, svc in services.items() if svc.get("ports")] == ["flower"]
+    assert {name for name, svc in services.items() if svc.get("ports")} == {"flower", "s3"}

@@ -136,18 +136,20 @@ def test_the_sample_with_gzip_and_plain_files_mixed_loads_field_by_field(stack, 
 
 
 def test_a_big_gzip_file_in_chunks_loads_once_in_order_with_a_worker_killed(stack, ledger, read_back) -> None:  # type: ignore[no-untyped-def]
-    """One .csv.gz of 274,893 rows in 10 chunks, each a task; worker-1 killed -9 while a chunk is half sent."""
+    """One .csv.gz of 549,786 rows in 6 chunks, each a task (long enough to be caught half sent: a chunk of
+    30,000 rows takes 0.13 s); worker-1 killed -9 while a chunk is half sent."""
     from .test_faults import mid_job, stack_pid, wait_until
 
-    rows = 91_631 * TILES
+    tiles = 6
+    rows = 91_631 * tiles
     shutil.rmtree(DATA_ROOT / "big-gz", ignore_errors=True)
-    make_input(DATA_ROOT, {"trades/7078.csv.gz": BHP_TRADES * TILES}, name="big-gz")
+    make_input(DATA_ROOT, {"trades/7078.csv.gz": BHP_TRADES * tiles}, name="big-gz")
     worker = stack_pid("worker-1")
-    options = ("--no-wait", "--json", "--again", "--chunk-rows", "30000")
-    done = run_k2("submit", "big-gz", *options, env={"K2_TASK_ROWS": "30000"})
+    options = ("--no-wait", "--json", "--again", "--chunk-rows", "100000")
+    done = run_k2("submit", "big-gz", *options, env={"K2_TASK_ROWS": "100000"})
     assert done.returncode == 0, done.stderr
     job_id = json.loads(done.stdout)["job_id"]
-    assert len(ledger.plan(job_id).chunks) == 10
+    assert len(ledger.plan(job_id).chunks) == 6
     wait_until(mid_job(ledger, job_id), what="a gzip chunk in progress")
     os.killpg(worker, signal.SIGKILL)
     assert run_k2("stack", "up", "--workers", "2").returncode == 0

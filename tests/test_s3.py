@@ -1,0 +1,120 @@
+"""s3:// input against a real S3-compatible server (VersityGW, started by `stack up --s3`): the sample field by
+field with gzip and plain objects mixed, read by workers through ranged GETs only; errors a user can act on."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from .conftest import TEST_STACK, chunk_consumers_paused, run_k2
+from .reference import expected_value, key_order_violations, source_lines
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+BUCKET = "k2-test"
+GZIPPED = ("trades/7078.csv", "quotes/7181.csv")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def s3(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The stack's S3 settings, a bucket, and the sample under s3://k2-test/sample (two files gzipped)."""
+    import boto3
+
+    assert stack.get("s3", {}).get("pid"), stack
+    env = read_env(Path(stack["s3"]["client_env"]))
+    assert oct(Path(stack["s3"]["client_env"]).stat().st_mode & 0o777) == "0o600"
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    )
+    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=BUCKET)
+    for path in sorted(p for p in SAMPLE.rglob("*") if p.is_file()):
+        relative = path.relative_to(SAMPLE).as_posix()
+        if relative in GZIPPED:
+            client.put_object(Bucket=BUCKET, Key=f"sample/{relative}.gz", Body=gzip.compress(path.read_bytes()))
+        else:
+            client.put_object(Bucket=BUCKET, Key=f"sample/{relative}", Body=path.read_bytes())
+    return {"env": env, "client": client}
+
+
+def submit(env: dict[str, str], *args: str, timeout: float = 600) -> tuple[int, dict[str, Any], str]:
+    started = time.monotonic()
+    done = run_k2("submit", *args, "--json", "--again", env=env, timeout=timeout)
+    elapsed = time.monotonic() - started
+    payload = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+    return done.returncode, payload, f"{done.stderr}\n(took {elapsed:.1f}s)"
+
+
+def test_the_sample_from_s3_with_gzip_and_plain_objects_loads_field_by_field(s3, read_back) -> None:  # type: ignore[no-untyped-def]
+    """The workers get no path to what the server serves (its folder is outside their data root): every byte
+    they load comes through S3 ranged GETs."""
+    started_ms = int(time.time() * 1000)
+    code, report, err = submit(s3["env"], f"s3://{BUCKET}/sample", "--chunk-rows", "20000")
+    assert code == 0, (report, err)
+    assert report["totals"] == {"rows": 170_332, "published": 170_332, "rejected": 0}
+    rows = {f["path"]: f["published"] for f in report["files"]}
+    assert rows["trades/7078.csv.gz"] == 91_631 and rows["quotes/7181.csv.gz"] == 549
+    assert next(f for f in report["files"] if f["path"] == "trades/7078.csv.gz")["chunks"] == 5
+    lines = {path: source_lines(SAMPLE, path.removesuffix(".gz")) for path in rows}
+    messages = read_back(report["job_id"])
+    sources: Counter[str] = Counter()
+    for msg in messages:
+        sources[msg.source] += 1
+        path, line_no = msg.source.rsplit(":", 1)
+        kind, company = path.split("/")[0], int(Path(path).name.split(".")[0])
+        value = orjson.loads(msg.value)
+        assert started_ms - 5000 <= value.pop("ingestion_timestamp")
+        assert value == expected_value(kind, company, lines[path][int(line_no)])
+    assert sum(sources.values()) == 170_332 and max(sources.values()) == 1
+    assert key_order_violations(messages) == []
+    assert not (TEST_STACK / "s3-data").is_relative_to(TEST_STACK / "data-root")  # the workers' K2_DATA_ROOT
+
+
+def test_bad_credentials_a_missing_bucket_or_prefix_and_no_server_fail_fast_without_the_secret(s3) -> None:  # type: ignore[no-untyped-def]
+    env = s3["env"]
+    wrong = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + env["AWS_SECRET_ACCESS_KEY"][:4]}
+    code, _, err = submit(wrong, f"s3://{BUCKET}/sample", timeout=60)
+    assert code == 8 and "authentication" in err, err
+    assert wrong["AWS_SECRET_ACCESS_KEY"] not in err and env["AWS_SECRET_ACCESS_KEY"] not in err
+    code, _, err = submit(env, "s3://no-such-bucket-k2/sample", timeout=60)
+    assert code == 2 and "no such bucket" in err, err
+    code, _, err = submit(env, f"s3://{BUCKET}/no-such-prefix", timeout=60)
+    assert code == 2 and "no objects under this prefix" in err, err
+    s3["client"].put_object(Bucket=BUCKET, Key="flat/7078.csv", Body=b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n")
+    code, _, err = submit(env, f"s3://{BUCKET}/flat", timeout=60)
+    assert code == 2 and "not know how to load" in err, err
+    started = time.monotonic()
+    code, _, err = submit({**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, f"s3://{BUCKET}/sample", timeout=120)
+    assert code == 8 and "did not answer" in err, err
+    assert time.monotonic() - started < 30
+
+
+def test_an_object_replaced_after_submit_fails_its_chunks_naming_it(s3, ledger) -> None:  # type: ignore[no-untyped-def]
+    client = s3["client"]
+    for path in ("reference-data/company_info.csv", "trades/7181.csv", "trades/3153.csv"):
+        client.put_object(Bucket=BUCKET, Key=f"replaced/{path}", Body=(SAMPLE / path).read_bytes())
+    with chunk_consumers_paused():
+        code, job, err = submit(s3["env"], f"s3://{BUCKET}/replaced", "--no-wait")
+        assert code == 0, err
+        changed = (SAMPLE / "trades/7181.csv").read_bytes().replace(b"03/10/2014", b"03/11/2014", 1)
+        client.put_object(Bucket=BUCKET, Key="replaced/trades/7181.csv", Body=changed)
+    done = run_k2("status", job["job_id"], "--wait", "--json", timeout=300)
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["status"] == "failed"
+    errors = " ".join(f["error"] for f in report["failures"])
+    assert f"s3://{BUCKET}/replaced/trades/7181.csv was replaced after submit" in errors, errors
+    assert report["totals"]["published"] == 0  # both small files share one task: all or nothing
