@@ -184,8 +184,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES") or 10))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--chunk-rows", type=int, default=30_000)
-    parser.add_argument("--trade-tiles", type=int, default=3)
-    parser.add_argument("--quote-tiles", type=int, default=2)
+    # Jobs of 2,152,955 rows (20-50 s each): with smaller ones a round ends before most kills land in it.
+    parser.add_argument("--trade-tiles", type=int, default=15)
+    parser.add_argument("--quote-tiles", type=int, default=10)
     parser.add_argument(
         "--job-bound", type=float, default=180.0, help="seconds after a round's faults before its jobs count as stuck"
     )
