@@ -81,6 +81,22 @@ def test_the_sample_from_s3_with_gzip_and_plain_objects_loads_field_by_field(s3,
         assert value == expected_value(kind, company, lines[path][int(line_no)])
     assert sum(sources.values()) == 170_332 and max(sources.values()) == 1
     assert key_order_violations(messages) == []
+    verify = run_k2("verify", report["job_id"], "--json", env=s3["env"], timeout=300)
+    assert verify.returncode == 0, verify.stdout
+    # Load-once holds for objects as for files: the same content again is refused without --again.
+    again = run_k2("submit", f"s3://{BUCKET}/sample", "--json", env=s3["env"], timeout=300)
+    assert again.returncode == 2 and "already published" in again.stderr, again.stderr
+
+
+def test_avro_from_s3(s3, read_back) -> None:  # type: ignore[no-untyped-def]
+    """--format avro from a bucket: TradeV2 values through the registry, one per row."""
+    client = s3["client"]
+    for path in ("reference-data/company_info.csv", "trades/7181.csv"):
+        client.put_object(Bucket=BUCKET, Key=f"avro/{path}", Body=(SAMPLE / path).read_bytes())
+    code, report, err = submit(s3["env"], f"s3://{BUCKET}/avro", "--format", "avro")
+    assert code == 0, (report, err)
+    messages = read_back(report["job_id"])
+    assert len(messages) == 232 and all(m.value[:1] == b"\0" for m in messages)  # the Confluent wire format
     assert not (TEST_STACK / "s3-data").is_relative_to(TEST_STACK / "data-root")  # the workers' K2_DATA_ROOT
 
 
@@ -118,3 +134,8 @@ def test_an_object_replaced_after_submit_fails_its_chunks_naming_it(s3, ledger) 
     errors = " ".join(f["error"] for f in report["failures"])
     assert f"s3://{BUCKET}/replaced/trades/7181.csv was replaced after submit" in errors, errors
     assert report["totals"]["published"] == 0  # both small files share one task: all or nothing
+    # The object back as it was at submit (same bytes, same ETag): `resume` loads the job.
+    client.put_object(Bucket=BUCKET, Key="replaced/trades/7181.csv", Body=(SAMPLE / "trades/7181.csv").read_bytes())
+    resumed = run_k2("resume", job["job_id"], "--json", env=s3["env"], timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["totals"] == {"rows": 243, "published": 243, "rejected": 0}
