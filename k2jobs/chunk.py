@@ -229,6 +229,8 @@ def process_chunk(
     reason = None if attempt.after is None else predecessor_failure(attempt, ledger, markers)
     if reason is not None:
         return fail_all(ledger, job_id, chunks, reason)
+    if any(c.damaged for c in chunks):  # planned alone (bundle_chunks): never sent anything, nothing to ask Kafka
+        return fail_all(ledger, job_id, chunks, {c.index: c.damaged or "not loaded: a damaged file" for c in chunks})
     # Opening the transaction fences every earlier attempt of this task and ends its transaction: none can
     # commit from now on, so what Kafka holds now is final. A first attempt (no earlier start since Redis last
     # restarted) skips the question: nothing of it can be in Kafka. Kafka is asked before the files are read:

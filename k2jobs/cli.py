@@ -102,6 +102,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     )
     ledger = Ledger(connect(settings.redis_url))
     job_id, plan = submit_job(settings, ledger, directory, options)
+    for chunk in plan.chunks:
+        if chunk.damaged:  # the job loads the other files and ends failed, naming this one
+            print(f"warning: {chunk.damaged}", file=sys.stderr)
     order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_groups())} keys"
     how = f"{order}, {options.value_format}"
     if not args.wait:

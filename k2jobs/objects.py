@@ -26,6 +26,7 @@ from .planning import (
     bundle_chunks,
     company_of,
     cut_file,
+    damaged_file,
     file_plan,
     input_stem,
     parse_company_symbols,
@@ -275,10 +276,14 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
                     indexes[base.data_path] = export_index(handle)  # type: ignore[arg-type]
         except ChunkChanged as exc:
             raise InputError(f"{exc} while it was being planned") from exc
-        except GzipDamaged as exc:
-            raise InputError(str(exc)) from exc
-        except DAMAGED as exc:
-            raise InputError(f"{relative}: gzip data is corrupt or truncated ({exc})") from exc
+        except (GzipDamaged, *DAMAGED) as exc:
+            if not compression:
+                raise
+            why = str(exc) if isinstance(exc, GzipDamaged) else f"{relative}: gzip data is corrupt or truncated ({exc})"
+            damaged, file_chunks = damaged_file(base, len(chunks), why)
+            files.append(damaged)
+            chunks.extend(file_chunks)
+            continue
         crc = file_crc if file_crc is not None else 0
         files.append(file_plan(base, file_chunks, obj.size, crc))
         chunks.extend(file_chunks)

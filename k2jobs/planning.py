@@ -48,6 +48,9 @@ class ChunkPlan:
     # "gzip": start, end and crc32 are of the decompressed bytes, file_size the compressed file's (k2jobs.gz).
     compression: str = ""
     etag: str = ""  # an object's ETag at submit (s3:// input): every read of it is conditional on it
+    # Why nothing of this file can be loaded (a gzip file found corrupt or truncated at submit): the file's only
+    # chunk, with no rows, in a task of its own, recorded failed with this reason (see damaged_file).
+    damaged: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
@@ -156,7 +159,7 @@ def bundle_chunks(files: list[FilePlan], chunks: list[ChunkPlan], task_rows: int
     shared_rows = 0
     for indexes in keys.values():
         rows = sum(chunks[i].rows for i in indexes)
-        if rows < task_rows:
+        if rows < task_rows and not any(chunks[i].damaged for i in indexes):
             if shared and shared_rows + rows > task_rows:
                 bundles.append(shared)
                 shared, shared_rows = [], 0
@@ -166,7 +169,7 @@ def bundle_chunks(files: list[FilePlan], chunks: list[ChunkPlan], task_rows: int
         own: list[int] = []
         own_rows = 0
         for index in indexes:
-            if own and own_rows + chunks[index].rows > task_rows:
+            if own and (own_rows + chunks[index].rows > task_rows or chunks[index].damaged or chunks[own[-1]].damaged):
                 bundles.append(own)
                 own, own_rows = [], 0
             own.append(index)
@@ -424,6 +427,15 @@ def cut_file(
     return chunks, file_crc, size
 
 
+def damaged_file(base: ChunkPlan, first_index: int, why: str) -> tuple[FilePlan, list[ChunkPlan]]:
+    """The plan of a file that cannot be read whole (a corrupt or truncated gzip): one chunk, no rows, failed with
+    `why` when its task runs; the job's other files load. Nothing of the file is loaded, not even the part
+    before the damage: a repaired file can then be loaded later, whole and once (load-once compares whole files)."""
+    reason = f"{why}: nothing of this file was loaded"
+    chunk = replace(base, index=first_index, damaged=reason)
+    return file_plan(base, [chunk], base.file_size, 0), [chunk]
+
+
 def file_plan(base: ChunkPlan, chunks: list[ChunkPlan], size: int, crc: int) -> FilePlan:
     return FilePlan(
         path=base.path,
@@ -482,9 +494,11 @@ def plan_file(
                     check_complete(raw, info.st_size, size, crc, relative)
             index = export_index(handle) if compression else None  # type: ignore[arg-type]
         except GzipDamaged as exc:
-            raise InputError(str(exc)) from exc
+            return (*damaged_file(base, first_index, str(exc)), None)
         except DAMAGED as exc:
-            raise InputError(f"{relative}: gzip data is corrupt or truncated ({exc})") from exc
+            if not compression:
+                raise
+            return (*damaged_file(base, first_index, f"{relative}: gzip data is corrupt or truncated ({exc})"), None)
     return file_plan(base, chunks, info.st_size, crc), chunks, index
 
 

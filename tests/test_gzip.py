@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from k2jobs.errors import ChunkChanged, InputError
+from k2jobs.errors import ChunkChanged
 from k2jobs.planning import plan_job
 
 from .conftest import DATA_ROOT, run_k2
@@ -75,17 +75,46 @@ def test_gzip_and_plain_files_mix_and_a_key_keeps_its_files_in_name_order(tmp_pa
     ]
 
 
-def test_a_truncated_or_corrupt_gzip_is_refused_at_submit_naming_the_file(tmp_path: Path) -> None:
+def test_a_truncated_or_corrupt_gzip_is_planned_as_one_failing_chunk_alone_and_the_other_files_load(
+    tmp_path: Path,
+) -> None:
+    """Nothing of a damaged file loads (not even before the damage: a repaired file then loads whole, once); it
+    fails in a task of its own, so the small files it would have shared a transaction with still load."""
+    from k2jobs.chunk import Attempt, process_chunk
+
     whole = gzip.compress(BHP_TRADES, 1)
-    for name, damaged in (
-        ("truncated", whole[: len(whole) // 2]),
-        ("corrupt", whole[:5000] + b"\0" * 99 + whole[5099:]),
-    ):
-        job = make_input(tmp_path / name, {})
-        (job / "trades").mkdir()
+    damage = {"truncated": whole[: len(whole) // 2], "corrupt": whole[:5000] + b"\0" * 99 + whole[5099:]}
+    for name, damaged in damage.items():
+        job = make_input(tmp_path / name, {"trades/3153.csv": first_lines(11), "trades/7181.csv": first_lines(10)})
         (job / "trades" / "7078.csv.gz").write_bytes(damaged)
-        with pytest.raises(InputError, match=r"trades/7078.csv.gz: gzip data is corrupt or truncated"):
-            plan_job(tmp_path / name, job, 10_000)
+        plan = plan_job(tmp_path / name, job, 10_000, task_rows=200_000)
+        [bad] = [c for c in plan.chunks if c.path == "trades/7078.csv.gz"]
+        assert bad.rows == 0 and "trades/7078.csv.gz: gzip data is corrupt or truncated" in bad.damaged, name
+        assert "nothing of this file was loaded" in bad.damaged
+        assert plan.members(plan.unit(bad.index)) == [bad]  # a task of its own
+        good = [c.index for c in plan.chunks if c.path != "trades/7078.csv.gz"]
+        assert plan.units(good) == [good[0]]  # the two small files still share one
+        result = process_chunk(Attempt("job", bad, rerun=False), tmp_path / name, 1000, *_no_services())
+        assert result["status"] == "failed" and result["error"] == bad.damaged
+
+
+def _no_services() -> tuple[object, object, object]:
+    """A ledger that records, and Kafka clients that must not be called: a damaged chunk needs neither."""
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.results: dict[int, dict[str, object]] = {}
+
+        def chunk_results(self, job: str, indexes: list[int]) -> list[object]:
+            return [self.results.get(i) for i in indexes]
+
+        def record_results(self, job: str, results: list[dict[str, object]]) -> None:
+            self.results.update({int(r["chunk"]): r for r in results})  # type: ignore[call-overload]
+
+    def no_kafka(*args: object) -> None:
+        raise AssertionError("a damaged chunk opened a Kafka transaction")
+
+    return Ledger(), object(), no_kafka
 
 
 def test_a_gzip_file_replaced_after_submit_fails_its_chunks_with_the_reason(tmp_path: Path) -> None:
@@ -161,3 +190,21 @@ def test_a_big_gzip_file_in_chunks_loads_once_in_order_with_a_worker_killed(stac
     sources = Counter(m.source for m in messages)
     assert len(sources) == rows and max(sources.values()) == 1
     assert key_order_violations(messages) == []
+
+
+def test_a_damaged_gzip_fails_the_job_naming_it_and_the_other_files_load_once(stack, read_back) -> None:  # type: ignore[no-untyped-def]
+    whole = gzip.compress(BHP_TRADES, 1)
+    shutil.rmtree(DATA_ROOT / "damaged-gz", ignore_errors=True)
+    job = make_input(DATA_ROOT, {"trades/7181.csv": (SAMPLE / "trades" / "7181.csv").read_bytes()}, name="damaged-gz")
+    (job / "trades" / "7078.csv.gz").write_bytes(whole[: len(whole) // 2])
+    done = run_k2("submit", "damaged-gz", "--json", "--again", timeout=300)
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["status"] == "failed", report
+    assert "warning: trades/7078.csv.gz: gzip data is corrupt or truncated" in done.stderr
+    [failure] = report["failures"]
+    assert failure["path"] == "trades/7078.csv.gz" and "nothing of this file was loaded" in failure["error"]
+    published = {f["path"]: f["published"] for f in report["files"]}
+    assert published == {"trades/7078.csv.gz": 0, "trades/7181.csv": 232}
+    sources = Counter(m.source for m in read_back(report["job_id"]))
+    assert len(sources) == 232 and max(sources.values()) == 1
+    assert {s.rsplit(":", 1)[0] for s in sources} == {"trades/7181.csv"}

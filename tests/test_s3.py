@@ -18,6 +18,7 @@ from .reference import expected_value, key_order_violations, source_lines
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 BUCKET = "k2-test"
+COMPANY = "reference-data/company_info.csv"
 GZIPPED = ("trades/7078.csv", "quotes/7181.csv")
 
 
@@ -139,3 +140,14 @@ def test_an_object_replaced_after_submit_fails_its_chunks_naming_it(s3, ledger) 
     resumed = run_k2("resume", job["job_id"], "--json", env=s3["env"], timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert json.loads(resumed.stdout)["totals"] == {"rows": 243, "published": 243, "rejected": 0}
+
+
+def test_a_truncated_gzip_object_fails_the_job_naming_it(s3) -> None:  # type: ignore[no-untyped-def]
+    client = s3["client"]
+    whole = gzip.compress((SAMPLE / "trades/7078.csv").read_bytes(), 1)
+    client.put_object(Bucket=BUCKET, Key="cut/reference-data/company_info.csv", Body=(SAMPLE / COMPANY).read_bytes())
+    client.put_object(Bucket=BUCKET, Key="cut/trades/7078.csv.gz", Body=whole[: len(whole) // 3])
+    code, report, err = submit(s3["env"], f"s3://{BUCKET}/cut")
+    assert code == 1 and report["status"] == "failed", (report, err)
+    [failure] = report["failures"]
+    assert failure["path"] == "trades/7078.csv.gz" and "gzip data is corrupt or truncated" in failure["error"]
