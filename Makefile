@@ -34,7 +34,6 @@ kafka: $(VENV)/.installed
 
 # VersityGW, an S3-compatible server (Apache-2.0), built once with `go install` into ~/.cache/k2jobs (~1 min).
 s3: $(VENV)/.installed
-	@command -v go >/dev/null || { echo "Go is required to build the local S3 server (apt-get install golang)"; exit 1; }
 	$(BIN)/python -c "from k2jobs.local_s3 import s3_binary; print('s3 server:', s3_binary())"
 
 # Apicurio Registry (a Quarkus app, ~110 MB) from Maven Central, unpacked once into ~/.cache/k2jobs.

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
 from .errors import StackError
-from .processes import need_program
 
 S3_VERSION = "1.8.0"
 S3_MODULE = f"github.com/versity/versitygw/cmd/versitygw@v{S3_VERSION}"
@@ -23,8 +23,11 @@ def s3_binary() -> Path:
     if binary.exists():
         return binary
     S3_CACHE.mkdir(parents=True, exist_ok=True)
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        raise StackError(f"Go is needed once, to build the local S3 server ({S3_MODULE}): install Go 1.22 or newer")
     done = subprocess.run(
-        [need_program("go"), "install", S3_MODULE],
+        [go, "install", S3_MODULE],
         capture_output=True,
         text=True,
         env={**os.environ, "GOBIN": str(S3_CACHE), "CGO_ENABLED": "0"},
