@@ -45,6 +45,7 @@ class Attempt:
     members: list[ChunkPlan] | None = None  # a bundle's chunks (see planning.bundle_chunks), in publish order
     after_chunks: list[int] | None = None  # every chunk of the task `after`
     gzip_indexes: dict[str, bytes] | None = None  # the job's gzip indexes (JobPlan.gzip_indexes)
+    progress_every_s: float = PROGRESS_EVERY_S  # K2_PROGRESS_EVERY_S
 
     @property
     def chunks(self) -> list[ChunkPlan]:
@@ -169,16 +170,18 @@ def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers
 
 
 class ProgressWriter:
-    """Writes the running chunk's rows handled to Redis at most every PROGRESS_EVERY_S (and tells the hook)."""
+    """Writes the running chunk's rows handled to Redis at most every `every_s` (and tells the hook)."""
 
-    def __init__(self, ledger: Ledger, job_id: str, hook: ProgressHook | None) -> None:
-        self.ledger, self.job_id, self.hook = ledger, job_id, hook
+    def __init__(
+        self, ledger: Ledger, job_id: str, hook: ProgressHook | None, every_s: float = PROGRESS_EVERY_S
+    ) -> None:
+        self.ledger, self.job_id, self.hook, self.every_s = ledger, job_id, hook, every_s
         self.chunk = -1
         self.last = 0.0
 
     def __call__(self, rows_done: int) -> None:
         now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S:
+        if now - self.last >= self.every_s:
             self.last = now
             self.ledger.set_progress(self.job_id, self.chunk, rows_done)
         if self.hook is not None:
@@ -251,7 +254,7 @@ def process_chunk(
         return fail_all(ledger, job_id, chunks, failed)
     txn.begin()
     counts: dict[int, dict[str, Any]] = {}
-    progress = ProgressWriter(ledger, job_id, on_progress)
+    progress = ProgressWriter(ledger, job_id, on_progress, attempt.progress_every_s)
     try:
         for chunk, chunk_data in zip(chunks, data, strict=True):
             progress.chunk = chunk.index

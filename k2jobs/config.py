@@ -77,6 +77,9 @@ class Settings:
     value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0
+    # How often a running chunk writes its rows done to Redis (what `status --wait` and the fault tests watch; the
+    # test stack writes every 0.01 s so a 0.1 s chunk is seen part-way).
+    progress_every_s: float = 0.1
     test_note_commits: bool = False  # K2_TEST_NOTE_COMMITS=1: say when a commit returns (k2:test:committed)
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
@@ -187,6 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_options=kafka_options_from(env),
         test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),
         test_note_commits=env.get("K2_TEST_NOTE_COMMITS") == "1",
+        progress_every_s=float(env.get("K2_PROGRESS_EVERY_S") or defaults.progress_every_s),
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),
     )

@@ -214,6 +214,7 @@ def _run_attempt(
         after_chunks=None if after is None else [c.index for c in clients.job(job_id).plan.members(after)],
         members=clients.job(job_id).plan.members(plan.index),
         gzip_indexes=clients.job(job_id).plan.gzip_indexes,
+        progress_every_s=settings.progress_every_s,
         # Redis keeps every start unless it restarted since the job began: then any attempt may have run before.
         rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
         marker_start=seen["marker_start"],

@@ -36,6 +36,9 @@ TEST_ENV = {
     "K2_DATA_ROOT": str(DATA_ROOT),
     "K2_VISIBILITY_TIMEOUT": "20",
     "K2_STALL_AFTER": "5",
+    # Progress written every 10 ms: chunks take ~0.13 s here, and the fault tests strike while one is part-way
+    # (tests/test_faults.py mid_job), which the default 0.1 s showed once per chunk at best.
+    "K2_PROGRESS_EVERY_S": "0.01",
     # Short Kafka transactions, so a worker stopped longer than one is a test of seconds, not minutes.
     "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "15000",
     "K2_KAFKA_OPT_MESSAGE_TIMEOUT_MS": "10000",
