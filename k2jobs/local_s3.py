@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from .errors import StackError
 
@@ -81,8 +82,8 @@ def s3_server_env(stack_dir: Path) -> dict[str, str]:
     return {**os.environ, "ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret}
 
 
-def upload_directory(env: dict[str, str], directory: Path, bucket: str, prefix: str) -> int:
-    """Put every file under `directory` into s3://bucket/prefix/ (creating the bucket); the objects written."""
+def stack_s3_client(env: dict[str, str], bucket: str) -> Any:
+    """A boto3 client of the server `env` names (s3_client_env), with `bucket` created if it is not there."""
     import boto3
 
     client = boto3.client(
@@ -94,6 +95,12 @@ def upload_directory(env: dict[str, str], directory: Path, bucket: str, prefix: 
     )
     if bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
         client.create_bucket(Bucket=bucket)
+    return client
+
+
+def upload_directory(env: dict[str, str], directory: Path, bucket: str, prefix: str) -> int:
+    """Put every file under `directory` into s3://bucket/prefix/ (creating the bucket); the objects written."""
+    client = stack_s3_client(env, bucket)
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     for path in files:
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ChunkChanged, InputError, StorageUnavailable
-from .gz import DAMAGED, GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, export_index, open_gzip, read_range
+from .gz import DAMAGED, GzipDamaged, check_complete, export_index, open_gzip, read_range
 from .planning import (
     COMPANY_INFO,
     DOCUMENTATION,
@@ -24,9 +24,9 @@ from .planning import (
     FilePlan,
     JobPlan,
     bundle_chunks,
-    company_of,
     cut_file,
     damaged_file,
+    file_base,
     file_plan,
     input_stem,
     parse_company_symbols,
@@ -246,24 +246,8 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
     chunks: list[ChunkPlan] = []
     indexes: dict[str, bytes] = {}
     for kind, relative, obj in inputs:
-        company_id = company_of(relative, relative.rpartition("/")[2], symbols)
-        compression = GZIP if relative.endswith(GZIP_SUFFIX) else ""
-        base = ChunkPlan(
-            index=0,
-            path=relative,
-            data_path=object_url(bucket, obj.key),
-            kind=kind.value,
-            symbol=symbols[company_id],
-            company_id=company_id,
-            start=0,
-            end=0,
-            first_line=1,
-            rows=0,
-            crc32=0,
-            file_size=obj.size,
-            compression=compression,
-            etag=obj.etag,
-        )
+        base = file_base(relative, object_url(bucket, obj.key), kind, symbols, obj.size, obj.etag)
+        compression = base.compression
         raw = io.BufferedReader(RangedObject(bucket, obj), buffer_size=READ_BLOCK)
         try:
             handle = open_gzip(raw) if compression else raw  # type: ignore[arg-type]

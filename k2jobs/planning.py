@@ -427,6 +427,30 @@ def cut_file(
     return chunks, file_crc, size
 
 
+def file_base(
+    relative: str, data_path: str, kind: Kind, symbols: dict[int, str], file_size: int, etag: str = ""
+) -> ChunkPlan:
+    """What every chunk of one input file shares (its name gives the company and whether it is gzip)."""
+    company_id = company_of(relative, relative.rpartition("/")[2], symbols)
+    compression = GZIP if relative.endswith(GZIP_SUFFIX) else ""
+    return ChunkPlan(
+        index=0,
+        path=relative,
+        data_path=data_path,
+        kind=kind.value,
+        symbol=symbols[company_id],
+        company_id=company_id,
+        start=0,
+        end=0,
+        first_line=1,
+        rows=0,
+        crc32=0,
+        file_size=file_size,
+        compression=compression,
+        etag=etag,
+    )
+
+
 def damaged_file(base: ChunkPlan, first_index: int, why: str) -> tuple[FilePlan, list[ChunkPlan]]:
     """The plan of a file that cannot be read whole (a corrupt or truncated gzip): one chunk, no rows, failed with
     `why` when its task runs; the job's other files load. Nothing of the file is loaded, not even the part
@@ -463,28 +487,14 @@ def plan_file(
     its decompressed bytes, and its gzip index comes back with them (None for a plain file)."""
     real = (inside or InsideRoot(root))(path)
     relative = path.relative_to(directory).as_posix()
-    company_id = company_of(relative, path.name, symbols)
+    company_of(relative, path.name, symbols)  # the name is checked before the file is opened
     compression = GZIP if path.name.endswith(GZIP_SUFFIX) else ""
     try:
         info = real.stat()
         handle = open_gzip(real) if compression else real.open("rb")
     except OSError as exc:
         raise InputError(f"{relative} cannot be read: {exc.strerror or exc}") from exc
-    base = ChunkPlan(
-        index=0,
-        path=relative,
-        data_path=real.relative_to(root).as_posix(),
-        kind=kind.value,
-        symbol=symbols[company_id],
-        company_id=company_id,
-        start=0,
-        end=0,
-        first_line=1,
-        rows=0,
-        crc32=0,
-        file_size=info.st_size,
-        compression=compression,
-    )
+    base = file_base(relative, real.relative_to(root).as_posix(), kind, symbols, info.st_size)
     with handle:
         try:
             chunks, file_crc, size = cut_file(handle, lines_per_chunk, first_index, base)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import orjson
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,3 +120,20 @@ def key_order_violations(messages: list) -> list[str]:  # type: ignore[type-arg]
                     problems.append(f"{topic} {key!r}: {path} again or out of path order after {previous[0]}")
             previous = (path, line)
     return problems
+
+
+def assert_sample_values(messages: list, paths: set[str], started_ms: int) -> None:  # type: ignore[type-arg]
+    """Every row of data/sample once, each value field by field as expected: for a load of the sample with some
+    files gzipped (`paths` as the job names them, `.csv.gz` or `.csv`), from a directory or a bucket."""
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample"
+    lines = {path: source_lines(sample, path.removesuffix(".gz")) for path in paths}
+    sources: Counter[str] = Counter()
+    for msg in messages:
+        sources[msg.source] += 1
+        path, line_no = msg.source.rsplit(":", 1)
+        kind, company = path.split("/")[0], int(Path(path).name.split(".")[0])
+        value = orjson.loads(msg.value)
+        assert started_ms - 5000 <= value.pop("ingestion_timestamp")
+        assert value == expected_value(kind, company, lines[path][int(line_no)])
+    assert sum(sources.values()) == 170_332 and max(sources.values()) == 1
+    assert {s.rsplit(":", 1)[0] for s in sources} == paths

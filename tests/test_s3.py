@@ -6,15 +6,13 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from .conftest import TEST_STACK, chunk_consumers_paused, run_k2
-from .reference import expected_value, key_order_violations, source_lines
+from .reference import assert_sample_values, key_order_violations
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 BUCKET = "k2-test"
@@ -29,20 +27,12 @@ def read_env(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def s3(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The stack's S3 settings, a bucket, and the sample under s3://k2-test/sample (two files gzipped)."""
-    import boto3
+    from k2jobs.local_s3 import stack_s3_client
 
     assert stack.get("s3", {}).get("pid"), stack
     env = read_env(Path(stack["s3"]["client_env"]))
     assert oct(Path(stack["s3"]["client_env"]).stat().st_mode & 0o777) == "0o600"
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_REGION"],
-    )
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
+    client = stack_s3_client(env, BUCKET)
     for path in sorted(p for p in SAMPLE.rglob("*") if p.is_file()):
         relative = path.relative_to(SAMPLE).as_posix()
         if relative in GZIPPED:
@@ -70,17 +60,8 @@ def test_the_sample_from_s3_with_gzip_and_plain_objects_loads_field_by_field(s3,
     rows = {f["path"]: f["published"] for f in report["files"]}
     assert rows["trades/7078.csv.gz"] == 91_631 and rows["quotes/7181.csv.gz"] == 549
     assert next(f for f in report["files"] if f["path"] == "trades/7078.csv.gz")["chunks"] == 5
-    lines = {path: source_lines(SAMPLE, path.removesuffix(".gz")) for path in rows}
     messages = read_back(report["job_id"])
-    sources: Counter[str] = Counter()
-    for msg in messages:
-        sources[msg.source] += 1
-        path, line_no = msg.source.rsplit(":", 1)
-        kind, company = path.split("/")[0], int(Path(path).name.split(".")[0])
-        value = orjson.loads(msg.value)
-        assert started_ms - 5000 <= value.pop("ingestion_timestamp")
-        assert value == expected_value(kind, company, lines[path][int(line_no)])
-    assert sum(sources.values()) == 170_332 and max(sources.values()) == 1
+    assert_sample_values(messages, set(rows), started_ms)
     assert key_order_violations(messages) == []
     verify = run_k2("verify", report["job_id"], "--json", env=s3["env"], timeout=300)
     assert verify.returncode == 0, verify.stdout
