@@ -14,8 +14,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 
 enum { KIND_TRADE = 0, KIND_QUOTE = 1 };
 #define MAX_LINE 512 /* longer lines go to Python; keeps the output buffer bounded */
@@ -543,9 +545,185 @@ static PyTypeObject FastRowsType = {
     .tp_methods = FastRows_methods,
 };
 
+
+/* ---- Queueing messages on a confluent-kafka Producer's own librdkafka handle ----------------------
+ *
+ * confluent-kafka's produce() costs about a microsecond a message: keyword parsing, converting the
+ * headers list, and a per-message state it allocates even when no callback is wanted. send() queues a
+ * batch of (value, headers) with one rd_kafka_produceva() call each, on the very handle -- and so the
+ * very transaction -- the Producer object holds. No delivery callback is attached (the message opaque
+ * is NULL, which confluent-kafka's delivery callback skips): a transactional producer's commit fails by
+ * itself if any message of the transaction failed delivery (librdkafka: txn_dr_fails).
+ *
+ * Nothing here links against librdkafka: bind(path) looks its functions up in the copy confluent-kafka
+ * already loaded (RTLD_NOLOAD), and the few declarations below are librdkafka's stable public ABI
+ * (rdkafka.h: rd_kafka_vtype_t, rd_kafka_vu_t). The handle is the first field of confluent-kafka's
+ * Handle struct, right after PyObject_HEAD; k2jobs.publisher checks it (rd_kafka_name) before use. */
+typedef struct rd_kafka_s rd_kafka_t;
+typedef struct rd_kafka_error_s rd_kafka_error_t;
+enum { VT_END, VT_TOPIC, VT_RKT, VT_PARTITION, VT_VALUE, VT_KEY, VT_OPAQUE, VT_MSGFLAGS, VT_TIMESTAMP, VT_HEADER };
+typedef struct {
+    int vtype;
+    union {
+        const char *cstr;
+        int i;
+        struct {
+            const void *ptr;
+            size_t size;
+        } mem;
+        struct {
+            const char *name;
+            const void *val;
+            ssize_t size;
+        } header;
+        char _pad[64];
+    } u;
+} rk_vu;
+#define MSG_F_COPY 0x2
+#define ERR_QUEUE_FULL (-184)
+#define MAX_HEADERS 8
+
+static rd_kafka_error_t *(*rk_produceva)(rd_kafka_t *, const rk_vu *, size_t);
+static int (*rk_error_code)(const rd_kafka_error_t *);
+static const char *(*rk_error_string)(const rd_kafka_error_t *);
+static int (*rk_error_is_fatal)(const rd_kafka_error_t *);
+static void (*rk_error_destroy)(rd_kafka_error_t *);
+static const char *(*rk_name)(const rd_kafka_t *);
+
+PyDoc_STRVAR(bind_doc, "bind(path) -> bool: use the librdkafka already loaded from path (False if it is not loaded)");
+
+static PyObject *fastrows_bind(PyObject *module, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == NULL) Py_RETURN_FALSE;
+    void *f[6] = {dlsym(lib, "rd_kafka_produceva"),   dlsym(lib, "rd_kafka_error_code"),
+                  dlsym(lib, "rd_kafka_error_string"), dlsym(lib, "rd_kafka_error_is_fatal"),
+                  dlsym(lib, "rd_kafka_error_destroy"), dlsym(lib, "rd_kafka_name")};
+    for (int i = 0; i < 6; i++)
+        if (f[i] == NULL) Py_RETURN_FALSE;
+    rk_produceva = (rd_kafka_error_t * (*)(rd_kafka_t *, const rk_vu *, size_t)) f[0];
+    rk_error_code = (int (*)(const rd_kafka_error_t *))f[1];
+    rk_error_string = (const char *(*)(const rd_kafka_error_t *))f[2];
+    rk_error_is_fatal = (int (*)(const rd_kafka_error_t *))f[3];
+    rk_error_destroy = (void (*)(rd_kafka_error_t *))f[4];
+    rk_name = (const char *(*)(const rd_kafka_t *))f[5];
+    Py_RETURN_TRUE;
+}
+
+/* The librdkafka handle of a confluent_kafka.Producer, or NULL with an exception set. */
+static rd_kafka_t *producer_handle(PyObject *producer) {
+    if (rk_produceva == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() has not found librdkafka");
+        return NULL;
+    }
+    if (strcmp(Py_TYPE(producer)->tp_name, "cimpl.Producer") != 0) {
+        PyErr_SetString(PyExc_TypeError, "producer must be a confluent_kafka.Producer");
+        return NULL;
+    }
+    rd_kafka_t *rk = *(rd_kafka_t **)((char *)producer + sizeof(PyObject));
+    if (rk == NULL) PyErr_SetString(PyExc_RuntimeError, "the producer is closed");
+    return rk;
+}
+
+PyDoc_STRVAR(handle_name_doc, "handle_name(producer) -> str: rd_kafka_name() of the producer's handle");
+
+static PyObject *fastrows_handle_name(PyObject *module, PyObject *producer) {
+    rd_kafka_t *rk = producer_handle(producer);
+    return rk == NULL ? NULL : PyUnicode_FromString(rk_name(rk));
+}
+
+/* One (name, value) header pair into vu; value bytes or None. 0 on success, -1 with TypeError. */
+static int header_vu(PyObject *pair, rk_vu *vu) {
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+        PyErr_SetString(PyExc_TypeError, "a header must be a (str, bytes | None) tuple");
+        return -1;
+    }
+    PyObject *value = PyTuple_GET_ITEM(pair, 1);
+    vu->vtype = VT_HEADER;
+    vu->u.header.name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pair, 0));
+    if (vu->u.header.name == NULL) return -1;
+    if (value == Py_None) {
+        vu->u.header.val = NULL;
+        vu->u.header.size = -1;
+    } else if (PyBytes_Check(value)) {
+        vu->u.header.val = PyBytes_AS_STRING(value);
+        vu->u.header.size = PyBytes_GET_SIZE(value);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "a header value must be bytes or None");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(send_doc,
+             "send(producer, topic, key, values, headers, start) -> (next, error_code, error, fatal)\n\n"
+             "Queue values[start:] (each with headers[i], a list of (str, bytes | None)) to topic with key.\n"
+             "Stops at the first message librdkafka refuses: next is its index and error_code librdkafka's\n"
+             "code (-184: the queue is full, poll and call again); error_code 0 when all were queued.");
+
+static PyObject *fastrows_send(PyObject *module, PyObject *args) {
+    PyObject *producer, *values, *headers;
+    const char *topic;
+    Py_buffer key;
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "Osy*O!O!n", &producer, &topic, &key, &PyList_Type, &values, &PyList_Type, &headers,
+                          &i))
+        return NULL;
+    rd_kafka_t *rk = producer_handle(producer);
+    if (rk == NULL) goto fail;
+    if (PyList_GET_SIZE(values) != PyList_GET_SIZE(headers)) {
+        PyErr_SetString(PyExc_ValueError, "values and headers differ in length");
+        goto fail;
+    }
+    rk_vu vu[4 + MAX_HEADERS];
+    memset(vu, 0, sizeof(vu));
+    vu[0].vtype = VT_TOPIC;
+    vu[0].u.cstr = topic;
+    vu[1].vtype = VT_KEY;
+    vu[1].u.mem.ptr = key.buf;
+    vu[1].u.mem.size = (size_t)key.len;
+    vu[2].vtype = VT_MSGFLAGS;
+    vu[2].u.i = MSG_F_COPY;
+    vu[3].vtype = VT_VALUE;
+    for (; i < PyList_GET_SIZE(values); i++) {
+        PyObject *value = PyList_GET_ITEM(values, i), *list = PyList_GET_ITEM(headers, i);
+        if (!PyBytes_Check(value) || !PyList_Check(list) || PyList_GET_SIZE(list) > MAX_HEADERS) {
+            PyErr_SetString(PyExc_TypeError, "values must be bytes and headers lists of at most 8 pairs");
+            goto fail;
+        }
+        vu[3].u.mem.ptr = PyBytes_AS_STRING(value);
+        vu[3].u.mem.size = (size_t)PyBytes_GET_SIZE(value);
+        Py_ssize_t n = PyList_GET_SIZE(list);
+        for (Py_ssize_t h = 0; h < n; h++)
+            if (header_vu(PyList_GET_ITEM(list, h), &vu[4 + h]) < 0) goto fail;
+        rd_kafka_error_t *error = rk_produceva(rk, vu, (size_t)(4 + n));
+        if (error != NULL) {
+            int code = rk_error_code(error), fatal = rk_error_is_fatal(error);
+            PyObject *result = Py_BuildValue("(nisi)", i, code, rk_error_string(error), fatal);
+            rk_error_destroy(error);
+            PyBuffer_Release(&key);
+            return result;
+        }
+    }
+    PyBuffer_Release(&key);
+    return Py_BuildValue("(nisi)", i, 0, "", 0);
+fail:
+    PyBuffer_Release(&key);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", fastrows_bind, METH_VARARGS, bind_doc},
+    {"handle_name", fastrows_handle_name, METH_O, handle_name_doc},
+    {"send", fastrows_send, METH_VARARGS, send_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastrows_module = {
     PyModuleDef_HEAD_INIT, .m_name = "k2jobs._fastrows",
     .m_doc = "Compiled fast path for k2jobs' common rows; see k2jobs/batches.py.", .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastrows(void) {

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,11 @@ from .config import KAFKA_OPTION_PREFIX, TRANSACTION_TIMEOUT_MS, Settings
 from .errors import KafkaUnavailable, PublishError, SettingsError, TopicRefused
 from .markers import COMMITS_TOPIC
 from .records import Kind
+
+try:
+    from . import _fastrows
+except ImportError:  # installed without a C compiler: every message goes through confluent-kafka's produce()
+    _fastrows = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 # Tunable through K2_KAFKA_OPT_* (e.g. K2_KAFKA_OPT_COMPRESSION_TYPE=zstd); exactness does not depend on them.
@@ -153,11 +157,31 @@ FENCED_CODES = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVAL
 
 def _wrap(exc: KafkaException, what: str) -> PublishError:
     err = exc.args[0]
+    return _failure(what, err.code(), err.str(), err.fatal())
+
+
+def _failure(what: str, code: int, reason: str, fatal: bool) -> PublishError:
     # Once fenced, librdkafka fails every later call with a fatal error that is not always _FENCED; a
     # transactional producer's fatal errors all mean this producer is done, and only a new attempt can go on.
-    if err.code() in FENCED_CODES or err.fatal():
-        return ChunkFenced(f"{what}: fenced by a newer attempt ({err.str()})")
-    return PublishError(f"{what}: {err.str()}")
+    if code in FENCED_CODES or fatal:
+        return ChunkFenced(f"{what}: fenced by a newer attempt ({reason})")
+    return PublishError(f"{what}: {reason}")
+
+
+def _bind_compiled_send() -> bool:
+    """Whether _fastrows.send can queue on confluent-kafka's producers: the C extension is built and the one
+    librdkafka this process loaded (for confluent-kafka) is found in /proc/self/maps."""
+    if _fastrows is None:
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/librdkafka" in line}
+    except OSError:  # not Linux
+        return False
+    return len(paths) == 1 and _fastrows.bind(paths.pop())
+
+
+COMPILED_SEND = _bind_compiled_send()
 
 
 @dataclass
@@ -195,6 +219,11 @@ class ChunkTransaction:
         self._timeout_s = settings.kafka_call_timeout_s
         conf = producer_config(settings, transactional_id(job_id, chunk_index))
         self._producer = Producer({**conf, "on_delivery": self.errors})
+        # The compiled send uses the Producer's librdkafka handle; its name proves the handle is the one
+        # this Producer holds (a confluent-kafka whose object layout changed falls back to produce()).
+        self._compiled = COMPILED_SEND and _fastrows.handle_name(self._producer).startswith(
+            f"{conf.get('client.id', 'rdkafka')}#producer-"
+        )
         try:
             self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
@@ -217,8 +246,16 @@ class ChunkTransaction:
             except KafkaException as exc:
                 raise _wrap(exc, "produce") from exc
 
-    def send_batch(self, topic: str, key: bytes, values: Sequence[bytes], headers: Sequence[Headers]) -> None:
-        """Queue many messages, then serve delivery reports; the hot loop of a chunk."""
+    def send_batch(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
+        """Queue many messages, then serve delivery reports; the hot loop of a chunk.
+
+        Compiled, a message costs about half of what produce() costs (1.2 against 1.9-2.5 us in one process,
+        measured with the chunks' headers). Its delivery is not reported one by one: a message that fails
+        delivery fails the transaction's commit, as librdkafka counts it against the transaction.
+        """
+        if self._compiled:
+            self._send_compiled(topic, key, values, headers)
+            return
         produce = self._producer.produce
         try:
             for value, message_headers in zip(values, headers, strict=True):
@@ -228,6 +265,17 @@ class ChunkTransaction:
                     self.send(topic, key, value, message_headers)
         except KafkaException as exc:
             raise _wrap(exc, "produce") from exc
+        self._producer.poll(0)
+
+    def _send_compiled(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
+        start = 0
+        while True:
+            start, code, reason, fatal = _fastrows.send(self._producer, topic, key, values, headers, start)
+            if code == 0:
+                break
+            if code != KafkaError._QUEUE_FULL:
+                raise _failure("produce", code, reason, bool(fatal))
+            self._producer.poll(0.05)  # the local queue is full: serve the broker's answers, then go on
         self._producer.poll(0)
 
     def commit(self) -> None:

@@ -1,0 +1,85 @@
+"""The compiled send (k2jobs/_fastrows.c send) on a real broker: what it queues is what confluent-kafka's
+produce() would have queued, in the producer's own transaction, and a message the broker refuses fails the
+commit although no delivery report is asked for."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from k2jobs.config import load_settings
+from k2jobs.errors import PublishError
+from k2jobs.publisher import COMPILED_SEND, ChunkTransaction, admin_client
+
+pytestmark = pytest.mark.integration
+
+
+def new_topic(settings, **config: str) -> str:  # type: ignore[no-untyped-def]
+    name = f"k2-test-send-{uuid.uuid4().hex[:8]}"
+    admin = admin_client(settings)
+    [future] = admin.create_topics([NewTopic(name, 1, 1, config=config)]).values()
+    future.result()
+    return name
+
+
+def committed(settings, topic: str) -> list[tuple[bytes, bytes, list]]:  # type: ignore[no-untyped-def,type-arg]
+    """Every committed message of the topic's one partition: (key, value, headers)."""
+    conf = settings.kafka_consumer_config(
+        **{"group.id": f"k2-test-{uuid.uuid4().hex}", "isolation.level": "read_committed"}
+    )
+    consumer = Consumer(conf)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    found = []
+    try:
+        while (msg := consumer.poll(3)) is not None:  # 3 s without a message: the end
+            assert msg.error() is None, msg.error()
+            found.append((msg.key(), msg.value(), msg.headers()))
+    finally:
+        consumer.close()
+    return found
+
+
+def messages(count: int, size: int = 150) -> tuple[list[bytes], list[list[tuple[str, bytes | None]]]]:
+    values = [f"{i:08d}".encode().ljust(size, b"x") for i in range(count)]
+    headers = [[("job_id", b"job-1"), ("source", f"trades/7078.csv:{i + 1}".encode())] for i in range(count)]
+    return values, headers
+
+
+def test_chunk_producers_use_the_compiled_send(stack, settings) -> None:  # type: ignore[no-untyped-def]
+    assert COMPILED_SEND, "the compiled send did not find confluent-kafka's librdkafka"
+    txn = ChunkTransaction(settings, uuid.uuid4().hex, 0)
+    assert txn._compiled
+
+
+def test_the_compiled_send_queues_every_message_in_order_through_a_full_queue(stack) -> None:  # type: ignore[no-untyped-def]
+    # A local queue of 1,000 messages: 20,000 messages fill it again and again (QUEUE_FULL, poll, resume).
+    settings = load_settings({**os.environ, "K2_KAFKA_OPT_QUEUE_BUFFERING_MAX_MESSAGES": "1000"})
+    topic = new_topic(settings)
+    values, headers = messages(20_000)
+    headers[7] = [("job_id", b"job-1"), ("empty", None)]
+    txn = ChunkTransaction(settings, uuid.uuid4().hex, 0)
+    assert txn._compiled
+    txn.begin()
+    txn.send_batch(topic, b"BHP", values, headers)
+    txn.commit()
+    found = committed(settings, topic)
+    assert [v for _, v, _ in found] == values
+    assert {k for k, _, _ in found} == {b"BHP"}
+    assert [h for _, _, h in found] == [[tuple(pair) for pair in h] for h in headers]
+
+
+def test_a_message_the_broker_refuses_fails_the_commit_and_nothing_is_visible(stack, settings) -> None:  # type: ignore[no-untyped-def]
+    topic = new_topic(settings, **{"max.message.bytes": "2000"})
+    values, headers = messages(100)
+    values[50] = os.urandom(5000)  # incompressible; within the producer's limits, over the topic's: refused
+    txn = ChunkTransaction(settings, uuid.uuid4().hex, 0)
+    assert txn._compiled
+    txn.begin()
+    txn.send_batch(topic, b"BHP", values, headers)
+    with pytest.raises(PublishError, match="Message size too large"):
+        txn.commit()
+    assert committed(settings, topic) == []
