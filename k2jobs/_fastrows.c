@@ -441,111 +441,6 @@ fail:
     return NULL;
 }
 
-static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "head", "hour_ms", "job_header", "prefix", "avro", NULL};
-    int kind;
-    PyObject *head, *hour_ms, *job_header, *prefix, *avro = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iSOOS|O", kwlist, &kind, &head, &hour_ms, &job_header, &prefix,
-                                     &avro))
-        return -1;
-    if (kind != KIND_TRADE && kind != KIND_QUOTE) {
-        PyErr_SetString(PyExc_ValueError, "kind must be 0 (trade) or 1 (quote)");
-        return -1;
-    }
-    if (!PyCallable_Check(hour_ms)) {
-        PyErr_SetString(PyExc_TypeError, "hour_ms must be callable");
-        return -1;
-    }
-    if (!PyTuple_Check(job_header) || PyTuple_GET_SIZE(job_header) != 2) {
-        PyErr_SetString(PyExc_TypeError, "job_header must be a (name, value) tuple");
-        return -1;
-    }
-    Py_ssize_t room = PyBytes_GET_SIZE(head) + 2 * MAX_LINE + 256;
-    if (avro != Py_None) {
-        if (!PyTuple_Check(avro) || PyTuple_GET_SIZE(avro) != 4) {
-            PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < 4; i++) {
-            if (!PyBytes_Check(PyTuple_GET_ITEM(avro, i))) {
-                PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
-                return -1;
-            }
-            room += PyBytes_GET_SIZE(PyTuple_GET_ITEM(avro, i));
-        }
-        if (PyBytes_GET_SIZE(prefix) > 500) {
-            PyErr_SetString(PyExc_ValueError, "prefix is too long for an Avro message id");
-            return -1;
-        }
-        room += 2 * (PyBytes_GET_SIZE(prefix) + 64) + 128; /* two ids, numbers, map keys */
-    }
-    char *out = PyMem_Malloc((size_t)room);
-    if (out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    PyMem_Free(self->out);
-    self->out = out;
-    self->kind = kind;
-    Py_INCREF(head);
-    Py_XSETREF(self->head, head);
-    Py_INCREF(hour_ms);
-    Py_XSETREF(self->hour_ms, hour_ms);
-    Py_INCREF(job_header);
-    Py_XSETREF(self->job_header, job_header);
-    Py_INCREF(prefix);
-    Py_XSETREF(self->prefix, prefix);
-    Py_INCREF(avro);
-    Py_XSETREF(self->avro, avro);
-    Py_XSETREF(self->source, PyUnicode_InternFromString("source"));
-    if (self->source == NULL) return -1;
-    self->cached_hour = -1;
-    return 0;
-}
-
-static void FastRows_dealloc(FastRows *self) {
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->head);
-    Py_CLEAR(self->hour_ms);
-    Py_CLEAR(self->job_header);
-    Py_CLEAR(self->source);
-    Py_CLEAR(self->prefix);
-    Py_CLEAR(self->avro);
-    PyMem_Free(self->out);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int FastRows_traverse(FastRows *self, visitproc visit, void *arg) {
-    Py_VISIT(self->hour_ms);
-    Py_VISIT(self->job_header);
-    return 0;
-}
-
-static int FastRows_clear(FastRows *self) {
-    Py_CLEAR(self->hour_ms);
-    Py_CLEAR(self->job_header);
-    return 0;
-}
-
-static PyMethodDef FastRows_methods[] = {
-    {"parse", (PyCFunction)FastRows_parse, METH_VARARGS, parse_doc},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject FastRowsType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "k2jobs._fastrows.FastRows",
-    .tp_doc = PyDoc_STR("FastRows(kind, head, hour_ms, job_header, prefix, avro=None): a file's rows to message values"),
-    .tp_basicsize = sizeof(FastRows),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)FastRows_init,
-    .tp_dealloc = (destructor)FastRows_dealloc,
-    .tp_traverse = (traverseproc)FastRows_traverse,
-    .tp_clear = (inquiry)FastRows_clear,
-    .tp_methods = FastRows_methods,
-};
-
-
 /* ---- Queueing messages on a confluent-kafka Producer's own librdkafka handle ----------------------
  *
  * confluent-kafka's produce() costs about a microsecond a message: keyword parsing, converting the
@@ -712,6 +607,208 @@ fail:
     PyBuffer_Release(&key);
     return NULL;
 }
+
+
+#define SENT_ALL 0
+#define STOPPED_AT_DEFERRED 1
+
+PyDoc_STRVAR(fr_send_doc,
+             "send(producer, topic, key, data, pos, line_no, max_lines, ingestion)\n"
+             "    -> (queued, pos, line_no, code, error, fatal)\n\n"
+             "parse() and queue in one: up to max_lines lines of data from byte pos become messages queued on the\n"
+             "producer (headers job_id and source, as parse() gives them) without becoming Python objects.\n"
+             "Stops before a line parse() would defer (code 1: pos and line_no are that line's), or before a\n"
+             "line librdkafka refuses (code: librdkafka's, -184 when the queue is full); code 0 otherwise.");
+
+static PyObject *FastRows_send(FastRows *self, PyObject *args) {
+    PyObject *producer, *result = NULL;
+    const char *topic;
+    Py_buffer key, view;
+    Py_ssize_t pos, max_lines, queued = 0;
+    long long line_no, ingestion;
+    if (!PyArg_ParseTuple(args, "Osy*y*nLnL", &producer, &topic, &key, &view, &pos, &line_no, &max_lines,
+                          &ingestion))
+        return NULL;
+    char *source = NULL;
+    rd_kafka_t *rk = producer_handle(producer);
+    if (rk == NULL) goto done;
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "pos is outside data");
+        goto done;
+    }
+    PyObject *job_value = PyTuple_GET_ITEM(self->job_header, 1);
+    const char *job_name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(self->job_header, 0));
+    if (job_name == NULL) goto done;
+    if (!PyBytes_Check(job_value)) {
+        PyErr_SetString(PyExc_TypeError, "the job_id header value must be bytes");
+        goto done;
+    }
+    Py_ssize_t plen = PyBytes_GET_SIZE(self->prefix);
+    source = PyMem_Malloc((size_t)plen + 32);
+    if (source == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(source, PyBytes_AS_STRING(self->prefix), (size_t)plen);
+    rk_vu vu[6];
+    memset(vu, 0, sizeof(vu));
+    vu[0].vtype = VT_TOPIC;
+    vu[0].u.cstr = topic;
+    vu[1].vtype = VT_KEY;
+    vu[1].u.mem.ptr = key.buf;
+    vu[1].u.mem.size = (size_t)key.len;
+    vu[2].vtype = VT_MSGFLAGS;
+    vu[2].u.i = MSG_F_COPY;
+    vu[3].vtype = VT_VALUE;
+    vu[3].u.mem.ptr = self->out;
+    vu[4].vtype = VT_HEADER;
+    vu[4].u.header.name = job_name;
+    vu[4].u.header.val = PyBytes_AS_STRING(job_value);
+    vu[4].u.header.size = PyBytes_GET_SIZE(job_value);
+    vu[5].vtype = VT_HEADER;
+    vu[5].u.header.name = "source";
+    vu[5].u.header.val = source;
+    const char *buf = view.buf;
+    int code = SENT_ALL, fatal = 0;
+    PyObject *reason = NULL;
+    for (Py_ssize_t n = 0; n < max_lines && pos < view.len; n++) {
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', (size_t)(view.len - pos));
+        const char *e = nl ? nl : buf + view.len;
+        Py_ssize_t len = format_row(self, s, e, ingestion, line_no);
+        if (len < 0) goto done;
+        if (len == 0) {
+            code = STOPPED_AT_DEFERRED;
+            break;
+        }
+        vu[3].u.mem.size = (size_t)len;
+        vu[5].u.header.size = put_ll(source + plen, line_no) - source;
+        rd_kafka_error_t *error = rk_produceva(rk, vu, 6);
+        if (error != NULL) {
+            code = rk_error_code(error);
+            fatal = rk_error_is_fatal(error);
+            reason = PyUnicode_FromString(rk_error_string(error));
+            rk_error_destroy(error);
+            if (reason == NULL) goto done;
+            break;
+        }
+        queued++;
+        line_no++;
+        pos = (e - buf) + (nl ? 1 : 0);
+    }
+    result = Py_BuildValue("(nnLiNi)", queued, pos, line_no, code, reason ? reason : PyUnicode_FromString(""), fatal);
+done:
+    PyMem_Free(source);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static int FastRows_init(FastRows *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"kind", "head", "hour_ms", "job_header", "prefix", "avro", NULL};
+    int kind;
+    PyObject *head, *hour_ms, *job_header, *prefix, *avro = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iSOOS|O", kwlist, &kind, &head, &hour_ms, &job_header, &prefix,
+                                     &avro))
+        return -1;
+    if (kind != KIND_TRADE && kind != KIND_QUOTE) {
+        PyErr_SetString(PyExc_ValueError, "kind must be 0 (trade) or 1 (quote)");
+        return -1;
+    }
+    if (!PyCallable_Check(hour_ms)) {
+        PyErr_SetString(PyExc_TypeError, "hour_ms must be callable");
+        return -1;
+    }
+    if (!PyTuple_Check(job_header) || PyTuple_GET_SIZE(job_header) != 2) {
+        PyErr_SetString(PyExc_TypeError, "job_header must be a (name, value) tuple");
+        return -1;
+    }
+    Py_ssize_t room = PyBytes_GET_SIZE(head) + 2 * MAX_LINE + 256;
+    if (avro != Py_None) {
+        if (!PyTuple_Check(avro) || PyTuple_GET_SIZE(avro) != 4) {
+            PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < 4; i++) {
+            if (!PyBytes_Check(PyTuple_GET_ITEM(avro, i))) {
+                PyErr_SetString(PyExc_TypeError, "avro must be None or a tuple of 4 bytes");
+                return -1;
+            }
+            room += PyBytes_GET_SIZE(PyTuple_GET_ITEM(avro, i));
+        }
+        if (PyBytes_GET_SIZE(prefix) > 500) {
+            PyErr_SetString(PyExc_ValueError, "prefix is too long for an Avro message id");
+            return -1;
+        }
+        room += 2 * (PyBytes_GET_SIZE(prefix) + 64) + 128; /* two ids, numbers, map keys */
+    }
+    char *out = PyMem_Malloc((size_t)room);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(self->out);
+    self->out = out;
+    self->kind = kind;
+    Py_INCREF(head);
+    Py_XSETREF(self->head, head);
+    Py_INCREF(hour_ms);
+    Py_XSETREF(self->hour_ms, hour_ms);
+    Py_INCREF(job_header);
+    Py_XSETREF(self->job_header, job_header);
+    Py_INCREF(prefix);
+    Py_XSETREF(self->prefix, prefix);
+    Py_INCREF(avro);
+    Py_XSETREF(self->avro, avro);
+    Py_XSETREF(self->source, PyUnicode_InternFromString("source"));
+    if (self->source == NULL) return -1;
+    self->cached_hour = -1;
+    return 0;
+}
+
+static void FastRows_dealloc(FastRows *self) {
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->head);
+    Py_CLEAR(self->hour_ms);
+    Py_CLEAR(self->job_header);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->avro);
+    PyMem_Free(self->out);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int FastRows_traverse(FastRows *self, visitproc visit, void *arg) {
+    Py_VISIT(self->hour_ms);
+    Py_VISIT(self->job_header);
+    return 0;
+}
+
+static int FastRows_clear(FastRows *self) {
+    Py_CLEAR(self->hour_ms);
+    Py_CLEAR(self->job_header);
+    return 0;
+}
+
+static PyMethodDef FastRows_methods[] = {
+    {"parse", (PyCFunction)FastRows_parse, METH_VARARGS, parse_doc},
+    {"send", (PyCFunction)FastRows_send, METH_VARARGS, fr_send_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FastRowsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "k2jobs._fastrows.FastRows",
+    .tp_doc = PyDoc_STR("FastRows(kind, head, hour_ms, job_header, prefix, avro=None): a file's rows to message values"),
+    .tp_basicsize = sizeof(FastRows),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastRows_init,
+    .tp_dealloc = (destructor)FastRows_dealloc,
+    .tp_traverse = (traverseproc)FastRows_traverse,
+    .tp_clear = (inquiry)FastRows_clear,
+    .tp_methods = FastRows_methods,
+};
+
 
 static PyMethodDef module_methods[] = {
     {"bind", fastrows_bind, METH_VARARGS, bind_doc},

@@ -29,6 +29,12 @@ class LineParser(Protocol):
     def parse(self, data: bytes, pos: int, line_no: int, max_lines: int, ingestion: int) -> Parsed: ...
 
 
+class QueueRows(Protocol):
+    def __call__(
+        self, rows: Any, key: bytes, data: bytes, pos: int, line_no: int, max_lines: int, ingestion: int
+    ) -> tuple[int, int, int, bool]: ...
+
+
 class PythonLines:
     """The line parser used without the compiled one: the Python parser on every line.
 
@@ -133,16 +139,38 @@ class ChunkRows:
     def headers(self, line_no: int) -> Headers:
         return [self._job_header, ("source", f"{self._prefix}{line_no}".encode())]
 
-    def batches(self, batch_lines: int) -> Iterator[Batch]:
-        """Batches of up to `batch_lines` lines each, in order, until the chunk's bytes are used up."""
+    def batches(self, batch_lines: int, queue: QueueRows | None = None) -> Iterator[Batch]:
+        """Batches of up to `batch_lines` lines each, in order, until the chunk's bytes are used up.
+
+        Given `queue` (ChunkTransaction.queue_rows for the data topic) and the compiled parser, the rows the
+        compiled parser accepts are queued as they are parsed and never become Python objects; a batch then
+        holds only the one line it deferred, dealt with in Python. The caller sends each batch before the
+        generator resumes and queues more, so the messages keep the file's order.
+        """
         pos, line_no = 0, self.chunk.first_line
+        fused = queue is not None and FastRows is not None and isinstance(self._lines, FastRows)
         while pos < len(self._data):
-            values, headers, deferred, pos, line_no = self._lines.parse(
-                self._data, pos, line_no, batch_lines, self._ingestion
-            )
-            batch = Batch(values, headers, [], [])
-            if deferred:
-                self._parse_deferred(batch, deferred)
+            if fused:
+                assert queue is not None
+                queued, pos, line_no, stopped = queue(
+                    self._lines, self.key, self._data, pos, line_no, batch_lines, self._ingestion
+                )
+                self.published += queued
+                batch = Batch([], [], [], [])
+                if stopped:  # the line at pos: Python accepts it, rejects it with a reason, or skips it (blank)
+                    end = self._data.find(b"\n", pos)
+                    end = len(self._data) if end < 0 else end + 1
+                    pending: list[Any] = [None]  # the line's place, filled by _parse_deferred if Python accepts it
+                    batch = Batch(pending, list(pending), [], [])
+                    self._parse_deferred(batch, [(0, line_no, self._data[pos:end].removesuffix(b"\n"))])
+                    pos, line_no = end, line_no + 1
+            else:
+                values, headers, deferred, pos, line_no = self._lines.parse(
+                    self._data, pos, line_no, batch_lines, self._ingestion
+                )
+                batch = Batch(values, headers, [], [])
+                if deferred:
+                    self._parse_deferred(batch, deferred)
             self.published += len(batch.values)
             self.rejected += len(batch.dead)
             yield batch

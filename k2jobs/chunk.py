@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -100,7 +101,9 @@ def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for batch in rows.batches(batch_lines):
+        # A producer that can, parses and queues the common rows in C (ChunkTransaction.queue_rows).
+        queue = functools.partial(txn.queue_rows, kind.topic) if txn.compiled else None
+        for batch in rows.batches(batch_lines, queue):
             txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
             if batch.dead:
                 txn.send_batch(kind.dlq_topic, rows.key, batch.dead, batch.dead_headers)

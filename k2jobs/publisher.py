@@ -182,6 +182,7 @@ def _bind_compiled_send() -> bool:
 
 
 COMPILED_SEND = _bind_compiled_send()
+STOPPED_AT_DEFERRED = 1  # FastRows.send's code for "stopped before a line the compiled parser defers"
 
 
 @dataclass
@@ -266,6 +267,31 @@ class ChunkTransaction:
         except KafkaException as exc:
             raise _wrap(exc, "produce") from exc
         self._producer.poll(0)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether `queue_rows` can parse and queue rows in C on this producer."""
+        return self._compiled
+
+    def queue_rows(
+        self, topic: str, rows: Any, key: bytes, data: bytes, pos: int, line_no: int, max_lines: int, ingestion: int
+    ) -> tuple[int, int, int, bool]:
+        """Parse up to `max_lines` lines of `data` from byte `pos` with a compiled FastRows and queue their
+        messages in C, never making Python objects of them: (queued, pos, line_no, stopped at a line the
+        compiled parser defers). Waits for room when the local queue is full."""
+        queued = 0
+        while True:
+            sent, pos, line_no, code, reason, fatal = rows.send(
+                self._producer, topic, key, data, pos, line_no, max_lines - queued, ingestion
+            )
+            queued += sent
+            if code == KafkaError._QUEUE_FULL:
+                self._producer.poll(0.05)
+                continue
+            if code < 0:
+                raise _failure("produce", code, reason, bool(fatal))
+            self._producer.poll(0)
+            return queued, pos, line_no, code == STOPPED_AT_DEFERRED
 
     def _send_compiled(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
         start = 0

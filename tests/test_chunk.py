@@ -83,6 +83,7 @@ class RecordingTransaction:
 
     def __init__(self) -> None:
         self.batches: list[tuple] = []  # type: ignore[type-arg]
+        self.compiled = False  # no librdkafka handle: every row goes through send_batch
 
     def send_batch(self, topic, key, values, headers) -> None:  # type: ignore[no-untyped-def]
         self.batches.append((topic, key, list(values), list(headers)))

@@ -292,6 +292,7 @@ def test_a_hidden_predecessor_marker_raises_instead_of_holding_the_chunk_back() 
 class FakeTransaction:
     def __init__(self, events: list[str]) -> None:
         self.events = events
+        self.compiled = False  # no librdkafka handle: every row goes through send_batch
 
     def begin(self) -> None:
         self.events.append("begin")
