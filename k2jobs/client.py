@@ -19,6 +19,7 @@ from .markers import marker_end
 from .objects import plan_objects
 from .planning import JobPlan, plan_job
 from .publisher import ensure_topics
+from .registry import register_schemas
 
 # If every chunk has a result but the chord callback has not reported after this long
 # (celery #4207: a callback can be lost), the client reconciles the job itself.
@@ -89,11 +90,7 @@ def submit_job(
     if not options.again:
         refuse_reload(ledger, plan)
     ensure_topics(settings)  # also the reachability check: it fails within seconds if Kafka is away
-    schema_ids = {}
-    if options.value_format == "avro":
-        from .registry import register_schemas  # imported when needed: the registry client takes 0.14 s to import
-
-        schema_ids = register_schemas(settings)
+    schema_ids = register_schemas(settings) if options.value_format == "avro" else {}
     plan = with_value_format(plan, options.value_format, schema_ids)
     job_id = new_job_id()
     recorded = {
