@@ -231,9 +231,20 @@ def start_workers(env: dict[str, str], workers: int, old: tuple[int, ...] = ()) 
 
 
 def restart_stack(env: dict[str, str], workers: int) -> float:
-    """Stop the bench stack fully and start it with `workers`; seconds."""
+    """Stop the bench stack fully and start it afresh with `workers`; seconds.
+
+    Afresh: the stack's folder (broker logs, Redis) is deleted first. Kept, a day of runs left 16 GB of broker
+    logs behind, and every measurement, ceilings included, ran slower and less evenly on top of them.
+    """
     k2(env, "stack", "down", timeout=300)
+    shutil.rmtree(env["K2_STACK_DIR"], ignore_errors=True)
     return start_workers(env, workers)
+
+
+def settle() -> None:
+    """Before each measurement: the previous one's writes reach the disk, so none measures another's writeback."""
+    os.sync()
+    time.sleep(1)
 
 
 def restart_workers(env: dict[str, str], workers: int) -> float:
@@ -327,6 +338,7 @@ def java_ceiling(bootstrap: str, records: int, payloads: Path) -> Result:
     command = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{kafka_libs()}/*", JAVA_TOOL]
     command += ["--topic", TOPICS["java"], "--num-records", str(records), "--payload-file", str(payloads)]
     command += ["--throughput", "-1", "--bootstrap-server", bootstrap, "--command-property", *props]
+    settle()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     summaries = re.findall(r"(\d+) records sent, ([\d.]+) records/sec", done.stdout)
     if done.returncode != 0 or not summaries:
@@ -374,6 +386,7 @@ def python_ceiling(
     symbols, errors = symbols or company_symbols(), Deliveries()
     conf = {"bootstrap.servers": bootstrap, **FAST_PRODUCER, "enable.idempotence": True}
     producer = Producer({**conf, "delivery.report.only.error": True, "on_delivery": errors})
+    settle()
     started, sent = time.perf_counter(), 0
     for _kind, cid, path in files or input_files(("trades",)):
         key = f"ASX.{symbols[cid]}".encode()
@@ -417,6 +430,7 @@ def naive_loader(
     symbols, deliveries = symbols or company_symbols(), Deliveries()
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
     producer = Producer(conf)
+    settle()
     started, sent = time.perf_counter(), 0
     for kind, cid, path in files or input_files():
         key = f"ASX.{symbols[cid]}".encode()
@@ -441,6 +455,7 @@ def k2jobs_load(
     from k2jobs.ledger import Ledger, connect
 
     timeout = max(900.0, expected / 200)
+    settle()
     started = time.perf_counter()
     submit = ("submit", str(source), "--wait", "--json", "--again", *options)
     report = json.loads(k2(env, *submit, timeout=timeout, ok=(0, 1)))
