@@ -174,7 +174,7 @@ def _failure(what: str, code: int, reason: str, fatal: bool) -> PublishError:
 def _bind_compiled_send() -> bool:
     """Whether _fastrows.send can queue on confluent-kafka's producers: the C extension is built and the one
     librdkafka this process loaded (for confluent-kafka) is found in /proc/self/maps."""
-    if _fastrows is None:
+    if _fastrows is None or os.environ.get("K2_COMPILED_SEND") == "0":  # 0: confluent-kafka's produce() only
         return False
     try:
         with open("/proc/self/maps") as maps:
