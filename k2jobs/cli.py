@@ -105,6 +105,12 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     for chunk in plan.chunks:
         if chunk.damaged:  # the job loads the other files and ends failed, naming this one
             print(f"warning: {chunk.damaged}", file=sys.stderr)
+    if plan.unchanged:
+        more = f" and {len(plan.unchanged) - 5} more" if len(plan.unchanged) > 5 else ""
+        print(
+            f"note: {len(plan.unchanged)} files left out, nothing new: {', '.join(plan.unchanged[:5])}{more}",
+            file=sys.stderr,
+        )
     order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_groups())} keys"
     how = f"{order}, {options.value_format}"
     if not args.wait:
@@ -116,6 +122,52 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         print(f"job {job_id}: {len(plan.chunks)} chunks ({how}), {plan.rows} rows", file=sys.stderr)
     return _wait(settings, ledger, job_id, args.json, args.timeout)
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    from .client import SubmitOptions
+    from .ledger import Ledger, connect
+    from .watch import Watcher
+
+    _check_settings(settings)
+    options = SubmitOptions(
+        chunk_rows=args.chunk_rows or settings.chunk_rows,
+        skip_unknown=args.skip_unknown,
+        value_format=args.format or settings.value_format,
+    )
+
+    def say(event: dict[str, Any]) -> None:
+        print(json.dumps(event) if args.json else _watch_line(event), flush=True)
+
+    watcher = Watcher(settings, Ledger(connect(settings.redis_url)), Path(args.directory).absolute(), options, say)
+    signals: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        watcher.stop.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    watcher.run(args.every)
+    say({"event": "stopped", "reason": "a running job goes on on the workers" if signals else ""})
+    return EXIT_INTERRUPTED if signals and signals[0] == signal.SIGINT else EXIT_OK
+
+
+def _watch_line(event: dict[str, Any]) -> str:
+    what = event["event"]
+    if what == "job":
+        text = (
+            f"job {event['job_id']} {event['status'].upper()}: {event['published']} published, "
+            f"{event['rejected']} rejected of {event['rows']} new rows in {event['duration_s']}s"
+        )
+        return text + (f"; {event['reason']}" if "reason" in event else "")
+    if what == "watching":
+        return f"watching {event['directory']} every {event['every_s']:g}s (Ctrl-C stops; a running job goes on)"
+    if what == "changed":
+        return f"not loaded: {event['reason']}"
+    return f"{what}: {event['reason']}" if event.get("reason") else what
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,7 +211,10 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from .client import job_progress
 
     ledger = _ledger(settings)
-    rows = [job_progress(ledger, job_id).__dict__ for job_id in ledger.recent_jobs(args.limit)]
+    rows = [
+        {**job_progress(ledger, job_id).__dict__, "made_by": ledger.job_options(job_id).get("made_by", "")}
+        for job_id in ledger.recent_jobs(args.limit)
+    ]
     if args.json:
         _print_json(rows)
         return EXIT_OK
@@ -167,6 +222,7 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{row['job_id']}  {row['status']:<9}  {row['rows_done']:>10}/{row['rows']:<10} rows  "
             f"{row['chunks_done']}/{row['chunks']} chunks  {row['rejected']} rejected"
+            + (f"  ({row['made_by']})" if row["made_by"] else "")
         )
     return EXIT_OK
 
@@ -302,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         _timeout_option(p)
         p.set_defaults(func=func)
+
+    watch = sub.add_parser("watch", help="load new files and appended lines as they arrive, until stopped")
+    watch.add_argument("directory")
+    watch.add_argument("--every", type=float, default=10.0, help="seconds between scans (default 10)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument("--chunk-rows", type=int, default=None, help="lines per chunk (default K2_CHUNK_ROWS)")
+    watch.add_argument("--skip-unknown", action="store_true", help="skip files and folders it cannot load")
+    watch.add_argument("--format", choices=VALUE_FORMATS, default=None, help="json or avro (default K2_FORMAT)")
+    watch.set_defaults(func=cmd_watch)
 
     jobs = sub.add_parser("jobs", help="recent jobs with status and totals")
     jobs.add_argument("--limit", type=int, default=20)

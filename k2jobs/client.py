@@ -12,7 +12,7 @@ from typing import Any
 from redis import RedisError
 
 from .config import Settings
-from .errors import AlreadyLoaded, WaitTimeout
+from .errors import AlreadyLoaded, InputError, WaitTimeout
 from .ledger import Ledger
 from .lifecycle import enqueue_chunks, finish_job_if_done
 from .markers import marker_end
@@ -54,6 +54,10 @@ class SubmitOptions:
     again: bool = False
     skip_unknown: bool = False
     value_format: str = "json"
+    # watch: a last line without its line ending waits; files unchanged since published are no error
+    complete_only: bool = False
+    exclude: frozenset[str] = frozenset()  # paths under the data root left out (a watcher's held files)
+    made_by: str = ""  # who made the job, shown by `jobs` (a watcher)
 
 
 def refuse_reload(ledger: Ledger, plan: JobPlan) -> None:
@@ -69,6 +73,39 @@ def refuse_reload(ledger: Ledger, plan: JobPlan) -> None:
         )
 
 
+def plan_input(settings: Settings, ledger: Ledger, directory: Path | str, options: SubmitOptions) -> JobPlan:
+    """The plan of `directory` (or s3://...). Without --again, files a succeeded job published load only the lines
+    that followed, and files with nothing new are left out (refused if no file has anything new). A file whose
+    published part changed is refused, naming what changed. A watcher's scan (complete_only) refuses nothing:
+    its plan lists those files."""
+    if isinstance(directory, str):
+        return plan_objects(directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
+    plan = plan_job(
+        settings.data_root,
+        directory,
+        options.chunk_rows,
+        options.skip_unknown,
+        settings.task_rows,
+        extents_for=None if options.again else ledger.file_extents,
+        complete_only=options.complete_only,
+        exclude=options.exclude,
+    )
+    if plan.changed and not options.complete_only:
+        listed = "; ".join(plan.changed[:10]) + (
+            f" and {len(plan.changed) - 10} more" if len(plan.changed) > 10 else ""
+        )
+        raise InputError(f"{len(plan.changed)} files changed where a succeeded job published them: {listed}")
+    if plan.unchanged and not plan.chunks and not options.complete_only:
+        listed = ", ".join(plan.unchanged[:10]) + (
+            f" and {len(plan.unchanged) - 10} more" if len(plan.unchanged) > 10 else ""
+        )
+        raise AlreadyLoaded(
+            f"{len(plan.unchanged)} files hold nothing new since a succeeded job published them: {listed}. "
+            "Use --again to load them again"
+        )
+    return plan
+
+
 def with_value_format(plan: JobPlan, value_format: str, schema_ids: dict[str, int]) -> JobPlan:
     """The plan with every chunk told how to write its values (and, for Avro, its kind's schema id)."""
     chunks = [replace(c, value_format=value_format, schema_id=schema_ids.get(c.kind, 0)) for c in plan.chunks]
@@ -81,10 +118,12 @@ def submit_job(
     """Plan (a directory under the data root, or s3://BUCKET/PREFIX), check the services, record and enqueue a
     job; nothing is enqueued on any error."""
     started = time.perf_counter()
-    if isinstance(directory, str):
-        plan = plan_objects(directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
-    else:
-        plan = plan_job(settings.data_root, directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
+    plan = plan_input(settings, ledger, directory, options)
+    return submit_plan(settings, ledger, plan, options, started), plan
+
+
+def submit_plan(settings: Settings, ledger: Ledger, plan: JobPlan, options: SubmitOptions, started: float) -> str:
+    """Check the services, record and enqueue the job of `plan` (planned since `started`); its id."""
     planned = time.perf_counter()
     ledger.ping()
     if not options.again:
@@ -100,11 +139,12 @@ def submit_job(
         "ordered": options.ordered,
         "format": options.value_format,
         "schema_ids": schema_ids,
+        "made_by": options.made_by,
     }
     ledger.create_job(job_id, plan, recorded, marker_start=marker_end(settings))
     enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))), options.ordered)
     ledger.set_submit_timings(job_id, plan_s=planned - started, enqueue_s=time.perf_counter() - planned)
-    return job_id, plan
+    return job_id
 
 
 def job_progress(ledger: Ledger, job_id: str) -> Progress:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import redis
 
+from .appends import Extent, merged
 from .errors import JobNotFound, RedisUnavailable
 from .planning import JobPlan
 
@@ -18,6 +19,7 @@ JOBS_KEY = "k2:jobs"
 RUNNING_KEY = "k2:running"  # ids of jobs without a report: what the job supervisor watches
 SUPERVISOR_KEY = "k2:supervisor"  # which worker's job supervisor acts now (a redis-py Lock)
 LOADED_KEY = "k2:loaded"  # file content (FilePlan.content) -> the succeeded job that published it, kept for good
+EXTENTS_KEY = "k2:extents"  # file path under the data root -> what succeeded jobs published of it (appends.Extent)
 COMMITTED, FAILED = "committed", "failed"
 CHUNK_QUEUE = "k2jobs.chunks"  # celeryconfig routes k2jobs.process_chunk here; kombu keeps it as a Redis list
 UNACKED_KEY = "unacked"  # kombu: messages delivered to a worker and not acknowledged yet (restored if it dies)
@@ -223,9 +225,23 @@ class Ledger:
         return {content: orjson.loads(raw) for content, raw in zip(contents, found, strict=True) if raw is not None}
 
     def remember_loaded(self, job_id: str, plan: JobPlan) -> None:
-        """Record the file contents a succeeded job published (the earliest job is kept)."""
+        """Record the file contents a succeeded job published (the earliest job is kept), and how far it published
+        each file (its extent: a later job loads only what follows)."""
+        pipe = self.redis.pipeline()
         for file in plan.files:
-            self.redis.hsetnx(LOADED_KEY, file.content, orjson.dumps({"job_id": job_id, "path": file.path}))
+            pipe.hsetnx(LOADED_KEY, file.content, orjson.dumps({"job_id": job_id, "path": file.path}))
+            if file.identity and file.end:
+                pieces = merged([(int(s), int(e), int(c)) for s, e, c in file.pieces])
+                extent = Extent(file.end, file.next_line, file.newline, pieces, job_id)
+                pipe.hset(EXTENTS_KEY, file.identity, extent.to_json())
+        pipe.execute()
+
+    def file_extents(self, identities: list[str]) -> dict[str, Extent]:
+        """What succeeded jobs published of these files (by path under the data root), for those they did."""
+        if not identities:
+            return {}
+        found = self.redis.hmget(EXTENTS_KEY, identities)
+        return {name: Extent.from_json(raw) for name, raw in zip(identities, found, strict=True) if raw is not None}
 
     def recent_jobs(self, limit: int = 20) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(JOBS_KEY, 0, limit - 1)]

@@ -252,7 +252,8 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
         try:
             handle = open_gzip(raw) if compression else raw  # type: ignore[arg-type]
             with handle:
-                file_chunks, file_crc, size = cut_file(handle, lines_per_chunk, len(chunks), base)  # type: ignore[arg-type]
+                cut = cut_file(handle, lines_per_chunk, len(chunks), base)  # type: ignore[arg-type]
+                file_chunks, file_crc, size = cut.chunks, cut.crc, cut.size
                 if compression:
                     check_complete(
                         io.BufferedReader(RangedObject(bucket, obj)), obj.size, size, file_crc or 0, relative

@@ -8,15 +8,18 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import InputError, UnsafePathError
 from .gz import DAMAGED, GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, export_index, open_gzip
 from .records import Kind
+
+if TYPE_CHECKING:
+    from .appends import Extent
 
 BOM = b"\xef\xbb\xbf"
 COMPANY_INFO = Path("reference-data") / "company_info.csv"
@@ -70,6 +73,16 @@ class FilePlan:
     chunks: list[int] = field(default_factory=list)
     size: int = 0
     crc32: int = 0  # of the whole file: with kind, company and size, what "the same content" means
+    # Appending (k2jobs/appends.py): the file as a place (its path under the data root), the bytes and lines this
+    # job loads -- from `start` (line `first_line`) to `end`; earlier jobs published the bytes before `start` --,
+    # the line after them, whether they end a line, and (start, end, CRC-32) of the pieces of [0, end).
+    identity: str = ""
+    start: int = 0
+    first_line: int = 1
+    end: int = 0
+    next_line: int = 1
+    newline: bool = True
+    pieces: list[list[int]] = field(default_factory=list)
 
     @property
     def content(self) -> str:
@@ -88,6 +101,10 @@ class JobPlan:
     bundles: dict[int, list[int]] = field(default_factory=dict)
     # data_path -> the gzip index of a .csv.gz file (k2jobs.gz); kept in Redis beside the plan, not in it.
     gzip_indexes: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Not loaded, not kept with the job: files whose published content did not grow, and files whose
+    # published part changed (each with what changed).
+    unchanged: list[str] = field(default_factory=list, repr=False)
+    changed: list[str] = field(default_factory=list, repr=False)
 
     @property
     def rows(self) -> int:
@@ -359,15 +376,22 @@ def _after_lines(buf: bytes, start: int, lines: int, guess: float) -> int:
 
 
 def cut_ranges(
-    handle: io.BufferedReader, lines_per_chunk: int, block: int = READ_BLOCK
+    handle: io.BufferedReader,
+    lines_per_chunk: int,
+    block: int = READ_BLOCK,
+    offset: int = 0,
+    line: int = 1,
+    complete_only: bool = False,
 ) -> Iterator[tuple[int, bytes, int, int]]:
-    """(file offset, bytes, first line number, line endings in it) per chunk, streaming the file in blocks.
+    """(file offset, bytes, first line number, line endings in it) per chunk, streaming the file in blocks
+    from where `handle` is: file offset `offset`, line number `line`. With `complete_only`, a last line without
+    its line ending is left out (it is still being written).
 
     Every byte is counted once as it is read and once more where a chunk is cut.
     """
     data = handle.read(block)
-    offset, line, pos = 0, 1, 0
-    if data.startswith(BOM):
+    pos = 0
+    if offset == 0 and data.startswith(BOM):
         data, offset = data[len(BOM) :], len(BOM)
     buffered = data.count(b"\n")  # line endings in data[pos:]
     guess, eof = 64.0, not data
@@ -383,6 +407,10 @@ def cut_ranges(
             end, endings = _after_lines(data, pos, lines_per_chunk, guess), lines_per_chunk
         else:  # the end of the file: the rest is the last chunk
             end, endings = len(data), buffered
+            if complete_only and not data.endswith(b"\n"):
+                end = data.rfind(b"\n", pos) + 1  # the unfinished last line waits for its line ending
+                if end <= pos:
+                    return
         yield offset + pos, data[pos:end], line, endings
         guess = max(1.0, (end - pos) / lines_per_chunk) * 1.001  # just past the average: rarely short
         line, buffered, pos = line + endings, buffered - endings, end
@@ -396,20 +424,52 @@ def company_of(relative: str, name: str, symbols: dict[int, str]) -> int:
     return int(stem)
 
 
+@dataclass
+class Cut:
+    """A file cut into chunks: the chunks, the CRC-32 and length of its bytes [0, size), the (start, end, CRC-32) of
+    each piece read, the number of the line after them, and whether they end with a line ending."""
+
+    chunks: list[ChunkPlan]
+    crc: int | None  # None: nothing but (at most) a byte-order mark
+    size: int
+    pieces: list[list[int]]
+    next_line: int
+    newline: bool
+
+
 def cut_file(
-    handle: BinaryIO, lines_per_chunk: int, first_index: int, base: ChunkPlan
-) -> tuple[list[ChunkPlan], int | None, int]:
-    """Cut an open file (decompressed, for gzip) into chunks like `base`, counting rows and checksumming each;
-    also the CRC-32 (None if the file is empty or only a byte-order mark) and size of its bytes. Pieces of blank
-    lines only are counted but make no chunk."""
+    handle: BinaryIO,
+    lines_per_chunk: int,
+    first_index: int,
+    base: ChunkPlan,
+    offset: int = 0,
+    line: int = 1,
+    prefix_crc: int | None = None,
+    complete_only: bool = False,
+) -> Cut:
+    """Cut an open file (decompressed, for gzip) into chunks like `base`, counting rows and checksumming each,
+    from where `handle` is (`offset`, line `line`; `prefix_crc`: the CRC-32 of the bytes before). Pieces of
+    blank lines only are counted but make no chunk."""
     chunks: list[ChunkPlan] = []
-    file_crc, size = None, 0
-    for start, piece, first_line, endings in cut_ranges(handle, lines_per_chunk):  # type: ignore[arg-type]
+    pieces: list[list[int]] = []
+    file_crc, size, next_line, newline = prefix_crc, offset, line, True
+    for start, piece, first_line, endings in cut_ranges(
+        handle,  # type: ignore[arg-type]
+        lines_per_chunk,
+        offset=offset,
+        line=line,
+        complete_only=complete_only,
+    ):
         piece_crc = zlib.crc32(piece)
         if file_crc is None:  # the first piece starts after the byte-order mark, if there is one
             file_crc = zlib.crc32(BOM) if start == len(BOM) else 0
+            if start == len(BOM):
+                pieces.append([0, start, file_crc])
         file_crc = crc32_combine(file_crc, piece_crc, len(piece))
         size = start + len(piece)
+        pieces.append([start, size, piece_crc])
+        newline = piece.endswith(b"\n")
+        next_line = first_line + endings + (0 if newline else 1)
         rows = count_rows(piece, endings)
         if rows == 0:
             continue  # only blank lines: nothing to load, nothing to count
@@ -424,7 +484,7 @@ def cut_file(
                 crc32=piece_crc,
             )
         )
-    return chunks, file_crc, size
+    return Cut(chunks, file_crc, size, pieces, next_line, newline)
 
 
 def file_base(
@@ -473,6 +533,10 @@ def file_plan(base: ChunkPlan, chunks: list[ChunkPlan], size: int, crc: int) -> 
     )
 
 
+UNCHANGED, CHANGED = "unchanged", "changed"
+Skipped = tuple[str, str]  # (UNCHANGED or CHANGED, what to say about the file)
+
+
 def plan_file(
     root: Path,
     directory: Path,
@@ -482,41 +546,110 @@ def plan_file(
     lines_per_chunk: int,
     first_index: int,
     inside: InsideRoot | None = None,
-) -> tuple[FilePlan, list[ChunkPlan], bytes | None]:
+    extents: dict[str, Extent] | None = None,
+    complete_only: bool = False,
+) -> tuple[FilePlan, list[ChunkPlan], bytes | None, Skipped | None]:
     """Cut one file into chunks, counting rows and checksumming each. A .csv.gz file's chunks are ranges of
-    its decompressed bytes, and its gzip index comes back with them (None for a plain file)."""
+    its decompressed bytes, and its gzip index comes back with them (None for a plain file).
+
+    With `extents` (what succeeded jobs published of each file, k2jobs/appends.py), a file published before is
+    checked piece by piece and only what follows is cut. The last item says why the file is not to be loaded:
+    (UNCHANGED, path and job) when nothing follows, (CHANGED, what changed) when its published part changed;
+    None when it is to be loaded.
+    """
     real = (inside or InsideRoot(root))(path)
     relative = path.relative_to(directory).as_posix()
     company_of(relative, path.name, symbols)  # the name is checked before the file is opened
     compression = GZIP if path.name.endswith(GZIP_SUFFIX) else ""
+    identity = real.relative_to(root).as_posix()
+    extent = (extents or {}).get(identity)
+    complete_only = (complete_only or extent is not None) and not compression  # gzip files are written whole
     try:
         info = real.stat()
         handle = open_gzip(real) if compression else real.open("rb")
     except OSError as exc:
         raise InputError(f"{relative} cannot be read: {exc.strerror or exc}") from exc
-    base = file_base(relative, real.relative_to(root).as_posix(), kind, symbols, info.st_size)
+    base = file_base(relative, identity, kind, symbols, info.st_size)
     with handle:
         try:
-            chunks, file_crc, size = cut_file(handle, lines_per_chunk, first_index, base)
-            crc = zlib.crc32(BOM if (size if compression else info.st_size) else b"") if file_crc is None else file_crc
+            offset, line, prefix_crc = 0, 1, None
+            pieces: list[list[int]] = []
+            if extent is not None:
+                resumed = resume_after(handle, extent, relative)
+                if len(resumed) == 2:
+                    return file_plan(base, [], info.st_size, 0), [], None, resumed  # type: ignore[return-value]
+                offset, line, prefix_crc, pieces = resumed  # type: ignore[misc]
+            cut = cut_file(handle, lines_per_chunk, first_index, base, offset, line, prefix_crc, complete_only)
+            if extent is not None and not cut.chunks:
+                unchanged = (UNCHANGED, f"{relative} (published by job {extent.job_id})")
+                return file_plan(base, [], info.st_size, 0), [], None, unchanged
+            crc = (
+                zlib.crc32(BOM if (cut.size if compression else info.st_size) else b"") if cut.crc is None else cut.crc
+            )
             if compression:
                 with real.open("rb") as raw:
-                    check_complete(raw, info.st_size, size, crc, relative)
+                    check_complete(raw, info.st_size, cut.size, crc, relative)
             index = export_index(handle) if compression else None  # type: ignore[arg-type]
         except GzipDamaged as exc:
-            return (*damaged_file(base, first_index, str(exc)), None)
+            return (*damaged_file(base, first_index, str(exc)), None, None)
         except DAMAGED as exc:
             if not compression:
                 raise
-            return (*damaged_file(base, first_index, f"{relative}: gzip data is corrupt or truncated ({exc})"), None)
-    return file_plan(base, chunks, info.st_size, crc), chunks, index
+            why = f"{relative}: gzip data is corrupt or truncated ({exc})"
+            return (*damaged_file(base, first_index, why), None, None)
+    plan = replace(
+        file_plan(base, cut.chunks, info.st_size, crc),
+        identity=identity,
+        start=offset,
+        first_line=line,
+        end=cut.size,
+        next_line=cut.next_line,
+        newline=cut.newline,
+        pieces=pieces + cut.pieces,
+    )
+    return plan, cut.chunks, index, None
+
+
+def resume_after(handle: BinaryIO, extent: Extent, relative: str) -> tuple[int, int, int, list[list[int]]] | Skipped:
+    """Check a file's published part (`extent`) as `handle` reads it from the start. As published: where to cut
+    from (offset, line number, CRC-32 of the bytes before, their pieces). Otherwise why it is not loaded."""
+    changed = extent.first_change(handle)
+    since = f"since job {extent.job_id} published them (--again loads the whole file again)"
+    if changed is not None:
+        return CHANGED, f"{relative}: bytes {changed[0]}-{changed[1]} changed {since}"
+    pieces = [list(p) for p in extent.pieces]
+    offset, crc = extent.end, extent.crc32
+    if not extent.newline:  # the last published line had no line ending: only one may follow it
+        ending = handle.read(2)
+        if not ending:
+            return UNCHANGED, f"{relative} (published by job {extent.job_id})"
+        if not (ending.startswith(b"\n") or ending == b"\r\n"):
+            start = pieces[-1][0]
+            return CHANGED, f"{relative}: bytes {start}-{extent.end} changed {since}: its last line went on"
+        ending = ending[:1] if ending.startswith(b"\n") else ending
+        pieces.append([offset, offset + len(ending), zlib.crc32(ending)])
+        crc, offset = crc32_combine(crc, zlib.crc32(ending), len(ending)), offset + len(ending)
+        handle.seek(offset)
+    return offset, extent.next_line, crc, pieces
 
 
 def plan_job(
-    root: Path, directory: Path, lines_per_chunk: int, skip_unknown: bool = False, task_rows: int = 0
+    root: Path,
+    directory: Path,
+    lines_per_chunk: int,
+    skip_unknown: bool = False,
+    task_rows: int = 0,
+    extents_for: Callable[[list[str]], dict[str, Extent]] | None = None,
+    complete_only: bool = False,
+    exclude: frozenset[str] = frozenset(),
 ) -> JobPlan:
     """Validate `directory`, cut every input file into chunks, and bundle small chunks into tasks of up to
-    `task_rows` rows (default: `lines_per_chunk`)."""
+    `task_rows` rows (default: `lines_per_chunk`).
+
+    `extents_for` gives what succeeded jobs published of files (by their path under the data root): those are
+    cut from where it ends, or listed in the plan as unchanged or changed (k2jobs/appends.py). With
+    `complete_only`, a last line without its line ending waits. Files whose path is in `exclude` are left out.
+    """
     if lines_per_chunk <= 0:
         raise InputError("--chunk-rows must be positive")
     if not directory.exists():
@@ -535,15 +668,23 @@ def plan_job(
     chunks: list[ChunkPlan] = []
     indexes: dict[str, bytes] = {}
     inside = InsideRoot(root)
+    if exclude:
+        inputs = [(k, p) for k, p in inputs if inside(p).relative_to(root).as_posix() not in exclude]
+    extents = extents_for([inside(p).relative_to(root).as_posix() for _, p in inputs]) if extents_for else {}
+    unchanged: list[str] = []
+    changed: list[str] = []
     for kind, path in inputs:
-        file_plan, file_chunks, index = plan_file(
-            root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks), inside
+        file_plan, file_chunks, index, skipped = plan_file(
+            root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks), inside, extents, complete_only
         )
+        if skipped is not None:
+            (unchanged if skipped[0] == UNCHANGED else changed).append(skipped[1])
+            continue
         files.append(file_plan)
         chunks.extend(file_chunks)
         if index is not None and file_chunks:
             indexes[file_chunks[0].data_path] = index
-    if not chunks:
+    if not chunks and not unchanged and not changed and not (complete_only and files):
         raise InputError(f"the CSV files under {directory} hold no rows")
     return JobPlan(
         source_dir=real_dir.relative_to(root).as_posix() or ".",
@@ -551,4 +692,6 @@ def plan_job(
         chunks=chunks,
         bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
         gzip_indexes=indexes,
+        unchanged=unchanged,
+        changed=changed,
     )

@@ -113,7 +113,7 @@ def test_a_failed_chunk_holds_back_the_rest_of_its_key_and_resume_goes_on_in_ord
     assert key_order_violations(messages) == []
 
 
-def test_loading_the_same_content_twice_needs_again(stack, workdir) -> None:  # type: ignore[no-untyped-def]
+def test_loading_the_same_content_twice_needs_again(stack, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
     (workdir / "trades").mkdir()
     (workdir / "reference-data").mkdir()
     (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n")
@@ -132,7 +132,9 @@ def test_loading_the_same_content_twice_needs_again(stack, workdir) -> None:  # 
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["job_id"] != job_id
 
-    (workdir / "trades" / "7078.csv").write_bytes(unique * 2)  # grown: new rows appended
+    (workdir / "trades" / "7078.csv").write_bytes(unique * 2)  # grown: a row appended
     grown = run_k2("submit", relative, "--json")
     assert grown.returncode == 0, grown.stderr
-    assert json.loads(grown.stdout)["totals"]["published"] == 2
+    report = json.loads(grown.stdout)
+    assert report["totals"]["published"] == 1  # only the new line: the old one was published already
+    assert [m.source for m in read_back(report["job_id"])] == ["trades/7078.csv:2"]
