@@ -240,7 +240,10 @@ class Ledger:
         """What succeeded jobs published of these files (by path under the data root), for those they did."""
         if not identities:
             return {}
-        found = self.redis.hmget(EXTENTS_KEY, identities)
+        try:
+            found = self.redis.hmget(EXTENTS_KEY, identities)
+        except redis.RedisError as exc:  # asked while planning, before anything else needs Redis
+            raise RedisUnavailable(f"Redis did not answer: {exc}") from exc
         return {name: Extent.from_json(raw) for name, raw in zip(identities, found, strict=True) if raw is not None}
 
     def recent_jobs(self, limit: int = 20) -> list[str]:
