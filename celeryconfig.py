@@ -39,7 +39,20 @@ task_default_queue = "k2jobs.control"
 task_routes = {
     "k2jobs.process_chunk": {"queue": "k2jobs.chunks"},
     "k2jobs.reconcile_job": {"queue": "k2jobs.control"},
+    "k2jobs.scan_directory": {"queue": "k2jobs.control"},
 }
+
+# `stack up --watch DIR` (or a beat service): Celery beat sends one scan of K2_WATCH_DIR (under the data root)
+# every K2_WATCH_EVERY_S seconds; a scan not picked up within a period expires, so none pile up.
+if _settings.watch_dir:
+    beat_schedule = {
+        "k2jobs-watch": {
+            "task": "k2jobs.scan_directory",
+            "schedule": _settings.watch_every_s,
+            "args": (_settings.watch_dir,),
+            "options": {"queue": "k2jobs.control", "expires": _settings.watch_every_s},
+        }
+    }
 
 # Events for Flower.
 worker_send_task_events = True

@@ -262,6 +262,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         workers=getattr(args, "workers", 2),
         brokers=getattr(args, "brokers", None),
         s3=getattr(args, "s3", False),
+        watch=_watch_option(args, settings),
     )
     if args.action == "up":
         _check_settings(settings)
@@ -278,6 +279,19 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in status.items():
             print(f"{name}: {value}")
     return EXIT_OK
+
+
+def _watch_option(args: argparse.Namespace, settings: Settings) -> tuple[str, float] | None:
+    """`stack up --watch DIR [--watch-every S]`: DIR under the data root; `--watch ''` stops watching."""
+    directory = getattr(args, "watch", None)
+    if directory is None:
+        return None
+    if not directory:
+        return "", 0.0
+    path = (settings.data_root / directory).resolve()
+    if not path.is_dir() or not path.is_relative_to(settings.data_root):
+        raise InputError(f"--watch {directory}: not a directory under the data root {settings.data_root}")
+    return path.relative_to(settings.data_root).as_posix() or ".", args.watch_every
 
 
 def _timeout_option(parser: argparse.ArgumentParser) -> None:
@@ -386,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--s3", action="store_true", help="also a local S3-compatible server (VersityGW); remembered by the stack"
     )
+    up.add_argument(
+        "--watch",
+        default=None,
+        metavar="DIR",
+        help="also Celery beat, scanning DIR for new files and appended lines (remembered; --watch '' stops it)",
+    )
+    up.add_argument("--watch-every", type=float, default=10.0, help="seconds between scheduled scans (default 10)")
     up.add_argument("--json", action="store_true")
     stack_sub.add_parser("down", help="stop what the stack started")
     st = stack_sub.add_parser("status", help="pids of the stack's processes")

@@ -75,6 +75,9 @@ class Settings:
     # Where Avro schemas are registered (Confluent's API: Apicurio serves it under /apis/ccompat/v7).
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     value_format: str = "json"  # what submit writes unless --format says otherwise: json or avro
+    # Celery beat's scheduled scan (`stack up --watch DIR`): a directory under the data root, and how often.
+    watch_dir: str = ""
+    watch_every_s: float = 10.0
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0
     # How often a running chunk writes its rows done to Redis (what `status --wait` and the fault tests watch; the
@@ -193,4 +196,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         progress_every_s=float(env.get("K2_PROGRESS_EVERY_S") or defaults.progress_every_s),
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),
+        watch_dir=env.get("K2_WATCH_DIR") or "",
+        watch_every_s=float(env.get("K2_WATCH_EVERY_S") or defaults.watch_every_s),
     )

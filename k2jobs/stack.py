@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import urllib.error
@@ -62,7 +63,14 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 class Stack:
     """Starts, inspects and stops the local services in `settings.stack_dir`."""
 
-    def __init__(self, settings: Settings, workers: int = 2, brokers: int | None = None, s3: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int = 2,
+        brokers: int | None = None,
+        s3: bool = False,
+        watch: tuple[str, float] | None = None,
+    ) -> None:
         self.settings = settings
         self.dir = settings.stack_dir
         self.workers = workers
@@ -76,6 +84,9 @@ class Stack:
         self.brokers = brokers or self.remembered_brokers
         self.s3_file = self.dir / "s3"  # `up --s3` once: the S3 server is part of this stack folder from then on
         self.s3 = s3 or self.s3_file.exists()
+        # `up --watch DIR`: Celery beat scans DIR every so often, from then on ("" stops and forgets it).
+        self.watch_file = self.dir / "watch"
+        self.watch = watch if watch is not None else self._remembered_watch()
         self.nodes = self.kafka_nodes(self.brokers)
 
     def kafka_nodes(self, count: int) -> list[KafkaNode]:
@@ -199,6 +210,20 @@ class Stack:
             self._flower_ready,
         )
 
+    def _remembered_watch(self) -> tuple[str, float] | None:
+        if not self.watch_file.exists():
+            return None
+        remembered = json.loads(self.watch_file.read_text())
+        return remembered["directory"], float(remembered["every_s"])
+
+    def beat_service(self) -> Service:
+        """Celery beat sending the scheduled scans of the watched directory (celeryconfig.beat_schedule)."""
+        directory, every_s = self.watch or ("", 0.0)
+        schedule = self.dir / "beat-schedule"
+        command = [sys.executable, "-m", "celery", "-A", "k2jobs.app", "beat", "-s", str(schedule), "-l", "INFO"]
+        env = {**worker_environment(self.settings), "K2_WATCH_DIR": directory, "K2_WATCH_EVERY_S": str(every_s)}
+        return Service("beat", command, self.dir / "logs" / "beat.log", self.dir / "beat.pid", str(schedule), bool, env)
+
     def worker_services(self) -> list[Service]:
         """Workers wanted now, plus any started earlier beyond that number."""
         numbers = set(range(1, self.workers + 1))
@@ -264,7 +289,26 @@ class Stack:
                 worker.start()
         self._wait_workers(workers)
         self._ensure(self.flower_service())
+        self._ensure_beat()
         return self.status()
+
+    def _ensure_beat(self) -> None:
+        """Start, restart (another directory or period) or stop Celery beat as `--watch` says."""
+        beat = self.beat_service()
+        remembered = self._remembered_watch()
+        if beat.pid() is not None and self.watch != remembered:
+            stop(beat)
+        if not self.watch or not self.watch[0]:
+            stop(beat)
+            self.watch_file.unlink(missing_ok=True)
+            return
+        directory, every_s = self.watch
+        if every_s <= 0:
+            raise StackError("--watch-every must be positive")
+        self.watch_file.write_text(json.dumps({"directory": directory, "every_s": every_s}))
+        if beat.pid() is None:
+            beat.start()
+            wait_until_ready("celery beat", lambda: beat.pid() is not None, beat)  # exec'd, with its command line
 
     def _ensure(self, service: Service) -> None:
         if service.pid() is None and not service.ready():
@@ -327,6 +371,11 @@ class Stack:
             "brokers": brokers,
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
             "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
+            **(
+                {"beat": {"pid": self.beat_service().pid(), "directory": self.watch[0], "every_s": self.watch[1]}}
+                if self.watch and self.watch[0]
+                else {}
+            ),
             "registry": {"pid": self._probe("registry").pid(), "url": self.settings.schema_registry_url},
             **(
                 {
@@ -343,7 +392,13 @@ class Stack:
 
     def down(self) -> list[str]:
         """Stop what this stack started: workers first so they finish their chunks, Redis last."""
-        services = [*self.worker_services(), self.flower_service(), self._probe("registry"), self._s3_probe()]
+        services = [
+            self.beat_service(),
+            *self.worker_services(),
+            self.flower_service(),
+            self._probe("registry"),
+            self._s3_probe(),
+        ]
         stopped = [service.name for service in services if stop(service)]
         # All brokers at once: a cluster's last broker cannot shut down cleanly once the other controllers are gone.
         brokers = [self._probe_node(node) for node in self.nodes]

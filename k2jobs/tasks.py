@@ -276,3 +276,22 @@ def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any
     if report is None:
         return {"job_id": job_id, "status": "running"}
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}
+
+
+@app.task(name="k2jobs.scan_directory", acks_late=False, ignore_result=True)
+def scan_directory_task(directory: str) -> dict[str, Any]:
+    """One scheduled scan of `directory` (under the data root) for new files and appended lines: Celery beat sends
+    it every K2_WATCH_EVERY_S seconds (`stack up --watch DIR`); see k2jobs/watch.py."""
+    from .client import SubmitOptions
+    from .watch import Watcher
+
+    clients = worker_clients()
+    settings = clients.settings
+    options = SubmitOptions(chunk_rows=settings.chunk_rows, value_format=settings.value_format)
+
+    def say(event: dict[str, Any]) -> None:
+        log.info("watch %s: %s", directory, event)
+
+    result = Watcher(settings, clients.ledger, settings.data_root / directory, options, say).scan_scheduled()
+    log.info("scan of %s: %s", directory, result)
+    return result

@@ -69,11 +69,38 @@ class Watcher:
                 self._lock.release()
 
     def scan_once(self) -> str | None:
-        """Wait for the job the last scan made while it runs; then scan once and submit a job for what is new.
-        The new job's id, if there was anything new (and the watcher was not stopped)."""
+        """Wait for the job the last scan made while it runs; then scan once and submit a job for what is new,
+        and wait for it. The new job's id, if there was anything new (and the watcher was not stopped)."""
         last = self.ledger.redis.get(self._key("job"))
         if last is not None and self._wait(last.decode()) is None:
             return None  # stopped while waiting: the job goes on on the workers
+        job_id = self._submit_new()
+        if job_id is not None:
+            self._wait(job_id)
+        return job_id
+
+    def scan_scheduled(self) -> dict[str, Any]:
+        """One scan for Celery beat (the k2jobs.scan_directory task): never two at once on one directory (the
+        watcher's lock), nothing while the last scan's job runs, and no waiting for the job it submits."""
+        self.ledger.redis.incr(self._key("scans"))  # every scan task run, whether it gets the lock or not
+        self._lock = self.ledger.redis.lock(self._key("lock"), timeout=LOCK_TTL_S, thread_local=False)
+        if not self._lock.acquire(blocking=False):
+            return {"scan": "skipped", "reason": f"another scan or watcher holds {self.name}"}
+        try:
+            last = self.ledger.redis.get(self._key("job"))
+            if last is not None:
+                report = self.ledger.report(last.decode())
+                if report is None:
+                    return {"scan": "skipped", "reason": f"job {last.decode()} of the last scan is still running"}
+                self._settle(report)
+            job_id = self._submit_new()
+            return {"scan": "submitted", "job_id": job_id} if job_id else {"scan": "nothing new"}
+        finally:
+            with contextlib.suppress(Exception):
+                self._lock.release()
+
+    def _submit_new(self) -> str | None:
+        """Plan against what was published and submit a job for what is new; its id, or None."""
         self._release_held()
         options = replace(self.options, exclude=frozenset(self._held()))
         plan = plan_input(self.settings, self.ledger, self.directory, options)
@@ -85,8 +112,6 @@ class Watcher:
             return None
         job_id = submit_plan(self.settings, self.ledger, plan, options, time.perf_counter())
         self.ledger.redis.set(self._key("job"), job_id)
-        self.say({"event": "submitted", "job_id": job_id, "files": len(plan.files), "rows": plan.rows})
-        self._wait(job_id)
         return job_id
 
     def _wait(self, job_id: str) -> dict[str, Any] | None:
@@ -98,10 +123,14 @@ class Watcher:
                 report = wait_for_report(self.ledger, job_id, timeout_s=WAIT_SLICE_S)
             except WaitTimeout:
                 continue
-            if self.ledger.redis.getset(self._key("said"), job_id) != job_id.encode():
-                self._said(report)
+            self._settle(report)
             return report
         return None
+
+    def _settle(self, report: dict[str, Any]) -> None:
+        """Say a finished job once, whichever watcher or scan sees it first."""
+        if self.ledger.redis.getset(self._key("said"), report["job_id"]) != report["job_id"].encode():
+            self._said(report)
 
     def _said(self, report: dict[str, Any]) -> None:
         totals = report["totals"]

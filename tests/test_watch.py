@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,17 @@ TRADE = "03/10/2014,10:05:44.516,37.51,{volume},3,X,\r\n"
 QUOTE = "03/10/2014,10:05:44.516,37.50,37.52,{volume},100\r\n"
 
 
+RUN = uuid.uuid4().int % 999 + 1  # content no earlier run had: load-once compares content across runs
+
+
 def rows(template: str, first: int, last: int) -> bytes:
-    return "".join(template.format(volume=40000 + n) for n in range(first, last + 1)).encode()
+    return "".join(template.format(volume=RUN * 10**7 + n) for n in range(first, last + 1)).encode()
 
 
 def new_input(workdir: Path) -> Path:
-    (workdir / "reference-data").mkdir()
+    """A fresh input directory: a new path each run, as what jobs published of a path stays in Redis."""
+    workdir = workdir / f"in-{uuid.uuid4().hex[:8]}"
+    (workdir / "reference-data").mkdir(parents=True)
     (workdir / "reference-data" / "company_info.csv").write_text("company_id,symbol\n7078,BHP\n7181,CBA\n")
     (workdir / "trades").mkdir()
     (workdir / "quotes").mkdir()
@@ -181,3 +188,52 @@ def test_a_watcher_killed_mid_job_and_started_again_loses_and_doubles_nothing(st
     assert [s["status"] for s in said] == ["succeeded"] * len(said) and len(said) == 2
     assert sum(s["published"] for s in said) == 300_010
     assert_each_line_once_in_order(sources_of(read_back, [s["job_id"] for s in said]), {"trades/7078.csv": 300_010})
+
+
+def test_a_beat_schedule_scans_once_per_period_and_loads_what_arrives(stack, workdir, read_back, ledger) -> None:  # type: ignore[no-untyped-def]
+    """`stack up --watch DIR`: Celery beat sends one scan a period, run by one of the two workers, never two at
+    once; what arrives loads once; Flower lists the scans; `--watch ''` stops it."""
+    job = new_input(workdir)
+    relative = job.relative_to(DATA_ROOT).as_posix()
+    trades = job / "trades" / "7078.csv"
+    last_job = f"k2:watch:{relative}:job"
+
+    def next_job(after: str | None) -> str:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = ledger.redis.get(last_job)
+            if current is not None and current.decode() != after and ledger.report(current.decode()) is not None:
+                return str(current.decode())
+            time.sleep(0.2)
+        raise AssertionError(f"no job from the scheduled scans after {after}")
+
+    up = run_k2("stack", "up", "--workers", "2", "--s3", "--watch", relative, "--watch-every", "1", "--json")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["beat"]["pid"] is not None
+    try:
+        append(trades, rows(TRADE, 1, 10))
+        jobs = [next_job(None)]
+        append(trades, rows(TRADE, 11, 14))
+        (job / "quotes" / "7181.csv").write_bytes(rows(QUOTE, 1, 5))
+        jobs.append(next_job(jobs[-1]))
+        if sum(ledger.report(j)["totals"]["published"] for j in jobs) < 19:  # the two arrived in separate scans
+            jobs.append(next_job(jobs[-1]))
+
+        scans = f"k2:watch:{relative}:scans"
+        before, started = int(ledger.redis.get(scans) or 0), time.monotonic()
+        time.sleep(6)
+        ran, periods = int(ledger.redis.get(scans) or 0) - before, time.monotonic() - started
+        assert periods - 2 <= ran <= periods + 1, f"{ran} scans in {periods:.1f} periods of 1 s (2 workers)"
+
+        flower = json.loads(run_k2("stack", "status", "--json").stdout)["flower"]["url"]
+        query = "draw=1&start=0&length=100&search[value]=scan_directory&order[0][column]=0&columns[0][data]=name"
+        with urllib.request.urlopen(f"{flower}/tasks/datatable?{query}") as r:  # what Flower's task page shows
+            listed = json.load(r)
+        assert any(row["name"] == "k2jobs.scan_directory" for row in listed["data"]), listed["data"][:3]
+    finally:
+        down = run_k2("stack", "up", "--workers", "2", "--s3", "--watch", "", "--json")
+        assert down.returncode == 0, down.stderr
+    assert "beat" not in json.loads(down.stdout)
+    assert [ledger.report(j)["status"] for j in jobs] == ["succeeded"] * len(jobs)
+    assert all(ledger.job_options(j)["made_by"] == f"watch {relative}" for j in jobs)
+    assert_each_line_once_in_order(sources_of(read_back, jobs), {"trades/7078.csv": 14, "quotes/7181.csv": 5})
