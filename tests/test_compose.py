@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,8 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    # As compose reads it with the variables unset: ${NAME:-default} is its default.
+    return {str(k): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
 
 
 def argv(value: str | list[str] | None) -> list[str]:
@@ -377,3 +381,22 @@ def test_cluster_variant_k2jobs_services_bootstrap_from_every_broker(cluster: di
         assert healthy_dependencies(services[name]) >= {"redis", *BROKERS}, name
         assert env["K2_REDIS_URL"].startswith("redis://redis:6379/"), name  # the rest of the base file is kept
     assert {name for name, svc in services.items() if svc.get("ports")} == {"flower", "s3"}
+
+
+def test_beat_sends_the_scheduled_scans_of_the_watched_folder(services: dict[str, dict[str, Any]]) -> None:
+    beat = services["beat"]
+    assert "watch" in beat["profiles"], "`docker compose up` without --profile watch must not start it"
+    assert argv(beat["command"])[:4] == ["celery", "-A", "k2jobs.app", "beat"]
+    env = {**env_of(beat), "K2_WATCH_DIR": "sample", "K2_WATCH_EVERY_S": "10"}  # as `K2_WATCH_DIR=sample ... up`
+    settings = load_settings(env)
+    assert (settings.watch_dir, settings.watch_every_s) == ("sample", 10.0)
+    shown = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig, json; print(json.dumps(celeryconfig.beat_schedule))"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [entry] = json.loads(shown.stdout).values()
+    assert entry["task"] == "k2jobs.scan_directory" and entry["args"] == ["sample"] and entry["schedule"] == 10.0
+    assert "K2_WATCH_DIR" in env_of(services["worker"])  # one environment: the worker runs the scans
