@@ -105,6 +105,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     for chunk in plan.chunks:
         if chunk.damaged:  # the job loads the other files and ends failed, naming this one
             print(f"warning: {chunk.damaged}", file=sys.stderr)
+    for file in plan.files:
+        if file.out_of_order:
+            print(f"warning: out of order: {file.out_of_order}", file=sys.stderr)
     if plan.unchanged:
         more = f" and {len(plan.unchanged) - 5} more" if len(plan.unchanged) > 5 else ""
         print(
@@ -162,6 +165,7 @@ def _watch_line(event: dict[str, Any]) -> str:
             f"job {event['job_id']} {event['status'].upper()}: {event['published']} published, "
             f"{event['rejected']} rejected of {event['rows']} new rows in {event['duration_s']}s"
         )
+        text += "".join(f"; out of order: {warning}" for warning in event.get("warnings", []))
         return text + (f"; {event['reason']}" if "reason" in event else "")
     if what == "watching":
         return f"watching {event['directory']} every {event['every_s']:g}s (Ctrl-C stops; a running job goes on)"

@@ -83,6 +83,9 @@ class FilePlan:
     next_line: int = 1
     newline: bool = True
     pieces: list[list[int]] = field(default_factory=list)
+    # A new file whose name sorts before a file of its key an earlier job published: its rows come after that
+    # file's in the key's order, not before. Said in the job's report, never silently.
+    out_of_order: str = ""
 
     @property
     def content(self) -> str:
@@ -610,6 +613,32 @@ def plan_file(
     return plan, cut.chunks, index, None
 
 
+def _out_of_order(
+    files: list[FilePlan], inputs: list[tuple[Kind, Path]], extents: dict[str, Extent], root: Path, inside: InsideRoot
+) -> list[FilePlan]:
+    """`files`, each new one that sorts before a published file of its key (kind and company) marked out of order."""
+    published: dict[tuple[str, str], list[tuple[str, str]]] = {}  # key -> (name, job) of its published files
+    for kind, path in inputs:
+        extent = extents.get(inside(path).relative_to(root).as_posix())
+        if extent is not None:
+            stem = input_stem(path.name) or path.name
+            published.setdefault((kind.value, stem), []).append((path.name, extent.job_id))
+    marked = []
+    for file in files:
+        name = file.path.rpartition("/")[2]
+        later = [
+            (other, job)
+            for other, job in published.get((file.kind, input_stem(name) or name), [])
+            if other > name and file.identity not in extents
+        ]
+        if later:
+            other, job = min(later)
+            note = f"{file.path} sorts before {other}, loaded earlier by job {job}: its rows come after that file's"
+            file = replace(file, out_of_order=note)
+        marked.append(file)
+    return marked
+
+
 def resume_after(handle: BinaryIO, extent: Extent, relative: str) -> tuple[int, int, int, list[list[int]]] | Skipped:
     """Check a file's published part (`extent`) as `handle` reads it from the start. As published: where to cut
     from (offset, line number, CRC-32 of the bytes before, their pieces). Otherwise why it is not loaded."""
@@ -684,6 +713,8 @@ def plan_job(
         chunks.extend(file_chunks)
         if index is not None and file_chunks:
             indexes[file_chunks[0].data_path] = index
+    if extents:
+        files = _out_of_order(files, inputs, extents, root, inside)
     if not chunks and not unchanged and not changed and not (complete_only and files):
         raise InputError(f"the CSV files under {directory} hold no rows")
     return JobPlan(

@@ -43,6 +43,7 @@ def format_report(report: dict[str, Any]) -> str:
         where = f"chunk {failure['chunk']}" if failure.get("chunk") is not None else "rows"
         lines.append(f"  FAILED {failure['path']} {where}: {failure['error']}")
         lines.extend(f"    {reason}" for reason in failure.get("reasons", []))
+    lines.extend(f"  WARNING out of order: {warning}" for warning in report.get("warnings", []))
     return "\n".join(lines) + "\n"
 
 

@@ -82,6 +82,7 @@ def reconcile_job(
                 "rejected": rejected,
                 "chunks": len(file.chunks),
                 "reasons": reasons,
+                **({"out_of_order": file.out_of_order} if file.out_of_order else {}),
             }
         )
     totals = {
@@ -95,5 +96,6 @@ def reconcile_job(
         "totals": totals,
         "files": files,
         "failures": failures,
+        "warnings": [f["out_of_order"] for f in files if "out_of_order" in f],
         "duration_s": round(duration_s, 3),
     }

@@ -136,6 +136,8 @@ class Watcher:
         totals = report["totals"]
         line = {"event": "job", "job_id": report["job_id"], "status": report["status"], **totals}
         line["duration_s"] = report["duration_s"]
+        if report.get("warnings"):
+            line["warnings"] = report["warnings"]
         if report["status"] != "succeeded":
             plan = self.ledger.plan(report["job_id"])
             held = {f.identity: report["job_id"] for f in plan.files if f.identity}

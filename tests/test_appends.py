@@ -137,3 +137,17 @@ def test_merged_pieces_keep_the_checksum_of_the_whole() -> None:
     assert all(a[1] == b[0] for a, b in zip(few, few[1:], strict=False))
     assert all(zlib.crc32(data[s:e]) == c for s, e, c in few)
     assert Extent(len(data), 601, True, few, "j").crc32 == zlib.crc32(data)
+
+
+def test_a_new_file_that_sorts_before_a_published_file_of_its_key_is_marked_out_of_order(tmp_path: Path) -> None:
+    job, published = make_dir(tmp_path, {"trades/7078.csv.gz": gzip.compress(lines(1, 3))}), Published()
+    published.succeeded(plan(tmp_path, job, published), "job-1")
+    (job / "trades" / "7078.csv").write_bytes(lines(4, 5))  # same key, sorts before the published 7078.csv.gz
+    (job / "quotes").mkdir()
+    (job / "quotes" / "7078.csv").write_bytes(lines(1, 2))  # another key: in order
+    p = plan(tmp_path, job, published)
+    notes = {f.path: f.out_of_order for f in p.files}
+    assert notes["quotes/7078.csv"] == ""
+    assert notes["trades/7078.csv"] == (
+        "trades/7078.csv sorts before 7078.csv.gz, loaded earlier by job job-1: its rows come after that file's"
+    )

@@ -114,3 +114,17 @@ def test_in_an_ordered_job_a_failed_chunk_holds_back_the_rest_of_its_key() -> No
         0: "changed",
         1: "not loaded, to keep the key's order: chunk 0 (trades/7078.csv) before it did not commit",
     }
+
+
+def test_a_file_loaded_out_of_order_is_a_warning_in_the_report_not_a_failure() -> None:
+    from dataclasses import replace
+
+    from k2jobs.progress import format_report
+
+    note = "trades/7078.csv sorts before 7078.csv.gz, loaded earlier by job j0: its rows come after that file's"
+    plan = replace(PLAN, files=[replace(PLAN.files[0], out_of_order=note), PLAN.files[1]])
+    report = reconcile_job("j", plan, {0: committed(20), 1: committed(10), 2: committed(5)}, 1.0)
+    assert report["status"] == "succeeded" and report["warnings"] == [note]
+    assert report["files"][0]["out_of_order"] == note and "out_of_order" not in report["files"][1]
+    assert f"WARNING out of order: {note}" in format_report(report)
+    assert reconcile_job("j", PLAN, {0: committed(20), 1: committed(10), 2: committed(5)}, 1.0)["warnings"] == []
