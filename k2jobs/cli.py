@@ -144,7 +144,8 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     def say(event: dict[str, Any]) -> None:
         print(json.dumps(event) if args.json else _watch_line(event), flush=True)
 
-    watcher = Watcher(settings, Ledger(connect(settings.redis_url)), Path(args.directory).absolute(), options, say)
+    directory = args.directory if is_object_url(args.directory) else Path(args.directory).absolute()
+    watcher = Watcher(settings, Ledger(connect(settings.redis_url)), directory, options, say)
     signals: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -292,6 +293,8 @@ def _watch_option(args: argparse.Namespace, settings: Settings) -> tuple[str, fl
         return None
     if not directory:
         return "", 0.0
+    if is_object_url(directory):
+        return directory.rstrip("/"), args.watch_every
     path = (settings.data_root / directory).resolve()
     if not path.is_dir() or not path.is_relative_to(settings.data_root):
         raise InputError(f"--watch {directory}: not a directory under the data root {settings.data_root}")

@@ -78,18 +78,12 @@ def plan_input(settings: Settings, ledger: Ledger, directory: Path | str, option
     that followed, and files with nothing new are left out (refused if no file has anything new). A file whose
     published part changed is refused, naming what changed. A watcher's scan (complete_only) refuses nothing:
     its plan lists those files."""
+    extents_for = None if options.again else ledger.file_extents
+    how = (options.chunk_rows, options.skip_unknown, settings.task_rows, extents_for, options.complete_only)
     if isinstance(directory, str):
-        return plan_objects(directory, options.chunk_rows, options.skip_unknown, settings.task_rows)
-    plan = plan_job(
-        settings.data_root,
-        directory,
-        options.chunk_rows,
-        options.skip_unknown,
-        settings.task_rows,
-        extents_for=None if options.again else ledger.file_extents,
-        complete_only=options.complete_only,
-        exclude=options.exclude,
-    )
+        plan = plan_objects(directory, *how, exclude=options.exclude)
+    else:
+        plan = plan_job(settings.data_root, directory, *how, exclude=options.exclude)
     if plan.changed and not options.complete_only:
         listed = "; ".join(plan.changed[:10]) + (
             f" and {len(plan.changed) - 10} more" if len(plan.changed) > 10 else ""

@@ -12,26 +12,33 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChunkChanged, InputError, StorageUnavailable
 from .gz import DAMAGED, GzipDamaged, check_complete, export_index, open_gzip, read_range
 from .planning import (
     COMPANY_INFO,
     DOCUMENTATION,
+    UNCHANGED,
     ChunkPlan,
+    Cut,
     FilePlan,
     JobPlan,
     bundle_chunks,
-    cut_file,
+    cut_after,
     damaged_file,
     file_base,
     file_plan,
+    grown_plan,
     input_stem,
     parse_company_symbols,
 )
 from .records import Kind
+
+if TYPE_CHECKING:
+    from .appends import Extent
 
 SCHEME = "s3://"
 READ_BLOCK = 8 << 20  # bytes per ranged GET when an object is read through
@@ -232,8 +239,19 @@ def input_objects(
     return info, found
 
 
-def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, task_rows: int = 0) -> JobPlan:
-    """plan_job for s3://BUCKET/PREFIX: list, read company_info, stream every object once through the cutter."""
+def plan_objects(
+    url: str,
+    lines_per_chunk: int,
+    skip_unknown: bool = False,
+    task_rows: int = 0,
+    extents_for: Callable[[list[str]], dict[str, Extent]] | None = None,
+    complete_only: bool = False,
+    exclude: frozenset[str] = frozenset(),
+) -> JobPlan:
+    """plan_job for s3://BUCKET/PREFIX: list, read company_info, stream every object once through the cutter.
+
+    Appending as plan_job: an object replaced by a longer one whose start is as published loads what follows.
+    """
     if lines_per_chunk <= 0:
         raise InputError("--chunk-rows must be positive")
     bucket, prefix = split_url(url)
@@ -245,14 +263,24 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
     files: list[FilePlan] = []
     chunks: list[ChunkPlan] = []
     indexes: dict[str, bytes] = {}
+    inputs = [(kind, relative, obj) for kind, relative, obj in inputs if object_url(bucket, obj.key) not in exclude]
+    extents = extents_for([object_url(bucket, obj.key) for _, _, obj in inputs]) if extents_for else {}
+    unchanged: list[str] = []
+    changed: list[str] = []
     for kind, relative, obj in inputs:
-        base = file_base(relative, object_url(bucket, obj.key), kind, symbols, obj.size, obj.etag)
+        identity = object_url(bucket, obj.key)
+        base = file_base(relative, identity, kind, symbols, obj.size, obj.etag)
         compression = base.compression
+        extent = extents.get(identity)
         raw = io.BufferedReader(RangedObject(bucket, obj), buffer_size=READ_BLOCK)
         try:
             handle = open_gzip(raw) if compression else raw  # type: ignore[arg-type]
             with handle:
-                cut = cut_file(handle, lines_per_chunk, len(chunks), base)  # type: ignore[arg-type]
+                complete = (complete_only or extent is not None) and not compression
+                cut = cut_after(handle, lines_per_chunk, len(chunks), base, extent, complete)  # type: ignore[arg-type]
+                if not isinstance(cut, Cut):
+                    (unchanged if cut[0] == UNCHANGED else changed).append(cut[1])
+                    continue
                 file_chunks, file_crc, size = cut.chunks, cut.crc, cut.size
                 if compression:
                     check_complete(
@@ -270,9 +298,9 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
             chunks.extend(file_chunks)
             continue
         crc = file_crc if file_crc is not None else 0
-        files.append(file_plan(base, file_chunks, obj.size, crc))
+        files.append(grown_plan(file_plan(base, file_chunks, obj.size, crc), identity, cut))
         chunks.extend(file_chunks)
-    if not chunks:
+    if not chunks and not unchanged and not changed and not (complete_only and files):
         raise InputError(f"the CSV files under {url} hold no rows")
     return JobPlan(
         source_dir=url,
@@ -280,4 +308,6 @@ def plan_objects(url: str, lines_per_chunk: int, skip_unknown: bool = False, tas
         chunks=chunks,
         bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
         gzip_indexes={path: index for path, index in indexes.items() if path in {c.data_path for c in chunks}},
+        unchanged=unchanged,
+        changed=changed,
     )

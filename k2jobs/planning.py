@@ -435,9 +435,11 @@ class Cut:
     chunks: list[ChunkPlan]
     crc: int | None  # None: nothing but (at most) a byte-order mark
     size: int
-    pieces: list[list[int]]
+    pieces: list[list[int]]  # of the bytes [0, size): those published before `start` too
     next_line: int
     newline: bool
+    start: int = 0  # where this cut started (after what was published)
+    first_line: int = 1
 
 
 def cut_file(
@@ -575,17 +577,9 @@ def plan_file(
     base = file_base(relative, identity, kind, symbols, info.st_size)
     with handle:
         try:
-            offset, line, prefix_crc = 0, 1, None
-            pieces: list[list[int]] = []
-            if extent is not None:
-                resumed = resume_after(handle, extent, relative)
-                if len(resumed) == 2:
-                    return file_plan(base, [], info.st_size, 0), [], None, resumed  # type: ignore[return-value]
-                offset, line, prefix_crc, pieces = resumed  # type: ignore[misc]
-            cut = cut_file(handle, lines_per_chunk, first_index, base, offset, line, prefix_crc, complete_only)
-            if extent is not None and not cut.chunks:
-                unchanged = (UNCHANGED, f"{relative} (published by job {extent.job_id})")
-                return file_plan(base, [], info.st_size, 0), [], None, unchanged
+            cut = cut_after(handle, lines_per_chunk, first_index, base, extent, complete_only)
+            if not isinstance(cut, Cut):
+                return file_plan(base, [], info.st_size, 0), [], None, cut
             crc = (
                 zlib.crc32(BOM if (cut.size if compression else info.st_size) else b"") if cut.crc is None else cut.crc
             )
@@ -600,17 +594,43 @@ def plan_file(
                 raise
             why = f"{relative}: gzip data is corrupt or truncated ({exc})"
             return (*damaged_file(base, first_index, why), None, None)
-    plan = replace(
-        file_plan(base, cut.chunks, info.st_size, crc),
+    return grown_plan(file_plan(base, cut.chunks, info.st_size, crc), identity, cut), cut.chunks, index, None
+
+
+def cut_after(
+    handle: BinaryIO,
+    lines_per_chunk: int,
+    first_index: int,
+    base: ChunkPlan,
+    extent: Extent | None,
+    complete_only: bool,
+) -> Cut | Skipped:
+    """cut_file on a file (or object) read from its start, from where `extent` (what succeeded jobs published of it)
+    ends; without an extent, the whole file. Or why it is not to be loaded: nothing new, or what changed."""
+    if extent is None:
+        return cut_file(handle, lines_per_chunk, first_index, base, complete_only=complete_only)
+    resumed = resume_after(handle, extent, base.path)
+    if len(resumed) == 2:
+        return resumed  # type: ignore[return-value]
+    offset, line, prefix_crc, pieces = resumed  # type: ignore[misc]
+    cut = cut_file(handle, lines_per_chunk, first_index, base, offset, line, prefix_crc, complete_only)
+    if not cut.chunks:
+        return UNCHANGED, f"{base.path} (published by job {extent.job_id})"
+    return replace(cut, pieces=pieces + cut.pieces, start=offset, first_line=line)
+
+
+def grown_plan(plan: FilePlan, identity: str, cut: Cut) -> FilePlan:
+    """A file's plan with what appending needs: where this job starts and ends in it, and its pieces' checksums."""
+    return replace(
+        plan,
         identity=identity,
-        start=offset,
-        first_line=line,
+        start=cut.start,
+        first_line=cut.first_line,
         end=cut.size,
         next_line=cut.next_line,
         newline=cut.newline,
-        pieces=pieces + cut.pieces,
+        pieces=cut.pieces,
     )
-    return plan, cut.chunks, index, None
 
 
 def _out_of_order(

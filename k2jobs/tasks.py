@@ -283,6 +283,7 @@ def scan_directory_task(directory: str) -> dict[str, Any]:
     """One scheduled scan of `directory` (under the data root) for new files and appended lines: Celery beat sends
     it every K2_WATCH_EVERY_S seconds (`stack up --watch DIR`); see k2jobs/watch.py."""
     from .client import SubmitOptions
+    from .objects import is_object_url
     from .watch import Watcher
 
     clients = worker_clients()
@@ -292,6 +293,7 @@ def scan_directory_task(directory: str) -> dict[str, Any]:
     def say(event: dict[str, Any]) -> None:
         log.info("watch %s: %s", directory, event)
 
-    result = Watcher(settings, clients.ledger, settings.data_root / directory, options, say).scan_scheduled()
+    where = directory if is_object_url(directory) else settings.data_root / directory
+    result = Watcher(settings, clients.ledger, where, options, say).scan_scheduled()
     log.info("scan of %s: %s", directory, result)
     return result

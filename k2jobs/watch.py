@@ -35,9 +35,15 @@ Say = Callable[[dict[str, Any]], None]
 class Watcher:
     """One directory, watched until `stop` is set."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, directory: Path, options: SubmitOptions, say: Say) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger, directory: Path | str, options: SubmitOptions, say: Say
+    ) -> None:
+        """`directory`: a folder under the data root, or s3://BUCKET/PREFIX."""
         self.settings, self.ledger, self.directory, self.say = settings, ledger, directory, say
-        self.name = directory.resolve().relative_to(settings.data_root.resolve()).as_posix() or "."
+        if isinstance(directory, str):
+            self.name = directory.rstrip("/")
+        else:
+            self.name = directory.resolve().relative_to(settings.data_root.resolve()).as_posix() or "."
         self.options = replace(options, complete_only=True, made_by=f"watch {self.name}")
         self.stop = threading.Event()
         self._lock: Any = None

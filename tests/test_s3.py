@@ -132,3 +132,34 @@ def test_a_truncated_gzip_object_fails_the_job_naming_it(s3) -> None:  # type: i
     assert code == 1 and report["status"] == "failed", (report, err)
     [failure] = report["failures"]
     assert failure["path"] == "trades/7078.csv.gz" and "gzip data is corrupt or truncated" in failure["error"]
+
+
+def test_watching_an_s3_prefix_loads_longer_objects_once_and_names_an_edited_one(s3, read_back) -> None:  # type: ignore[no-untyped-def]
+    """Objects are replaced whole: one replaced by a longer one whose start is as published loads what follows."""
+    import signal
+    import uuid
+
+    from .test_watch import TRADE, Watch, assert_each_line_once_in_order, rows
+
+    prefix, client = f"grow-{uuid.uuid4().hex[:8]}", s3["client"]
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/{COMPANY}", Body=b"company_id,symbol\n7078,BHP\n")
+    key = f"{prefix}/trades/7078.csv"
+    client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 1, 20))
+    watch = Watch(f"s3://{BUCKET}/{prefix}", env=s3["env"])
+    try:
+        watch.next("watching")
+        jobs = [watch.next("job")]
+        client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 1, 30))
+        jobs.append(watch.next("job"))
+        edited = bytearray(rows(TRADE, 1, 31))
+        edited[3:4] = b"1"  # a published byte (line 1's day)
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(edited))
+        change = watch.next("changed")
+        assert f"trades/7078.csv: bytes 0-{len(rows(TRADE, 1, 20))} changed since job" in change["reason"]
+        watch.process.send_signal(signal.SIGINT)
+        assert watch.process.wait(timeout=10) == 130
+    finally:
+        watch.process.kill()
+    assert [(j["status"], j["published"]) for j in jobs] == [("succeeded", 20), ("succeeded", 10)]
+    messages = [m for j in jobs for m in read_back(j["job_id"])]
+    assert_each_line_once_in_order(messages, {"trades/7078.csv": 30})

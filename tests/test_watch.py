@@ -91,10 +91,11 @@ def test_appended_pieces_load_once_and_an_edited_published_part_is_refused(stack
 class Watch:
     """`python -m k2jobs watch DIR --json` in the background, its JSON lines collected as they come."""
 
-    def __init__(self, relative: str, every: float = 0.3) -> None:
+    def __init__(self, relative: str, every: float = 0.3, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "k2jobs", "watch", relative, "--every", str(every), "--json"],
             cwd=DATA_ROOT,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
