@@ -485,6 +485,19 @@ static int (*rk_error_is_fatal)(const rd_kafka_error_t *);
 static void (*rk_error_destroy)(rd_kafka_error_t *);
 static const char *(*rk_name)(const rd_kafka_t *);
 
+/* The first four entries of a message's rd_kafka_produceva() arguments: topic, key, copy flag, and the value's
+ * type (its bytes are set per message). */
+static void message_vu(rk_vu *vu, const char *topic, const Py_buffer *key) {
+    vu[0].vtype = VT_TOPIC;
+    vu[0].u.cstr = topic;
+    vu[1].vtype = VT_KEY;
+    vu[1].u.mem.ptr = key->buf;
+    vu[1].u.mem.size = (size_t)key->len;
+    vu[2].vtype = VT_MSGFLAGS;
+    vu[2].u.i = MSG_F_COPY;
+    vu[3].vtype = VT_VALUE;
+}
+
 PyDoc_STRVAR(bind_doc, "bind(path) -> bool: use the librdkafka already loaded from path (False if it is not loaded)");
 
 static PyObject *fastrows_bind(PyObject *module, PyObject *args) {
@@ -573,14 +586,7 @@ static PyObject *fastrows_send(PyObject *module, PyObject *args) {
     }
     rk_vu vu[4 + MAX_HEADERS];
     memset(vu, 0, sizeof(vu));
-    vu[0].vtype = VT_TOPIC;
-    vu[0].u.cstr = topic;
-    vu[1].vtype = VT_KEY;
-    vu[1].u.mem.ptr = key.buf;
-    vu[1].u.mem.size = (size_t)key.len;
-    vu[2].vtype = VT_MSGFLAGS;
-    vu[2].u.i = MSG_F_COPY;
-    vu[3].vtype = VT_VALUE;
+    message_vu(vu, topic, &key);
     for (; i < PyList_GET_SIZE(values); i++) {
         PyObject *value = PyList_GET_ITEM(values, i), *list = PyList_GET_ITEM(headers, i);
         if (!PyBytes_Check(value) || !PyList_Check(list) || PyList_GET_SIZE(list) > MAX_HEADERS) {
@@ -652,14 +658,7 @@ static PyObject *FastRows_send(FastRows *self, PyObject *args) {
     memcpy(source, PyBytes_AS_STRING(self->prefix), (size_t)plen);
     rk_vu vu[6];
     memset(vu, 0, sizeof(vu));
-    vu[0].vtype = VT_TOPIC;
-    vu[0].u.cstr = topic;
-    vu[1].vtype = VT_KEY;
-    vu[1].u.mem.ptr = key.buf;
-    vu[1].u.mem.size = (size_t)key.len;
-    vu[2].vtype = VT_MSGFLAGS;
-    vu[2].u.i = MSG_F_COPY;
-    vu[3].vtype = VT_VALUE;
+    message_vu(vu, topic, &key);
     vu[3].u.mem.ptr = self->out;
     vu[4].vtype = VT_HEADER;
     vu[4].u.header.name = job_name;
