@@ -98,6 +98,15 @@ class Settings:
         return int(self.kafka_options.get("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)) / 1000
 
     @property
+    def abort_timeout_s(self) -> float:
+        """How long aborting a chunk's transaction may wait: half the room between the soft and the hard time limit,
+        so a chunk stopped by the soft limit while Kafka is away aborts (or gives up) and fails before the hard
+        limit kills its process. An abort that gives up is no loss: the transaction times out, or the next attempt
+        fences it."""
+        soft, hard = self.chunk_time_limits_s
+        return min(self.kafka_call_timeout_s, max(0.5, (hard - soft) / 2))
+
+    @property
     def chunk_time_limits_s(self) -> tuple[int, int]:
         """(soft, hard) time limit of one chunk attempt: inside its transaction's timeout, so a chunk is
         stopped (soft) or killed (hard) before Kafka would abort its transaction under it."""

@@ -124,7 +124,11 @@ class KafkaMarkerLog:
 
     def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
         self._configs = {i: marker_consumer_config(settings, i) for i in ("read_uncommitted", "read_committed")}
-        self._consumers = {i: Consumer(c) for i, c in self._configs.items()}
+        # Made on first use, not while a worker's pool process starts: Celery kills a pool process that has not
+        # reported in within 4 s, and librdkafka is not fork-safe (a client made right after the fork may wait on
+        # a lock a thread of the parent held). Seen once with the broker down: new pool processes never reported
+        # in, and Celery killed them every 4 s for minutes.
+        self._consumers: dict[str, Consumer] = {}
         self._tp = TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION)
         self.timeout_s = timeout_s
 
@@ -134,15 +138,20 @@ class KafkaMarkerLog:
         With nothing assigned, the old one kept a dead leader until its next metadata refresh (5 minutes by
         default): every check failed that long after the leader was killed (tests/test_cluster.py).
         """
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumers[isolation].close()
+        with contextlib.suppress(KafkaException, RuntimeError, KeyError):
+            self._consumers.pop(isolation).close()
         self._consumers[isolation] = Consumer(self._configs[isolation])
+
+    def _consumer(self, isolation: str) -> Consumer:
+        if isolation not in self._consumers:
+            self._consumers[isolation] = Consumer(self._configs[isolation])
+        return self._consumers[isolation]
 
     def _high(self, isolation: str) -> int:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                return int(self._consumers[isolation].get_watermark_offsets(self._tp, self.timeout_s, cached=False)[1])
+                return int(self._consumer(isolation).get_watermark_offsets(self._tp, self.timeout_s, cached=False)[1])
             except KafkaException as exc:
                 self._renew(isolation)
                 # A topic just created has no leader for a moment; a leader change moves it.
@@ -158,7 +167,7 @@ class KafkaMarkerLog:
 
     def _read(self, isolation: str, start: int, end: int) -> Iterator[Any]:
         """Messages from `start` until the position reaches `end` or the partition's end."""
-        consumer = self._consumers[isolation]
+        consumer = self._consumer(isolation)
         consumer.assign([TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION, start)])
         deadline = time.monotonic() + self.timeout_s
         try:

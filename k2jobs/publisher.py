@@ -225,6 +225,7 @@ class ChunkTransaction:
     def __init__(self, settings: Settings, job_id: str, chunk_index: int) -> None:
         self.errors = DeliveryErrors()
         self._timeout_s = settings.kafka_call_timeout_s
+        self._abort_timeout_s = settings.abort_timeout_s
         conf = producer_config(settings, transactional_id(job_id, chunk_index))
         self._producer = Producer({**conf, "on_delivery": self.errors})
         # The compiled send uses the Producer's librdkafka handle; its name proves the handle is the one
@@ -250,7 +251,7 @@ class ChunkTransaction:
                 self._producer.produce(topic, value, key, partition=partition, headers=headers)
                 return
             except BufferError:
-                self._producer.poll(QUEUE_FULL_WAIT_S)
+                self._poll(QUEUE_FULL_WAIT_S)
             except KafkaException as exc:
                 raise _wrap(exc, "produce") from exc
 
@@ -273,7 +274,7 @@ class ChunkTransaction:
                     self.send(topic, key, value, message_headers)
         except KafkaException as exc:
             raise _wrap(exc, "produce") from exc
-        self._producer.poll(0)
+        self._poll(0)
 
     @property
     def compiled(self) -> bool:
@@ -293,11 +294,11 @@ class ChunkTransaction:
             )
             queued += sent
             if code == KafkaError._QUEUE_FULL:
-                self._producer.poll(QUEUE_FULL_WAIT_S)
+                self._poll(QUEUE_FULL_WAIT_S)
                 continue
             if code < 0:
                 raise _failure("produce", code, reason, bool(fatal))
-            self._producer.poll(0)
+            self._poll(0)
             return queued, pos, line_no, code == STOPPED_AT_DEFERRED
 
     def _send_compiled(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
@@ -308,8 +309,16 @@ class ChunkTransaction:
                 break
             if code != KafkaError._QUEUE_FULL:
                 raise _failure("produce", code, reason, bool(fatal))
-            self._producer.poll(QUEUE_FULL_WAIT_S)
-        self._producer.poll(0)
+            self._poll(QUEUE_FULL_WAIT_S)
+        self._poll(0)
+
+    def _poll(self, timeout_s: float) -> None:
+        """Serve delivery reports. confluent-kafka raises a fatal error here (fenced while adding a partition to
+        the transaction): as any producer call's, it is a PublishError, ChunkFenced when fatal."""
+        try:
+            self._producer.poll(timeout_s)
+        except KafkaException as exc:
+            raise _wrap(exc, "produce") from exc
 
     def commit(self) -> None:
         """Flush and commit; raises PublishError (after aborting) if anything failed."""
@@ -324,7 +333,7 @@ class ChunkTransaction:
     def abort(self) -> None:
         # Fenced or broker gone: the coordinator aborts it on timeout or fencing anyway.
         with contextlib.suppress(KafkaException):
-            self._producer.abort_transaction(self._timeout_s)
+            self._producer.abort_transaction(self._abort_timeout_s)
 
 
 def warm_up_kafka(settings: Settings) -> None:

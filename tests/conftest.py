@@ -39,6 +39,10 @@ TEST_ENV = {
     # Progress written every 10 ms: chunks take ~0.13 s here, and the fault tests strike while one is part-way
     # (tests/test_faults.py mid_job), which the default 0.1 s showed once per chunk at best.
     "K2_PROGRESS_EVERY_S": "0.01",
+    # A 1 MB client queue (8 MB by default): progress counts rows queued, and chunks queue from C faster than the
+    # broker takes them, so with 8 MB a 60,000-row chunk showed 50% at once and then sat at 90%+ while flushing;
+    # the fault tests strike while a chunk is part-way, which then was seldom seen.
+    "K2_KAFKA_OPT_QUEUE_BUFFERING_MAX_KBYTES": "1024",
     # Short Kafka transactions, so a worker stopped longer than one is a test of seconds, not minutes.
     "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "15000",
     "K2_KAFKA_OPT_MESSAGE_TIMEOUT_MS": "10000",
