@@ -94,7 +94,7 @@ def plan_input(settings: Settings, ledger: Ledger, directory: Path | str, option
             f" and {len(plan.unchanged) - 10} more" if len(plan.unchanged) > 10 else ""
         )
         raise AlreadyLoaded(
-            f"{len(plan.unchanged)} files hold nothing new since a succeeded job published them: {listed}. "
+            f"{len(plan.unchanged)} files hold nothing new: all their lines were already published: {listed}. "
             "Use --again to load them again"
         )
     return plan

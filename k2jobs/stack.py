@@ -308,7 +308,9 @@ class Stack:
         self.watch_file.write_text(json.dumps({"directory": directory, "every_s": every_s}))
         if beat.pid() is None:
             beat.start()
-            wait_until_ready("celery beat", lambda: beat.pid() is not None, beat)  # exec'd, with its command line
+            # Exec'd, with its command line (until then its pid shows the parent's, so no `service`: that would
+            # read as the process having exited).
+            wait_until_ready("celery beat", lambda: beat.pid() is not None)
 
     def _ensure(self, service: Service) -> None:
         if service.pid() is None and not service.ready():

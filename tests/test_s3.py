@@ -144,18 +144,19 @@ def test_watching_an_s3_prefix_loads_longer_objects_once_and_names_an_edited_one
     prefix, client = f"grow-{uuid.uuid4().hex[:8]}", s3["client"]
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/{COMPANY}", Body=b"company_id,symbol\n7078,BHP\n")
     key = f"{prefix}/trades/7078.csv"
-    client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 1, 20))
+    # Rows 501-531 of the content: no other test publishes the same file content (load-once would refuse it).
+    client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 501, 520))
     watch = Watch(f"s3://{BUCKET}/{prefix}", env=s3["env"])
     try:
         watch.next("watching")
         jobs = [watch.next("job")]
-        client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 1, 30))
+        client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 501, 530))
         jobs.append(watch.next("job"))
-        edited = bytearray(rows(TRADE, 1, 31))
+        edited = bytearray(rows(TRADE, 501, 531))
         edited[3:4] = b"1"  # a published byte (line 1's day)
         client.put_object(Bucket=BUCKET, Key=key, Body=bytes(edited))
         change = watch.next("changed")
-        assert f"trades/7078.csv: bytes 0-{len(rows(TRADE, 1, 20))} changed since job" in change["reason"]
+        assert f"trades/7078.csv: bytes 0-{len(rows(TRADE, 501, 520))} changed since job" in change["reason"]
         watch.process.send_signal(signal.SIGINT)
         assert watch.process.wait(timeout=10) == 130
     finally:
