@@ -153,7 +153,7 @@ def test_watching_an_s3_prefix_loads_longer_objects_once_and_names_an_edited_one
         client.put_object(Bucket=BUCKET, Key=key, Body=rows(TRADE, 501, 530))
         jobs.append(watch.next("job"))
         edited = bytearray(rows(TRADE, 501, 531))
-        edited[3:4] = b"1"  # a published byte (line 1's day)
+        edited[1:2] = b"4"  # a published byte (line 1: month 03 becomes 04)
         client.put_object(Bucket=BUCKET, Key=key, Body=bytes(edited))
         change = watch.next("changed")
         assert f"trades/7078.csv: bytes 0-{len(rows(TRADE, 501, 520))} changed since job" in change["reason"]

@@ -111,7 +111,12 @@ class Watch:
     def next(self, event: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                ended = self.process.poll() is not None
+                said = self.process.stderr.read() if ended and self.process.stderr else "(still running)"
+                raise AssertionError(f"no {event!r} line from the watcher; its stderr: {said}") from None
             if line["event"] == event:
                 return line
 
