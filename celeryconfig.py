@@ -66,3 +66,14 @@ worker_hijack_root_logger = False
 task_soft_time_limit, task_time_limit = _settings.chunk_time_limits_s
 k2_chunk_retries = _settings.chunk_retries
 k2_chunk_retry_s = _settings.chunk_retry_s
+
+# rediss:// (a secure stack's K2_REDIS_URL): TLS for the broker and the results. Flower and kombu read these
+# settings, not the URL's ssl_* parameters.
+if _settings.redis_url.startswith("rediss://"):
+    from urllib.parse import parse_qs, urlsplit
+
+    _query = {name: values[-1] for name, values in parse_qs(urlsplit(_settings.redis_url).query).items()}
+    _tls = {"ssl_cert_reqs": _query.get("ssl_cert_reqs", "required")}
+    _tls.update({name: _query[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if name in _query})
+    broker_use_ssl = _tls
+    redis_backend_use_ssl = _tls

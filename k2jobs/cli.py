@@ -258,16 +258,21 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from .security import is_secure
     from .stack import Stack
 
     if getattr(args, "brokers", None) is not None and args.brokers <= 0:
         raise InputError("--brokers must be positive")
+    secure = getattr(args, "secure", False)
+    if secure or is_secure(settings.stack_dir):
+        settings = _secure_settings(settings)
     stack = Stack(
         settings,
         workers=getattr(args, "workers", 2),
         brokers=getattr(args, "brokers", None),
         s3=getattr(args, "s3", False),
         watch=_watch_option(args, settings),
+        secure=secure,
     )
     if args.action == "up":
         _check_settings(settings)
@@ -284,6 +289,22 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in status.items():
             print(f"{name}: {value}")
     return EXIT_OK
+
+
+def _secure_settings(settings: Settings) -> Settings:
+    """A secure stack's client settings (security.client_env) become this process's environment, which the
+    services it starts inherit, and its Settings."""
+    import os
+    from urllib.parse import urlsplit
+
+    from .security import client_env, ensure_material
+
+    redis = urlsplit(settings.redis_url)
+    env = client_env(
+        ensure_material(settings.stack_dir), redis.hostname or "127.0.0.1", redis.port or 6379, settings.kafka_bootstrap
+    )
+    os.environ.update({**env, "K2_SCHEMA_REGISTRY_URL": settings.schema_registry_url})
+    return load_settings()
 
 
 def _watch_option(args: argparse.Namespace, settings: Settings) -> tuple[str, float] | None:
@@ -414,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also Celery beat, scanning DIR for new files and appended lines (remembered; --watch '' stops it)",
     )
     up.add_argument("--watch-every", type=float, default=10.0, help="seconds between scheduled scans (default 10)")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS, passwords and ACLs on Kafka, Redis and Flower; clients' settings in <stack>/client.env (remembered)",
+    )
     up.add_argument("--json", action="store_true")
     stack_sub.add_parser("down", help="stop what the stack started")
     st = stack_sub.add_parser("status", help="pids of the stack's processes")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import StackError
 from .processes import need_program
+from .security import Material, kafka_properties, scram_arguments
 
 KAFKA_VERSION = "4.4.0"
 KAFKA_CACHE = Path(os.environ.get("K2_KAFKA_LIBS") or Path.home() / ".cache" / "k2jobs" / f"kafka-{KAFKA_VERSION}")
@@ -58,10 +59,17 @@ def internal_replication(nodes: int) -> tuple[int, int]:
     return factor, 2 if factor >= MAX_REPLICATION else 1
 
 
-def write_server_properties(node: KafkaNode, nodes: list[KafkaNode], partitions: int) -> Path:
-    """A node's KRaft properties (internal topics replicated across the cluster); storage formatted once."""
+def write_server_properties(
+    node: KafkaNode, nodes: list[KafkaNode], partitions: int, secure: Material | None = None
+) -> Path:
+    """A node's KRaft properties (internal topics replicated across the cluster); storage formatted once.
+
+    `secure`: SASL_SSL everywhere and ACLs (security.kafka_properties); the file then holds the admin's password,
+    so it is made readable by its owner only.
+    """
     data = node.home / "data"
     data.mkdir(parents=True, exist_ok=True)
+    listener = "SASL_SSL" if secure else "PLAINTEXT"
     factor, min_isr = internal_replication(len(nodes))
     if len(nodes) == 1:
         quorum = f"controller.quorum.bootstrap.servers={node.host}:{node.controller_port}"
@@ -73,11 +81,17 @@ def write_server_properties(node: KafkaNode, nodes: list[KafkaNode], partitions:
                 "process.roles=broker,controller",
                 f"node.id={node.node_id}",
                 quorum,
-                f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}",
+                f"listeners={listener}://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+                f"advertised.listeners={listener}://{node.host}:{node.port}",
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                *(
+                    kafka_properties(secure)
+                    if secure
+                    else [
+                        "inter.broker.listener.name=PLAINTEXT",
+                        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    ]
+                ),
                 f"log.dirs={data}",
                 f"num.partitions={partitions}",
                 f"min.insync.replicas={min_isr}",  # the default of topics created without it (__consumer_offsets)
@@ -94,8 +108,12 @@ def write_server_properties(node: KafkaNode, nodes: list[KafkaNode], partitions:
             ]
         )
     )
+    node.properties.chmod(0o600)
     if not (data / "meta.properties").exists():
-        format_storage(node.properties, cluster_id(node.home.parent, len(nodes)), standalone=len(nodes) == 1)
+        cluster = cluster_id(node.home.parent, len(nodes))
+        format_storage(
+            node.properties, cluster, standalone=len(nodes) == 1, scram=scram_arguments(secure) if secure else []
+        )
     return node.properties
 
 
@@ -119,12 +137,26 @@ def _random_uuid() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def format_storage(props: Path, cluster: str, standalone: bool) -> None:
-    """Give a node's log directory its cluster id (kafka.tools.StorageTool); a cluster's voters are in `props`."""
-    command = ["java", "-cp", f"{kafka_libs()}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)]
-    done = subprocess.run(command + (["--standalone"] if standalone else []), capture_output=True, text=True)
+def format_storage(props: Path, cluster: str, standalone: bool, scram: list[str]) -> None:
+    """Give a node's log directory its cluster id (kafka.tools.StorageTool); a cluster's voters are in `props`.
+
+    `scram`: --add-scram arguments, which hold passwords: they go to java in an @argfile (readable by its owner
+    only, deleted afterwards), never on a command line; the tool's output (salts and keys) is never shown.
+    """
+    arguments = ["-cp", f"{kafka_libs()}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)]
+    arguments += (["--standalone"] if standalone else []) + scram
+    argfile = props.with_name("format.args")
+    fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(f'"{argument}"' for argument in arguments) + "\n")
+    try:
+        done = subprocess.run(["java", f"@{argfile}"], capture_output=True, text=True)
+    finally:
+        argfile.unlink(missing_ok=True)
     if done.returncode != 0:
-        raise StackError(f"formatting Kafka storage failed: {done.stderr.strip() or done.stdout.strip()}")
+        lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        reason = "\n".join(line for line in lines if "SCRAM" not in line and "scram" not in line)
+        raise StackError(f"formatting Kafka storage failed: {reason}")
 
 
 def kafka_libs() -> Path:

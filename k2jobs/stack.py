@@ -21,6 +21,17 @@ from .local_registry import registry_command
 from .local_s3 import s3_client_env, s3_command, s3_server_env, write_client_env
 from .processes import Service, need_program, stop, wait_until_ready
 from .registry import registry_ready, set_backward_compatibility
+from .security import (
+    FLOWER_USER,
+    Material,
+    ensure_material,
+    is_secure,
+    kafka_admin_options,
+    masked_url,
+    redis_conf,
+    write_env_file,
+    write_private,
+)
 
 CELERY_QUEUES = "k2jobs.chunks,k2jobs.control"
 
@@ -70,6 +81,7 @@ class Stack:
         brokers: int | None = None,
         s3: bool = False,
         watch: tuple[str, float] | None = None,
+        secure: bool = False,
     ) -> None:
         self.settings = settings
         self.dir = settings.stack_dir
@@ -88,6 +100,13 @@ class Stack:
         self.watch_file = self.dir / "watch"
         self.watch = watch if watch is not None else self._remembered_watch()
         self.nodes = self.kafka_nodes(self.brokers)
+        # `up --secure` once: TLS, passwords and ACLs for this stack folder from then on (security.py).
+        self.was_secure = is_secure(self.dir)
+        if secure and not self.was_secure and any((n.home / "data" / "meta.properties").exists() for n in self.nodes):
+            raise StackError(
+                f"{self.dir} holds an unsecured stack's data: use a new K2_STACK_DIR for `stack up --secure`"
+            )
+        self.material: Material | None = ensure_material(self.dir) if secure or self.was_secure else None
 
     def kafka_nodes(self, count: int) -> list[KafkaNode]:
         return kafka_nodes(
@@ -99,6 +118,12 @@ class Stack:
         port = self.redis_url.port or 6379
         data = self.dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
+        if self.material:  # TLS and ACL users: in a file (mode 0600), so no password is on the command line
+            conf = self.dir / "redis.conf"
+            write_private(conf, redis_conf(self.material, port, data))
+            command = [need_program("redis-server"), str(conf)]
+            probe = self._probe("redis")  # redis-server shows "redis-server HOST:PORT" as its command line
+            return Service("redis", command, probe.log, probe.pidfile, probe.marker, self._redis_ready)
         command = [
             need_program("redis-server"),
             "--port",
@@ -126,7 +151,7 @@ class Stack:
         )
 
     def kafka_service(self, node: KafkaNode) -> Service:
-        props = write_server_properties(node, self.nodes, self.settings.partitions)
+        props = write_server_properties(node, self.nodes, self.settings.partitions, self.material)
         log4j = resources.files("k2jobs") / "resources" / "log4j2.properties"
         heap = ["-Xms512m", "-Xmx1g"] if len(self.nodes) == 1 else ["-Xms256m", "-Xmx768m"]
         command = [
@@ -201,6 +226,9 @@ class Stack:
             f"--port={port}",
             "--address=127.0.0.1",
         ]
+        env = None
+        if self.material:  # Flower reads FLOWER_* options from its environment: the password stays off `ps`
+            env = {**os.environ, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.material.passwords['flower']}"}
         return Service(
             "flower",
             command,
@@ -208,6 +236,7 @@ class Stack:
             self.dir / "flower.pid",
             f"--port={port}",
             self._flower_ready,
+            env,
         )
 
     def _remembered_watch(self) -> tuple[str, float] | None:
@@ -275,6 +304,9 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
         self._ensure_brokers()
+        if self.material:
+            self._grant_kafka(self.material)
+            write_env_file(self.dir / "client.env", self.client_env())
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
         if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
@@ -291,6 +323,35 @@ class Stack:
         self._ensure(self.flower_service())
         self._ensure_beat()
         return self.status()
+
+    def client_env(self) -> dict[str, str]:
+        """A secure stack's client settings (`<stack>/client.env`): the ones this process runs with."""
+        names = ("K2_KAFKA_BOOTSTRAP", "K2_REDIS_URL", "K2_FLOWER_USER", "K2_FLOWER_PASSWORD", "K2_SCHEMA_REGISTRY_URL")
+        env = {name: os.environ[name] for name in names if name in os.environ}
+        security = ("SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD", "SSL_CA_LOCATION")
+        env.update({f"K2_KAFKA_OPT_{name}": os.environ[f"K2_KAFKA_OPT_{name}"] for name in security})
+        return env
+
+    def _grant_kafka(self, material: Material) -> None:
+        """As the admin: create k2jobs' topics, and give the k2jobs user what it needs and nothing more."""
+        from dataclasses import replace
+
+        from confluent_kafka import KafkaException
+
+        from .publisher import admin_client, ensure_topics
+        from .security import k2jobs_acls
+
+        admin_settings = replace(
+            self.settings, kafka_options={**self.settings.kafka_options, **kafka_admin_options(material)}
+        )
+        ensure_topics(admin_settings, timeout_s=30)
+        admin = admin_client(admin_settings)  # kept until the futures resolve: a destroyed client fails them
+        futures = admin.create_acls(k2jobs_acls(), request_timeout=30)
+        for binding, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise StackError(f"creating the Kafka ACL {binding} failed: {exc.args[0]}") from exc
 
     def _ensure_beat(self) -> None:
         """Start, restart (another directory or period) or stop Celery beat as `--watch` says."""
@@ -367,12 +428,13 @@ class Stack:
         """Pids of the running services (None where not running)."""
         brokers = [{"id": n.node_id, "pid": self._probe_node(n).pid(), "bootstrap": n.bootstrap} for n in self.nodes]
         return {
-            "redis": {"pid": self._probe("redis").pid(), "url": self.settings.redis_url},
+            "redis": {"pid": self._probe("redis").pid(), "url": masked_url(self.settings.redis_url)},
             # The first broker, what clients bootstrap from; every broker under "brokers".
             "kafka": {"pid": brokers[0]["pid"], "bootstrap": self.settings.kafka_bootstrap},
             "brokers": brokers,
             "workers": [{"name": w.name, "pid": w.pid()} for w in self.worker_services() if w.pidfile.exists()],
             "flower": {"pid": self.flower_service().pid(), "url": self.flower_url()},
+            **({"client_env": str(self.dir / "client.env")} if self.material else {}),
             **(
                 {"beat": {"pid": self.beat_service().pid(), "directory": self.watch[0], "every_s": self.watch[1]}}
                 if self.watch and self.watch[0]
