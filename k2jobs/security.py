@@ -68,23 +68,25 @@ def is_secure(stack_dir: Path) -> bool:
     return (secure_dir(stack_dir) / "passwords.json").exists()
 
 
-def ensure_material(stack_dir: Path) -> Material:
-    """The stack's CA, server certificate and passwords: made the first time, read afterwards."""
+def ensure_material(stack_dir: Path, hosts: tuple[str, ...] = ()) -> Material:
+    """The stack's CA, server certificate and passwords: made the first time, read afterwards.
+
+    The certificate names localhost, 127.0.0.1, this host, and `hosts` (docker compose's service names)."""
     folder = secure_dir(stack_dir)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     if not (folder / "server-keystore.pem").exists():
-        _make_certificates(folder)
+        _make_certificates(folder, hosts)
     path = folder / "passwords.json"
     if not path.exists():
         write_private(path, json.dumps({name: secrets.token_hex(24) for name in PASSWORDS}))
     return Material(folder, json.loads(path.read_text()))
 
 
-def _make_certificates(folder: Path) -> None:
-    """A CA of the stack's own, and a server certificate it signs for localhost, 127.0.0.1 and this host."""
+def _make_certificates(folder: Path, hosts: tuple[str, ...]) -> None:
+    """A CA of the stack's own, and a server certificate it signs for localhost, 127.0.0.1, this host and `hosts`."""
     openssl = need_program("openssl")
-    names = sorted({"localhost", socket.gethostname(), socket.getfqdn()})
+    names = sorted({"localhost", socket.gethostname(), socket.getfqdn(), *hosts})
     sans = ",".join([f"DNS:{name}" for name in names] + ["IP:127.0.0.1"])
     (folder / "server.ext").write_text(
         f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"
