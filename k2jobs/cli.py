@@ -233,9 +233,11 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from .publisher import check_kafka
     from .verify import verify_job
 
     ledger = _ledger(settings)
+    check_kafka(settings)
     result = verify_job(settings, ledger, args.job_id)
     if args.json:
         _print_json(result)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import redis
 
+from .access import redis_failure
 from .appends import Extent, merged
 from .errors import JobNotFound, RedisUnavailable
 from .planning import JobPlan
@@ -153,7 +154,7 @@ class Ledger:
         try:
             self.redis.ping()
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"Redis did not answer: {exc}") from exc
+            raise RedisUnavailable(redis_failure(exc)) from exc
 
     # -- jobs -------------------------------------------------------------------------------
     def epoch(self) -> str:
@@ -243,7 +244,7 @@ class Ledger:
         try:
             found = self.redis.hmget(EXTENTS_KEY, identities)
         except redis.RedisError as exc:  # asked while planning, before anything else needs Redis
-            raise RedisUnavailable(f"Redis did not answer: {exc}") from exc
+            raise RedisUnavailable(redis_failure(exc)) from exc
         return {name: Extent.from_json(raw) for name, raw in zip(identities, found, strict=True) if raw is not None}
 
     def recent_jobs(self, limit: int = 20) -> list[str]:

@@ -6,12 +6,14 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from .access import AUTH_HINT, KafkaWatch, watched_config
 from .config import KAFKA_OPTION_PREFIX, TRANSACTION_TIMEOUT_MS, Settings
 from .errors import KafkaUnavailable, PublishError, SettingsError, TopicRefused
 from .markers import COMMITS_TOPIC
@@ -54,6 +56,15 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config(log_level=0))
 
 
+def kafka_unavailable(settings: Settings, admin: AdminClient, watch: KafkaWatch, what: str) -> KafkaUnavailable:
+    """KafkaUnavailable naming authentication or TLS when the brokers' answers show it was that."""
+    admin.poll(0)  # serves the error callback and the log
+    reason = watch.refusal()
+    if reason:
+        return KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} refused k2jobs: {reason}")
+    return KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} {what}")
+
+
 def topic_replication(settings: Settings, brokers: int) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) for the topics k2jobs creates: K2_REPLICATION_FACTOR or
     the smaller of 3 and the brokers the cluster reports; min.insync.replicas 2 from a factor of 3 on."""
@@ -73,11 +84,12 @@ def wanted_topics(settings: Settings, brokers: int) -> list[NewTopic]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> list[str]:
     """Create the topics k2jobs writes when missing; warn about (and return) those that exist with other settings."""
-    admin = admin_client(settings)
+    conf, watch = watched_config(settings.kafka_config())
+    admin = AdminClient(conf)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer: {exc.args[0]}") from exc
+        raise kafka_unavailable(settings, admin, watch, f"did not answer: {exc.args[0]}") from exc
     wanted = wanted_topics(settings, len(metadata.brokers))
     if COMMITS_TOPIC in metadata.topics:
         refuse_bad_commits_topic(admin, metadata, timeout_s)
@@ -352,11 +364,19 @@ def warm_up_kafka(settings: Settings) -> None:
 
 
 def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
-    """Raise KafkaUnavailable unless the cluster answers within `timeout_s`."""
-    try:
-        admin_client(settings).list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s") from exc
+    """Raise KafkaUnavailable unless the cluster answers within `timeout_s`; at once when it refuses k2jobs
+    (authentication, TLS), which librdkafka would otherwise retry for ever."""
+    conf, watch = watched_config(settings.kafka_config())
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            failure = kafka_unavailable(settings, admin, watch, f"did not answer within {timeout_s:.0f}s")
+            if watch.refusal() or time.monotonic() >= deadline:
+                raise failure from exc
 
 
 def check_client_settings(settings: Settings) -> None:
@@ -374,6 +394,10 @@ def check_client_settings(settings: Settings) -> None:
         try:
             client = build()
         except (KafkaException, ValueError, TypeError) as exc:
+            if "sasl.password" in str(exc):  # a user without a password: what a wrong password also gets
+                raise KafkaUnavailable(
+                    f"Kafka authentication is not possible: {_refused_setting(settings, exc)} ({AUTH_HINT})"
+                ) from exc
             raise SettingsError(_refused_setting(settings, exc)) from exc
         if isinstance(client, Consumer):
             client.close()
