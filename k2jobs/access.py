@@ -71,11 +71,11 @@ def watched_config(conf: dict[str, Any]) -> tuple[dict[str, Any], KafkaWatch]:
 def redis_failure(exc: Exception) -> str:
     """What a Redis error says to fix: credentials, TLS, or only that Redis did not answer."""
     text = str(exc)
+    refused = ("NOAUTH", "WRONGPASS", "invalid username-password", "must be called with the client")
     if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError) or any(
-        words in text
-        for words in ("NOAUTH", "WRONGPASS", "invalid username-password", "must be called with the client")
+        words in text for words in refused
     ):
-        return f"Redis refused the credentials (authentication failed; check the user and password in K2_REDIS_URL): {text}"
+        return f"Redis refused the credentials (authentication failed; check K2_REDIS_URL's user and password): {text}"
     if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "certificate" in text:
         return f"Redis TLS failed (check rediss:// and ssl_ca_certs in K2_REDIS_URL): {text}"
     if isinstance(exc, redis.ConnectionError) and "reset by peer" in text:
