@@ -366,6 +366,7 @@ def warm_up_kafka(settings: Settings) -> None:
 def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
     """Raise KafkaUnavailable unless the cluster answers within `timeout_s`; at once when it refuses k2jobs
     (authentication, TLS), which librdkafka would otherwise retry for ever."""
+    check_client_settings(settings)  # a client librdkafka would not even create (a user without a password)
     conf, watch = watched_config(settings.kafka_config())
     admin = AdminClient(conf)
     deadline = time.monotonic() + timeout_s
