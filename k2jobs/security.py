@@ -156,11 +156,13 @@ def write_env_file(path: Path, env: dict[str, str]) -> Path:
     return path
 
 
-def redis_conf(material: Material, port: int, data: Path) -> str:
-    """redis-server's configuration: TLS only, the default user off, the k2jobs user and an admin."""
+def redis_conf(material: Material, port: int, data: Path, bind: str = "127.0.0.1") -> str:
+    """redis-server's configuration: TLS only, the default user off, the k2jobs user and an admin.
+
+    `bind`: the addresses it listens on (a container's: every interface)."""
     return "\n".join(
         [
-            "bind 127.0.0.1",
+            f"bind {bind}",
             "port 0",
             f"tls-port {port}",
             f"tls-cert-file {material.cert}",
@@ -189,9 +191,11 @@ def admin_redis_url(material: Material, url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def kafka_properties(material: Material) -> list[str]:
+def kafka_properties(material: Material, listener: str = "SASL_SSL") -> list[str]:
     """A node's security settings: SASL_SSL (SCRAM) for clients and brokers, SASL_SSL (PLAIN, the admin only) for
-    the controllers, and the StandardAuthorizer with the admin as the only super user."""
+    the controllers, and the StandardAuthorizer with the admin as the only super user.
+
+    `listener`: the name of the clients' and brokers' listener (its protocol is SASL_SSL whatever its name)."""
     admin, password = KAFKA_ADMIN, material.passwords["kafka_admin"]
     scram = (
         f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{admin}" password="{password}";'
@@ -201,11 +205,11 @@ def kafka_properties(material: Material) -> list[str]:
         f'username="{admin}" password="{password}" user_{admin}="{password}";'
     )
     return [
-        "inter.broker.listener.name=SASL_SSL",
-        "listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL",
+        f"inter.broker.listener.name={listener}",
+        f"listener.security.protocol.map=CONTROLLER:SASL_SSL,{listener}:SASL_SSL",
         f"sasl.enabled.mechanisms={SCRAM}",
         f"sasl.mechanism.inter.broker.protocol={SCRAM}",
-        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+        f"listener.name.{listener.lower()}.scram-sha-512.sasl.jaas.config={scram}",
         # SCRAM users live in the metadata log, which controllers cannot read before they run: PLAIN here.
         "sasl.mechanism.controller.protocol=PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
