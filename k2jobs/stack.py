@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -228,7 +229,12 @@ class Stack:
         ]
         env = None
         if self.material:  # Flower reads FLOWER_* options from its environment: the password stays off `ps`
-            env = {**os.environ, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.material.passwords['flower']}"}
+            env = {
+                **os.environ,
+                "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.material.passwords['flower']}",
+                "FLOWER_CERTFILE": str(self.material.cert),  # HTTPS: the password never crosses in the clear
+                "FLOWER_KEYFILE": str(self.material.key),
+            }
         return Service(
             "flower",
             command,
@@ -279,13 +285,14 @@ class Stack:
 
     def _flower_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.flower_url() + "/healthcheck", timeout=2) as resp:
+            context = ssl.create_default_context(cafile=str(self.material.ca)) if self.material else None
+            with urllib.request.urlopen(self.flower_url() + "/healthcheck", timeout=2, context=context) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
 
     def flower_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.flower_port}"
+        return f"{'https' if self.material else 'http'}://127.0.0.1:{self.settings.flower_port}"
 
     # -- commands ---------------------------------------------------------------------------
     def registry_service(self) -> Service:

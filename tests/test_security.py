@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +41,9 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 def fresh_stack(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """A secure stack started from an empty folder (one a kept run left running is stopped first)."""
+    if Path(env["K2_DATA_ROOT"]).exists():
+        run_k2(env, "stack", "down")
     subprocess.run(["rm", "-rf", env["K2_STACK_DIR"]], check=True)
     data = Path(env["K2_DATA_ROOT"])
     data.mkdir(parents=True)
@@ -179,18 +183,24 @@ def test_wrong_credentials_and_tls_end_every_command_quickly_naming_the_cause(se
             assert secret not in done.stdout + done.stderr, (name, command)
 
 
-def flower(path: str, auth: tuple[str, str] | None) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{ENV['K2_FLOWER_PORT']}{path}")
+def flower_get(path: str, auth: tuple[str, str] | None) -> Any:
+    """GET from the secure stack's Flower over HTTPS, trusting only the stack's CA."""
+    request = urllib.request.Request(f"https://127.0.0.1:{ENV['K2_FLOWER_PORT']}{path}")
     if auth:
         request.add_header("Authorization", "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    context = ssl.create_default_context(cafile=str(STACK / "secure" / "ca.pem"))
+    return urllib.request.urlopen(request, timeout=10, context=context)
+
+
+def flower(path: str, auth: tuple[str, str] | None) -> int:
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with flower_get(path, auth) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def test_flower_asks_for_its_password_and_listens_on_loopback_only(secure) -> None:  # type: ignore[no-untyped-def]
+def test_flower_asks_for_its_password_over_https_on_loopback_only(secure) -> None:  # type: ignore[no-untyped-def]
     user, password = secure["K2_FLOWER_USER"], secure["K2_FLOWER_PASSWORD"]
     for path in ("/", "/api/workers", "/api/tasks", "/tasks"):
         assert flower(path, None) == 401, path
@@ -198,6 +208,8 @@ def test_flower_asks_for_its_password_and_listens_on_loopback_only(secure) -> No
         assert flower(path, (user, password)) == 200, path
     # Flower leaves these two open whatever its auth (mher/flower#1342): the stack binds Flower to loopback.
     assert flower("/healthcheck", None) == 200
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # HTTPS only: plain HTTP gets no answer
+        urllib.request.urlopen(f"http://127.0.0.1:{ENV['K2_FLOWER_PORT']}/healthcheck", timeout=10)
     listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
     port = f"{int(ENV['K2_FLOWER_PORT']):04X}"
     bound = {line.split()[1] for line in listening if line.split()[1].endswith(f":{port}") and line.split()[3] == "0A"}
@@ -247,9 +259,7 @@ def test_a_worker_on_another_host_needs_only_client_env(secure) -> None:  # type
         report = submit(secure)
         assert report["status"] == "succeeded", report
         auth = (secure["K2_FLOWER_USER"], secure["K2_FLOWER_PASSWORD"])
-        request = urllib.request.Request(f"http://127.0.0.1:{ENV['K2_FLOWER_PORT']}/api/tasks?limit=1000")
-        request.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with flower_get("/api/tasks?limit=1000", auth) as response:
             tasks = json.load(response).values()
         workers = {task["worker"] for task in tasks if task.get("name") == "k2jobs.process_chunk" and task["worker"]}
         assert any(name.startswith("remote@") for name in workers), workers
