@@ -3,7 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# K2_SECURE=1: a stack with TLS, passwords and ACLs everywhere (`stack up --secure`), in a folder of its own.
+ifeq ($(K2_SECURE),1)
+export K2_STACK_DIR ?= $(CURDIR)/.k2stack-secure
+SECURE := --secure
+endif
 export K2_STACK_DIR ?= $(CURDIR)/.k2stack
+# A secure stack's clients read its settings (passwords, CA, rediss:// URL) from client.env.
+CLIENT_ENV = if [ -f "$$K2_STACK_DIR/client.env" ]; then set -a; . "$$K2_STACK_DIR/client.env"; set +a; fi;
 
 .PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-task-cost bench-smoke soak up down clean
 
@@ -15,6 +22,10 @@ system-deps:
 	  echo "installing redis-server (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v openssl >/dev/null || { \
+	  echo "installing openssl (Debian package) for the secure stack's certificates"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssl >/dev/null; }
 	@command -v cc >/dev/null || { \
 	  echo "installing gcc (Debian package) for k2jobs' compiled row parser"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -41,15 +52,15 @@ registry: $(VENV)/.installed
 	$(BIN)/python -c "from k2jobs.local_registry import registry_app; print('schema registry:', registry_app())"
 
 up: install
-	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2} $$([ "$${K2_SOURCE:-}" = s3 ] && echo --s3)
+	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2} $$([ "$${K2_SOURCE:-}" = s3 ] && echo --s3) $(SECURE)
 
 down:
 	$(BIN)/python -m k2jobs stack down
 
-# K2_FORMAT=avro make demo loads TradeV2/QuoteV2 Avro records instead of JSON values.
+# K2_FORMAT=avro make demo loads TradeV2/QuoteV2 Avro records instead of JSON values; K2_SECURE=1 on a secure stack.
 demo: up
-	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro), from $${K2_SOURCE:-the directory} (K2_SOURCE=s3: from the stack's S3 server)"
-	@if [ "$${K2_SOURCE:-}" = s3 ]; then \
+	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro), from $${K2_SOURCE:-the directory} (K2_SOURCE=s3: from the stack's S3 server)$(if $(SECURE), on the secure stack in $(K2_STACK_DIR))"
+	@$(CLIENT_ENV) if [ "$${K2_SOURCE:-}" = s3 ]; then \
 	  $(BIN)/python -m k2jobs.local_s3 data/sample; \
 	else \
 	  $(BIN)/python -m k2jobs submit data/sample --again; \
