@@ -28,10 +28,27 @@ REDIS_ADMIN = "k2admin"  # the stack only (shutdown, tests reading ACL LOG)
 FLOWER_USER = "k2jobs"
 SCRAM = "SCRAM-SHA-512"
 PASSWORDS = ("kafka_admin", "kafka_user", "redis_admin", "redis_user", "flower")
-# What the k2jobs user may do in Redis: Celery's queues, results and pidbox (control) queues, kombu's bindings, k2jobs'
-# own keys, pub/sub (Celery events and broadcast control). No dangerous commands (FLUSHALL, CONFIG, KEYS, DEBUG...)
-# except INFO, which `epoch()` reads.
-REDIS_USER_RULES = "~celery* ~_kombu.* ~unacked* ~k2jobs.* ~*.celery.pidbox* ~k2:* &* +@all -@dangerous +info"
+# What the k2jobs user may do in Redis. Keys: Celery's queues (k2jobs.*), results and chord counters (celery*),
+# pidbox (control) queues, kombu's bindings and unacked index, k2jobs' own (k2:*); pub/sub channels for events and
+# broadcast control. Commands: those Celery, kombu, Flower and k2jobs were seen sending in a secure stack's loads,
+# verifies, resumes, a watch, a worker killed -9 mid-job and Flower's pages (INFO commandstats), plus those their
+# sources call on rarer paths (kombu restoring unacked messages, redis-py's lock); nothing else: no KEYS, FLUSH*,
+# CONFIG, DEBUG, MONITOR, SHUTDOWN, ACL, MODULE or CLIENT KILL.
+REDIS_USER_COMMANDS = (
+    "ping hello auth select info time echo "
+    "del unlink exists expire pexpire ttl pttl type "
+    "get set setex setnx mget incr incrby "
+    "hget hset hdel hgetall hmget hincrby hsetnx hvals hlen hexists "
+    "lpush rpush lpop rpop brpop blpop llen lrange lrem ltrim "
+    "sadd srem smembers sismember scard "
+    "zadd zrem zrange zrevrange zrangebyscore zrevrangebyscore zcount zcard zscore "
+    "publish subscribe psubscribe unsubscribe punsubscribe "
+    "evalsha eval script|load script|exists "
+    "multi exec discard watch unwatch"
+)
+REDIS_USER_RULES = "~celery* ~_kombu.* ~unacked* ~k2jobs.* ~*.celery.pidbox* ~k2:* &* -@all " + " ".join(
+    f"+{command}" for command in REDIS_USER_COMMANDS.split()
+)
 
 
 @dataclass(frozen=True)
