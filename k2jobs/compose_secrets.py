@@ -24,8 +24,7 @@ from .security import (
     Material,
     client_env,
     ensure_material,
-    k2jobs_acls,
-    kafka_admin_options,
+    grant_kafka,
     kafka_properties,
     redis_conf,
     scram_arguments,
@@ -95,22 +94,9 @@ def init(folder: Path) -> Material:
 
 def grant(env: Mapping[str, str]) -> None:
     """As the Kafka admin: create k2jobs' topics and give the k2jobs user its ACLs, as `stack up --secure` does."""
-    from confluent_kafka import KafkaException
-
-    from .publisher import admin_client, ensure_topics
-
     if not env.get("K2_KAFKA_ADMIN_PASSWORD"):
         raise StackError("K2_KAFKA_ADMIN_PASSWORD is not set (the grant service reads it from kafka-admin.env)")
-    settings = load_settings(env)
-    admin = Material(CLIENT_TLS, {"kafka_admin": env["K2_KAFKA_ADMIN_PASSWORD"]})
-    settings = replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(admin)})
-    ensure_topics(settings, timeout_s=30)
-    client = admin_client(settings)  # kept until the futures resolve: a destroyed client fails them
-    for binding, future in client.create_acls(k2jobs_acls(), request_timeout=30).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            raise StackError(f"creating the Kafka ACL {binding} failed: {exc.args[0]}") from exc
+    grant_kafka(load_settings(env), Material(CLIENT_TLS, {"kafka_admin": env["K2_KAFKA_ADMIN_PASSWORD"]}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

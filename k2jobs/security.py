@@ -12,11 +12,12 @@ import secrets
 import shlex
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .config import Settings
 from .errors import StackError
 from .markers import COMMITS_TOPIC
 from .processes import need_program
@@ -279,6 +280,22 @@ def k2jobs_acls() -> list[Any]:
         for kind, name, pattern, operations in wanted
         for operation in operations
     ]
+
+
+def grant_kafka(settings: Settings, material: Material) -> None:
+    """As the Kafka admin: create k2jobs' topics and give the k2jobs user its ACLs (k2jobs_acls), nothing more."""
+    from confluent_kafka import KafkaException
+
+    from .publisher import admin_client, ensure_topics
+
+    admin_settings = replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(material)})
+    ensure_topics(admin_settings, timeout_s=30)
+    admin = admin_client(admin_settings)  # kept until the futures resolve: a destroyed client fails them
+    for binding, future in admin.create_acls(k2jobs_acls(), request_timeout=30).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise StackError(f"creating the Kafka ACL {binding} failed: {exc.args[0]}") from exc
 
 
 def masked_url(url: str) -> str:

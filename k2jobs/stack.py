@@ -26,8 +26,8 @@ from .security import (
     FLOWER_USER,
     Material,
     ensure_material,
+    grant_kafka,
     is_secure,
-    kafka_admin_options,
     masked_url,
     redis_conf,
     write_env_file,
@@ -312,7 +312,7 @@ class Stack:
         self._ensure(self.redis_service())
         self._ensure_brokers()
         if self.material:
-            self._grant_kafka(self.material)
+            grant_kafka(self.settings, self.material)
             write_env_file(self.dir / "client.env", self.client_env())
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
@@ -338,27 +338,6 @@ class Stack:
         security = ("SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD", "SSL_CA_LOCATION")
         env.update({f"K2_KAFKA_OPT_{name}": os.environ[f"K2_KAFKA_OPT_{name}"] for name in security})
         return env
-
-    def _grant_kafka(self, material: Material) -> None:
-        """As the admin: create k2jobs' topics, and give the k2jobs user what it needs and nothing more."""
-        from dataclasses import replace
-
-        from confluent_kafka import KafkaException
-
-        from .publisher import admin_client, ensure_topics
-        from .security import k2jobs_acls
-
-        admin_settings = replace(
-            self.settings, kafka_options={**self.settings.kafka_options, **kafka_admin_options(material)}
-        )
-        ensure_topics(admin_settings, timeout_s=30)
-        admin = admin_client(admin_settings)  # kept until the futures resolve: a destroyed client fails them
-        futures = admin.create_acls(k2jobs_acls(), request_timeout=30)
-        for binding, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                raise StackError(f"creating the Kafka ACL {binding} failed: {exc.args[0]}") from exc
 
     def _ensure_beat(self) -> None:
         """Start, restart (another directory or period) or stop Celery beat as `--watch` says."""
