@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import SettingsError
 
@@ -208,3 +208,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         watch_dir=env.get("K2_WATCH_DIR") or "",
         watch_every_s=float(env.get("K2_WATCH_EVERY_S") or defaults.watch_every_s),
     )
+
+
+def masked_url(url: str) -> str:
+    """A URL with its password replaced by ***, for anything printed or logged."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -6,7 +6,7 @@ from typing import Any
 
 from redis import RedisError
 
-from .config import Settings
+from .config import Settings, masked_url
 from .errors import K2Error
 from .ledger import CHUNK_QUEUE, Ledger
 
@@ -59,7 +59,7 @@ def describe_stall(settings: Settings, ledger: Ledger, job_id: str) -> list[str]
     try:
         ledger.ping()
     except K2Error as exc:
-        return [f"Redis at {settings.redis_url} is unreachable ({exc}): no chunk can record progress"]
+        return [f"Redis at {masked_url(settings.redis_url)} is unreachable ({exc}): no chunk can record progress"]
     try:
         stuck = stuck_chunks(ledger, job_id)
         lines.append("stuck: " + ("; ".join(stuck) if stuck else "none (every chunk has a result; reconciling)"))
@@ -74,5 +74,5 @@ def describe_stall(settings: Settings, ledger: Ledger, job_id: str) -> list[str]
     except K2Error as exc:
         lines.append(f"{exc}: no chunk can publish")
     else:
-        lines.append(f"Redis at {settings.redis_url} and Kafka at {settings.kafka_bootstrap} answer")
+        lines.append(f"Redis at {masked_url(settings.redis_url)} and Kafka at {settings.kafka_bootstrap} answer")
     return lines

@@ -296,12 +296,3 @@ def grant_kafka(settings: Settings, material: Material) -> None:
             future.result()
         except KafkaException as exc:
             raise StackError(f"creating the Kafka ACL {binding} failed: {exc.args[0]}") from exc
-
-
-def masked_url(url: str) -> str:
-    """A URL with its password replaced by ***, for anything printed or logged."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

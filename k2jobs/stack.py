@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from .config import Settings
+from .config import Settings, masked_url
 from .errors import StackError
 from .local_kafka import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
 from .local_registry import registry_command
@@ -28,7 +28,6 @@ from .security import (
     ensure_material,
     grant_kafka,
     is_secure,
-    masked_url,
     redis_conf,
     write_env_file,
     write_private,
@@ -116,40 +115,21 @@ class Stack:
 
     # -- services ---------------------------------------------------------------------------
     def redis_service(self) -> Service:
+        """redis-server on its configuration file (mode 0600): a password never goes on its command line."""
         port = self.redis_url.port or 6379
         data = self.dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        if self.material:  # TLS and ACL users: in a file (mode 0600), so no password is on the command line
-            conf = self.dir / "redis.conf"
+        conf = self.dir / "redis.conf"
+        if self.material:  # TLS, the k2jobs ACL user, an admin
             write_private(conf, redis_conf(self.material, port, data))
-            command = [need_program("redis-server"), str(conf)]
-            probe = self._probe("redis")  # redis-server shows "redis-server HOST:PORT" as its command line
-            return Service("redis", command, probe.log, probe.pidfile, probe.marker, self._redis_ready)
-        command = [
-            need_program("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-        ]
-        if self.redis_url.password:
-            command += ["--requirepass", self.redis_url.password]
-        return Service(
-            "redis",
-            command,
-            self.dir / "logs" / "redis.log",
-            self.dir / "redis.pid",
-            self._probe("redis").marker,
-            self._redis_ready,
-        )
+        else:
+            lines = [f"port {port}", "bind 127.0.0.1", f"dir {data}", "appendonly yes", 'save ""', "daemonize no"]
+            if self.redis_url.password:
+                lines.append(f"requirepass {self.redis_url.password}")
+            write_private(conf, "\n".join(lines) + "\n")
+        probe = self._probe("redis")  # redis-server shows "redis-server HOST:PORT" as its command line
+        return Service("redis", [need_program("redis-server"), str(conf)], probe.log, probe.pidfile, probe.marker,
+                       self._redis_ready)  # fmt: skip
 
     def kafka_service(self, node: KafkaNode) -> Service:
         props = write_server_properties(node, self.nodes, self.settings.partitions, self.material)

@@ -21,7 +21,7 @@ import pytest
 
 from .conftest import DATA_ROOT, SAMPLE, TEST_STACK, chunk_consumers_paused, run_k2
 from .reference import key_order_violations
-from .test_faults import assert_exact, big_input, stack_pid, start_job, wait_until
+from .test_faults import assert_exact, assert_exact_or_hanging_told, big_input, stack_pid, start_job, wait_until
 
 pytestmark = pytest.mark.fault
 __all__ = ["big_input"]
@@ -384,21 +384,6 @@ def test_a_lease_lives_while_its_attempt_works_and_ends_soon_after_its_process_d
     ledger.redis.delete(f"k2:lease:{job_id}:0")
 
 
-def kafka_transactions(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
-    """Kafka's own kafka-transactions.sh (org.apache.kafka.tools.TransactionsCommand) against the test broker."""
-    from k2jobs.local_kafka import kafka_libs
-
-    done = subprocess.run(
-        ["java", "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.TransactionsCommand"]
-        + ["--bootstrap-server", settings.kafka_bootstrap, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def test_single_broker_killed_as_a_commit_returns_the_job_ends_and_the_truth_is_told(  # type: ignore[no-untyped-def]
     stack, settings, ledger, big_input, read_back
 ) -> None:
@@ -423,22 +408,4 @@ def test_single_broker_killed_as_a_commit_returns_the_job_ends_and_the_truth_is_
     done = run_k2("status", job_id, "--wait", "--json", timeout=600)
     report = json.loads(done.stdout)
     assert report["status"] in ("succeeded", "failed"), report  # it ended by itself
-    verify = json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)
-    stalled = {(p["topic"], p["partition"]) for p in verify["stalled_partitions"]}
-    if not stalled:
-        assert_exact(read_back, job_id)
-        return
-    assert verify["ok"] is False  # a hanging transaction hides committed rows: the job is not reported as matching
-    time.sleep(65)  # find-hanging lists transactions older than --max-transaction-timeout, in whole minutes
-    hanging = kafka_transactions(settings, "find-hanging", "--broker-id", "1", "--max-transaction-timeout", "1")
-    named = {(line.split()[0], int(line.split()[1])) for line in hanging.splitlines()[1:] if line.strip()}
-    assert stalled <= named, (stalled, hanging)
-    for line in hanging.splitlines()[1:]:
-        topic, partition, *_, start, _, _ = line.split()
-        if (topic, int(partition)) in stalled:
-            kafka_transactions(settings, "abort", "--topic", topic, "--partition", partition, "--start-offset", start)
-    wait_until(
-        lambda: json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)["stalled_partitions"] == [],
-        timeout_s=60,
-        what="the aborted transactions to clear",
-    )
+    assert_exact_or_hanging_told(settings, read_back, job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -108,6 +109,47 @@ def assert_exact(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def
     assert key_order_violations(messages) == []
 
 
+def kafka_transactions(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Kafka's own kafka-transactions.sh (org.apache.kafka.tools.TransactionsCommand) against the test broker."""
+    from k2jobs.local_kafka import kafka_libs
+
+    done = subprocess.run(
+        ["java", "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.TransactionsCommand"]
+        + ["--bootstrap-server", settings.kafka_bootstrap, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def assert_exact_or_hanging_told(settings, read_back, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """After a kill -9 of the single broker: every row once, in order, or Kafka's single-broker limit (README,
+    "Known Kafka limitation"): the restarted broker completed a commit without its markers, a hanging transaction.
+    Then `verify` must say the job does not match and name the stalled partitions, and Kafka's own find-hanging the
+    same transactions; they are aborted as the README tells an operator, so later tests read those partitions."""
+    verify = json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)
+    stalled = {(p["topic"], p["partition"]) for p in verify["stalled_partitions"]}
+    if not stalled:
+        assert_exact(read_back, job_id)
+        return
+    assert verify["ok"] is False  # a hanging transaction hides committed rows: the job is not reported as matching
+    time.sleep(65)  # find-hanging lists transactions older than --max-transaction-timeout, in whole minutes
+    hanging = kafka_transactions(settings, "find-hanging", "--broker-id", "1", "--max-transaction-timeout", "1")
+    named = {(line.split()[0], int(line.split()[1])) for line in hanging.splitlines()[1:] if line.strip()}
+    assert stalled <= named, (stalled, hanging)
+    for line in hanging.splitlines()[1:]:
+        topic, partition, *_, start, _, _ = line.split()
+        if (topic, int(partition)) in stalled:
+            kafka_transactions(settings, "abort", "--topic", topic, "--partition", partition, "--start-offset", start)
+    wait_until(
+        lambda: json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)["stalled_partitions"] == [],
+        timeout_s=60,
+        what="the aborted transactions to clear",
+    )
+
+
 def test_worker_killed_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
     worker = stack_pid("worker-1")
     job_id = start_job(big_input)
@@ -130,7 +172,7 @@ def test_broker_killed_and_restarted_mid_job(stack, settings, ledger, big_input,
     time.sleep(2)  # in-flight transactions fail while the broker is away
     up = run_k2("stack", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
-    assert_exact(read_back, job_id)
+    assert_exact_or_hanging_told(settings, read_back, job_id)
 
 
 def test_worker_warm_shutdown_mid_chunk(stack, settings, ledger, big_input, read_back) -> None:  # type: ignore[no-untyped-def]
@@ -186,4 +228,4 @@ def test_worker_and_broker_killed_in_one_job_then_stack_up(stack, settings, ledg
     wait_until(lambda: not Path(f"/proc/{kafka}").exists(), what="the broker to die")
     up = run_k2("stack", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
-    assert_exact(read_back, job_id)
+    assert_exact_or_hanging_told(settings, read_back, job_id)
