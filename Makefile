@@ -12,7 +12,7 @@ export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 # A secure stack's clients read its settings (passwords, CA, rediss:// URL) from client.env.
 CLIENT_ENV = if [ -f "$$K2_STACK_DIR/client.env" ]; then set -a; . "$$K2_STACK_DIR/client.env"; set +a; fi;
 
-.PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-task-cost bench-smoke soak up down clean
+.PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-secure bench-task-cost bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry s3
 
@@ -112,6 +112,10 @@ bench-check: install
 # Job shapes side by side (big files, thousands of small files, one key in many chunks); a few minutes.
 bench-shapes: install
 	$(BIN)/python bench/shapes.py
+
+# What security costs: the same loads on a plain stack and on `stack up --secure` (bench/secure.py); a few minutes.
+bench-secure: install
+	$(BIN)/python bench/secure.py
 
 # The fixed cost of one task (one Kafka transaction), step by step (bench/task_cost.py); a minute.
 bench-task-cost: install
