@@ -25,6 +25,7 @@ from .security import (
     client_env,
     ensure_material,
     grant_kafka,
+    java_argfile,
     kafka_properties,
     redis_conf,
     scram_arguments,
@@ -83,7 +84,7 @@ def init(folder: Path) -> Material:
     }
     write_private(folder / "kafka-admin.properties", "".join(f"{k}={v}\n" for k, v in admin_properties.items()))
     # kafka-init's `kafka-storage format` arguments adding both SCRAM users: a java @argfile, never a command line.
-    write_private(folder / "kafka-scram.args", "".join(f'"{argument}"\n' for argument in scram_arguments(material)))
+    write_private(folder / "kafka-scram.args", java_argfile(scram_arguments(material)))
     # The registry's kafkasql storage connects as the admin (it creates its own topics); grant creates k2jobs'.
     write_env_file(folder / "registry.env", {"APICURIO_KAFKA_COMMON_SASL_JAAS_CONFIG": admin_login})
     write_env_file(folder / "kafka-admin.env", {"K2_KAFKA_ADMIN_PASSWORD": passwords["kafka_admin"]})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import StackError
 from .processes import need_program
-from .security import Material, kafka_properties, scram_arguments
+from .security import Material, java_argfile, kafka_properties, scram_arguments, write_private
 
 KAFKA_VERSION = "4.4.0"
 KAFKA_CACHE = Path(os.environ.get("K2_KAFKA_LIBS") or Path.home() / ".cache" / "k2jobs" / f"kafka-{KAFKA_VERSION}")
@@ -146,16 +146,14 @@ def format_storage(props: Path, cluster: str, standalone: bool, scram: list[str]
     arguments = ["-cp", f"{kafka_libs()}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)]
     arguments += (["--standalone"] if standalone else []) + scram
     argfile = props.with_name("format.args")
-    fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write("\n".join(f'"{argument}"' for argument in arguments) + "\n")
+    write_private(argfile, java_argfile(arguments))
     try:
         done = subprocess.run(["java", f"@{argfile}"], capture_output=True, text=True)
     finally:
         argfile.unlink(missing_ok=True)
     if done.returncode != 0:
         lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        reason = "\n".join(line for line in lines if "SCRAM" not in line and "scram" not in line)
+        reason = "\n".join(line for line in lines if "scram" not in line.lower())
         raise StackError(f"formatting Kafka storage failed: {reason}")
 
 

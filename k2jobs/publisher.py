@@ -56,6 +56,12 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config(log_level=0))
 
 
+def watched_admin(settings: Settings) -> tuple[AdminClient, KafkaWatch]:
+    """An AdminClient whose error callback and log say why brokers refused it (access.KafkaWatch)."""
+    conf, watch = watched_config(settings.kafka_config())
+    return AdminClient(conf), watch
+
+
 def kafka_unavailable(settings: Settings, admin: AdminClient, watch: KafkaWatch, what: str) -> KafkaUnavailable:
     """KafkaUnavailable naming authentication or TLS when the brokers' answers show it was that."""
     admin.poll(0)  # serves the error callback and the log
@@ -84,8 +90,7 @@ def wanted_topics(settings: Settings, brokers: int) -> list[NewTopic]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 5.0) -> list[str]:
     """Create the topics k2jobs writes when missing; warn about (and return) those that exist with other settings."""
-    conf, watch = watched_config(settings.kafka_config())
-    admin = AdminClient(conf)
+    admin, watch = watched_admin(settings)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -367,17 +372,16 @@ def check_kafka(settings: Settings, timeout_s: float = 5.0) -> None:
     """Raise KafkaUnavailable unless the cluster answers within `timeout_s`; at once when it refuses k2jobs
     (authentication, TLS), which librdkafka would otherwise retry for ever."""
     check_client_settings(settings)  # a client librdkafka would not even create (a user without a password)
-    conf, watch = watched_config(settings.kafka_config())
-    admin = AdminClient(conf)
+    admin, watch = watched_admin(settings)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
             return
         except KafkaException as exc:
-            failure = kafka_unavailable(settings, admin, watch, f"did not answer within {timeout_s:.0f}s")
+            admin.poll(0)  # serves the error callback and the log
             if watch.refusal() or time.monotonic() >= deadline:
-                raise failure from exc
+                raise kafka_unavailable(settings, admin, watch, f"did not answer within {timeout_s:.0f}s") from exc
 
 
 def check_client_settings(settings: Settings) -> None:

@@ -242,6 +242,11 @@ def kafka_properties(material: Material, listener: str = "SASL_SSL") -> list[str
     ]
 
 
+def java_argfile(arguments: list[str]) -> str:
+    """A java launcher @argfile holding `arguments`, one quoted per line (`java @FILE`: none of them on argv)."""
+    return "".join(f'"{argument}"\n' for argument in arguments)
+
+
 def scram_arguments(material: Material) -> list[str]:
     """`kafka-storage format` arguments that add both SCRAM users (secrets: pass them in a java @argfile)."""
     arguments = []
