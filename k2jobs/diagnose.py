@@ -37,7 +37,9 @@ def _workers(app: Any) -> list[str]:
         return [f"no worker consumes queue {CHUNK_QUEUE} ({len(queues)} answered: {', '.join(sorted(queues))})"]
     found = [f"{len(consuming)} worker(s) consume {CHUNK_QUEUE}: {', '.join(consuming)}"]
     for name, tasks in sorted((inspect.active() or {}).items()):
-        chunks = [str(t["args"][1]["index"]) for t in tasks if t.get("name") == "k2jobs.process_chunk"]
+        # A chunk task's second argument is its chunk index (task messages carry ids, not plans); older ones, a dict.
+        args = [t["args"][1] for t in tasks if t.get("name") == "k2jobs.process_chunk"]
+        chunks = [str(a["index"] if isinstance(a, dict) else a) for a in args]
         if chunks:
             found.append(f"{name} is running chunk {', '.join(chunks)}")
     return found
