@@ -84,6 +84,8 @@ class Settings:
     # test stack writes every 0.01 s so a 0.1 s chunk is seen part-way).
     progress_every_s: float = 0.1
     test_note_commits: bool = False  # K2_TEST_NOTE_COMMITS=1: say when a commit returns (k2:test:committed)
+    # K2_TEST_STUCK_BEFORE_COMMIT=1: the first attempt to reach its commit hangs there, deaf to the soft time limit.
+    test_stuck_before_commit: bool = False
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
@@ -202,6 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_options=kafka_options_from(env),
         test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),
         test_note_commits=env.get("K2_TEST_NOTE_COMMITS") == "1",
+        test_stuck_before_commit=env.get("K2_TEST_STUCK_BEFORE_COMMIT") == "1",
         progress_every_s=float(env.get("K2_PROGRESS_EVERY_S") or defaults.progress_every_s),
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),

@@ -442,6 +442,10 @@ class Ledger:
         """Where a test's fault hook stopped (k2:test:<name>), so the test can strike at that moment."""
         self.redis.set(f"k2:test:{name}", value, ex=600)
 
+    def first_test_event(self, name: str) -> bool:
+        """Whether this is the first time a test's fault hook reached `name` (k2:test:<name>), of all processes."""
+        return bool(self.redis.set(f"k2:test:{name}", "1", ex=600, nx=True))
+
     # -- reports ----------------------------------------------------------------------------
     def save_report(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
         """Save the job's report unless it has one (a report is final until `resume`); returns the saved one."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 import uuid
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from redis import RedisError
 
 from .app import app
@@ -108,6 +109,12 @@ class ChunkTask(Task):  # type: ignore[misc]
         return super().retry(*args, exc=exc, max_retries=max_retries, **options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            # The hard time limit killed the process, perhaps mid-commit (Celery >= 5.7 calls on_failure for it,
+            # from the worker's main process). That is an attempt that died, not a failure: its lease ends, the
+            # supervisor enqueues the chunk again, and MAX_UNFINISHED such deaths fail it once Kafka is asked.
+            log.error("chunk task %s (args %r) killed by the hard time limit: it will be tried again", task_id, args)
+            return
         self.record_failure(args, exc)  # kept if recorded already: a failed result never replaces another
 
     def _mark_queued(self, args: Any) -> None:
@@ -260,13 +267,19 @@ def _run_attempt(
 
 
 def _pause_before_commit(clients: WorkerClients, job_id: str, index: int) -> Any:
-    """Test hook (K2_TEST_PAUSE_BEFORE_COMMIT_S): stop between the marker's send and the commit, and say so."""
-    pause = clients.settings.test_pause_before_commit_s
-    if not pause:
+    """Test hooks between the marker's send and the commit: K2_TEST_PAUSE_BEFORE_COMMIT_S stops there, and says
+    so; K2_TEST_STUCK_BEFORE_COMMIT=1 makes the first attempt (of all workers) that gets there hang deaf to the
+    soft time limit, as a call blocked inside librdkafka is, until the hard limit kills its process."""
+    pause, stuck = clients.settings.test_pause_before_commit_s, clients.settings.test_stuck_before_commit
+    if not pause and not stuck:
         return None
 
     def pause_here() -> None:
         clients.ledger.note_test_event("committing", f"{job_id}:{index}:{os.getpid()}")
+        if stuck and clients.ledger.first_test_event("stuck"):
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # billiard's soft time limit signal
+            while True:
+                time.sleep(1)
         time.sleep(pause)
 
     return pause_here

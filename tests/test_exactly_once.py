@@ -285,6 +285,23 @@ def test_a_chunk_that_keeps_killing_its_process_is_failed_with_the_reason(stack,
     assert read_back(job_id) == []
 
 
+def test_a_chunk_killed_by_the_hard_time_limit_is_tried_again_not_failed(stack, ledger, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
+    """An attempt stuck at its commit past the hard time limit (deaf to the soft one, as a call blocked inside
+    librdkafka is) has its process killed: that attempt died, the chunk is tried again and the job succeeds exact.
+    Found in the three-broker fault test: Celery 5.7 calls on_failure for a hard time limit, and recording that as
+    the chunk's failure failed the whole job."""
+    ledger.redis.delete("k2:test:stuck", "k2:test:committing")
+    log = TEST_STACK / "logs" / "stuck.log"
+    log.unlink(missing_ok=True)
+    with a_worker("stuck", {"K2_TEST_STUCK_BEFORE_COMMIT": "1"}):
+        report = submit(job_of_one_file(workdir), "--chunk-rows", "20000")
+    assert "Hard time limit" in log.read_text(), "no attempt was killed by the hard time limit"
+    assert report["status"] == "succeeded", report
+    assert report["totals"]["published"] == BHP_TRADES, report
+    assert ledger.job_meta(report["job_id"]).get("redrives"), "the chunk was not enqueued again"
+    assert_bhp_once(read_back, report["job_id"])
+
+
 def _recreate_topic(admin, topic) -> None:  # type: ignore[no-untyped-def]
     """Delete the topic and create it as `topic` (a NewTopic), or as k2jobs would if `topic` is None."""
     from confluent_kafka import KafkaException
