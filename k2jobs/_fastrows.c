@@ -809,10 +809,50 @@ static PyTypeObject FastRowsType = {
 };
 
 
+/* -- planning: lines of a buffer (k2jobs/planning.py) ------------------------------------------ */
+
+static int is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
+
+PyDoc_STRVAR(scan_lines_doc,
+"scan_lines(data, pos, lines) -> (end, endings, blank): from `pos`, the offset just past the `lines`-th line\n"
+"ending (or past the last one in `data` if fewer), how many line endings that is, and how many of those lines\n"
+"are blank (nothing but ASCII whitespace, as bytes.strip() sees it). Releases the GIL while it scans.");
+
+static PyObject *fastrows_scan_lines(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, lines;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &pos, &lines)) return NULL;
+    if (pos < 0 || pos > view.len || lines < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan_lines: pos outside the data, or lines < 0");
+        return NULL;
+    }
+    const char *buf = (const char *)view.buf;
+    Py_ssize_t len = view.len, end = pos, endings = 0, blank = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const char *p = buf + pos, *stop = buf + len;
+    while (endings < lines && p < stop) {
+        const char *nl = memchr(p, '\n', (size_t)(stop - p));
+        if (nl == NULL) break;
+        if (is_space((unsigned char)*p)) {  /* most lines start with a digit: only these can be blank */
+            const char *q = p;
+            while (q < nl && is_space((unsigned char)*q)) q++;
+            if (q == nl) blank++;
+        }
+        endings++;
+        p = nl + 1;
+    }
+    end = p - buf;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nnn", end, endings, blank);
+}
+
 static PyMethodDef module_methods[] = {
     {"bind", fastrows_bind, METH_VARARGS, bind_doc},
     {"handle_name", fastrows_handle_name, METH_O, handle_name_doc},
     {"send", fastrows_send, METH_VARARGS, send_doc},
+    {"scan_lines", fastrows_scan_lines, METH_VARARGS, scan_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 

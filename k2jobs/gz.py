@@ -12,17 +12,24 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
-
-import indexed_gzip
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import K2Error
+
+if TYPE_CHECKING:
+    import indexed_gzip
 
 GZIP = "gzip"  # ChunkPlan.compression
 GZIP_SUFFIX = ".csv.gz"
 GZIP_SPACING = 4 << 20  # decompressed bytes between seek points: the most a chunk inflates before its start
-# What reading a damaged gzip raises: indexed_gzip's own errors (ZranError is an OSError), zlib's, a short read.
-DAMAGED = (indexed_gzip.ZranError, indexed_gzip.NotCoveredError, zlib.error, EOFError, ValueError)
+
+
+def damaged_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged gzip raises: indexed_gzip's own errors (ZranError is an OSError), zlib's, a short
+    read. indexed_gzip is imported when a gzip file is met: 30 ms a load of plain files need not pay at submit."""
+    import indexed_gzip
+
+    return (indexed_gzip.ZranError, indexed_gzip.NotCoveredError, zlib.error, EOFError, ValueError)
 
 
 class GzipDamaged(K2Error):
@@ -32,6 +39,8 @@ class GzipDamaged(K2Error):
 def open_gzip(source: Path | BinaryIO, index: bytes | None = None) -> indexed_gzip.IndexedGzipFile:
     """An indexed reader of `source` (a path, or a binary file object: a ranged object-storage reader),
     starting from `index` if given (no seek point is built then: the index covers the whole file)."""
+    import indexed_gzip
+
     if isinstance(source, Path):
         reader = indexed_gzip.IndexedGzipFile(filename=str(source), drop_handles=False, spacing=GZIP_SPACING)
     else:
@@ -86,7 +95,7 @@ def read_range(reader: indexed_gzip.IndexedGzipFile, start: int, end: int, name:
     try:
         reader.seek(start)
         data = reader.read(end - start)
-    except DAMAGED as exc:
+    except damaged_errors() as exc:
         raise GzipDamaged(
             f"{name}: gzip data is corrupt or truncated before byte {end:,} (decompressed): {exc}"
         ) from exc

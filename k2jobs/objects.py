@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ChunkChanged, InputError, StorageUnavailable
-from .gz import DAMAGED, GzipDamaged, check_complete, export_index, open_gzip, read_range
+from .gz import GzipDamaged, check_complete, damaged_errors, export_index, open_gzip, read_range
 from .planning import (
     COMPANY_INFO,
     DOCUMENTATION,
@@ -289,7 +289,7 @@ def plan_objects(
                     indexes[base.data_path] = export_index(handle)  # type: ignore[arg-type]
         except ChunkChanged as exc:
             raise InputError(f"{exc} while it was being planned") from exc
-        except (GzipDamaged, *DAMAGED) as exc:
+        except (GzipDamaged, *damaged_errors()) as exc:  # type: ignore[misc]
             if not compression:
                 raise
             why = str(exc) if isinstance(exc, GzipDamaged) else f"{relative}: gzip data is corrupt or truncated ({exc})"

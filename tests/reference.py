@@ -137,3 +137,8 @@ def assert_sample_values(messages: list, paths: set[str], started_ms: int) -> No
         assert value == expected_value(kind, company, lines[path][int(line_no)])
     assert sum(sources.values()) == 170_332 and max(sources.values()) == 1
     assert {s.rsplit(":", 1)[0] for s in sources} == paths
+
+
+def count_rows(data: bytes) -> int:
+    """Rows in a file's bytes: its lines that are not blank (a last line without a line ending counts)."""
+    return sum(1 for line in data.split(b"\n") if line.strip())

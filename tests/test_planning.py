@@ -10,11 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from k2jobs import planning
 from k2jobs.errors import InputError, UnsafePathError
-from k2jobs.planning import count_rows, cut_ranges, plan_job
+from k2jobs.planning import cut_ranges, plan_job
+
+from .reference import count_rows
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 TRADE = b"03/10/2014,10:05:44.516,37.51,40000,3,X,"
+# How planning finds line endings and blank lines: compiled (_fastrows) and in Python, which must agree.
+SCANS = [planning.scan_lines, planning._scan_lines_python]
 
 
 def make_dir(root: Path, files: dict[str, bytes], company_info: str | None = "company_id,symbol\n7078,BHP\n") -> Path:
@@ -68,8 +73,11 @@ def test_small_file_is_one_chunk(tmp_path: Path) -> None:
         (b"\n\n", 0),
     ],
 )
-def test_count_rows_counts_non_blank_lines(data: bytes, rows: int) -> None:
+@pytest.mark.parametrize("scan", SCANS)
+def test_a_file_cut_counts_its_non_blank_lines(data: bytes, rows: int, scan, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(planning, "scan_lines", scan)
     assert count_rows(data) == rows
+    assert sum(r for *_, r in cut_ranges(io.BufferedReader(io.BytesIO(data)), 2, 3)) == rows  # type: ignore[arg-type]
 
 
 def test_bom_is_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
@@ -88,24 +96,30 @@ def test_bom_is_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
 )
 def test_cutting_never_loses_or_doubles_a_line(lines, per_chunk, ending, trailing, block) -> None:  # type: ignore[no-untyped-def]
     data = ending.join(lines) + (ending if trailing and lines else b"")
-    # Small read blocks: chunks and lines straddle the blocks the file is read in.
-    pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk, block))  # type: ignore[arg-type]
-    assert b"".join(p for _, p, _, _ in pieces) == data
-    assert sum(count_rows(p, endings) for _, p, _, endings in pieces) == count_rows(data)
-    for offset, piece, first_line, endings in pieces:
-        assert data[offset : offset + len(piece)] == piece
-        assert first_line == data[:offset].count(b"\n") + 1
-        assert endings == piece.count(b"\n") <= per_chunk
-        assert piece.endswith(b"\n") or offset + len(piece) == len(data)
+    for scan in SCANS:  # the compiled scan and the Python one give the same cut
+        planning.scan_lines = scan
+        try:
+            # Small read blocks: chunks and lines straddle the blocks the file is read in.
+            pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk, block))  # type: ignore[arg-type]
+        finally:
+            planning.scan_lines = SCANS[0]
+        assert b"".join(p for _, p, *_ in pieces) == data
+        assert sum(rows for *_, rows in pieces) == count_rows(data)
+        for offset, piece, first_line, endings, rows in pieces:
+            assert data[offset : offset + len(piece)] == piece
+            assert first_line == data[:offset].count(b"\n") + 1
+            assert endings == piece.count(b"\n") <= per_chunk
+            assert rows == count_rows(piece)
+            assert piece.endswith(b"\n") or offset + len(piece) == len(data)
 
 
 def test_cutting_follows_line_lengths_that_change_along_the_file() -> None:
     # Long lines first, then short ones: the estimate from the first chunk overshoots by thousands of lines.
     data = b"".join([b"x" * 199 + b"\n"] * 100 + [b"y\n"] * 5000 + [b"z" * 99 + b"\n"] * 300)
     pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), 100, 4096))  # type: ignore[arg-type]
-    assert [endings for _, _, _, endings in pieces] == [100] * 54
-    assert b"".join(piece for _, piece, _, _ in pieces) == data
-    assert all(piece.count(b"\n") == 100 for _, piece, _, _ in pieces)
+    assert [endings for _, _, _, endings, _ in pieces] == [100] * 54
+    assert b"".join(piece for _, piece, *_ in pieces) == data
+    assert all(piece.count(b"\n") == 100 for _, piece, *_ in pieces)
 
 
 # -- refusals ----------------------------------------------------------------------------------------

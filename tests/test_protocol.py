@@ -473,12 +473,16 @@ def test_layers_import_downwards_only() -> None:
     import sys
 
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, k2jobs.app, k2jobs.client, k2jobs.cli; print(sorted(sys.modules))"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, k2jobs.app, k2jobs.client, k2jobs.cli, k2jobs.lifecycle; print(sorted(sys.modules))",
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert "'k2jobs.lifecycle'" in loaded  # the client enqueues through it
+    assert "'k2jobs.lifecycle'" in loaded  # the client enqueues through it (imported while it plans)
     for workers_only in ("k2jobs.worker", "k2jobs.supervisor", "k2jobs.tasks"):
         assert f"'{workers_only}'" not in loaded
 
