@@ -9,10 +9,10 @@ import re
 import stat
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from .errors import InputError, UnsafePathError
 from .gz import GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, damaged_errors, export_index, open_gzip
@@ -27,10 +27,12 @@ except ImportError:  # installed without a C compiler: planning counts lines in 
     _compiled_scan_lines = None
 
 BOM = b"\xef\xbb\xbf"
+PlanT = TypeVar("PlanT", "ChunkPlan", "FilePlan")
 COMPANY_INFO = Path("reference-data") / "company_info.csv"
 # Top-level names that describe the data set rather than hold rows to load.
 DOCUMENTATION = re.compile(r"(?i)(readme.*|.*\.(md|txt|rst))\Z")
 _BLANK_BETWEEN = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+SMALL_FILE = 1 << 20
 READ_BLOCK = 32 << 20  # a chunk of 200,000 rows is ~13 MB: most are cut from one read, not spliced
 
 
@@ -150,10 +152,11 @@ class JobPlan:
         return sorted(groups.values(), key=lambda group: -sum(self.chunks[i].rows for i in group))
 
     def to_dict(self) -> dict[str, object]:
+        """The plan as plain data (shallow: the files' lists are shared), for JSON."""
         return {
             "source_dir": self.source_dir,
-            "files": [asdict(f) for f in self.files],
-            "chunks": [asdict(c) for c in self.chunks],
+            "files": [dict(vars(f)) for f in self.files],  # asdict's deep copies: 0.2 s for 4,000 files
+            "chunks": [dict(vars(c)) for c in self.chunks],
             "bundles": {str(lead): members for lead, members in self.bundles.items()},
         }
 
@@ -244,6 +247,17 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return crc1 ^ crc2
 
 
+def like(plan: PlanT, **changes: object) -> PlanT:
+    """dataclasses.replace for the plans, without its checks: a third of planning's time for thousands of files."""
+    return type(plan)(**{**plan.__dict__, **changes})
+
+
+def relative_posix(path: Path, base: Path) -> str:
+    """path.relative_to(base).as_posix(), by string when `path` lies under `base` (thousands of files)."""
+    text, prefix = str(path), str(base).rstrip("/") + "/"
+    return text[len(prefix) :] if text.startswith(prefix) else path.relative_to(base).as_posix()
+
+
 def resolve_inside(root: Path, path: Path) -> Path:
     """`path` with symlinks resolved, refused unless it lies inside `root`."""
     real = path.resolve()
@@ -321,11 +335,13 @@ def find_input_files(directory: Path, skip_unknown: bool = False) -> list[tuple[
         if name.startswith(".") or name == COMPANY_INFO.parts[0]:
             continue
         if name in kinds and entry.is_dir():
-            for file in sorted(entry.iterdir()):
+            with os.scandir(entry) as listing:  # its entries know their type: no stat per file
+                files = sorted(listing, key=lambda e: e.name)  # the order Path sorts them in, faster
+            for file in files:
                 if file.name.startswith("."):
                     continue
                 if input_stem(file.name) is not None and file.is_file():
-                    found.append((kinds[name], file))
+                    found.append((kinds[name], entry / file.name))
                 elif not skip_unknown:
                     raise InputError(
                         f"{file} is not a CSV file (.csv or .csv.gz) k2jobs can load (use --skip-unknown to skip it)"
@@ -477,7 +493,7 @@ def cut_file(
         if rows == 0:
             continue  # only blank lines: nothing to load, nothing to count
         chunks.append(
-            replace(
+            like(
                 base,
                 index=first_index + len(chunks),
                 start=start,
@@ -561,10 +577,10 @@ def plan_file(
     None when it is to be loaded.
     """
     real = (inside or InsideRoot(root))(path)
-    relative = path.relative_to(directory).as_posix()
+    relative = relative_posix(path, directory)
     company_of(relative, path.name, symbols)  # the name is checked before the file is opened
     compression = GZIP if path.name.endswith(GZIP_SUFFIX) else ""
-    identity = real.relative_to(root).as_posix()
+    identity = relative_posix(real, root)
     extent = (extents or {}).get(identity)
     complete_only = (complete_only or extent is not None) and not compression  # gzip files are written whole
     try:
@@ -575,8 +591,8 @@ def plan_file(
     base = file_base(relative, identity, kind, symbols, info.st_size)
     with handle:
         try:
-            # A small file is read in one block of its size: a read of READ_BLOCK would allocate that much.
-            block = READ_BLOCK if compression else min(READ_BLOCK, info.st_size + 1)
+            # A small file is read in one block of its size: a read of READ_BLOCK allocates that much, each time.
+            block = info.st_size + 1 if info.st_size < SMALL_FILE and not compression else READ_BLOCK
             cut = cut_after(handle, lines_per_chunk, first_index, base, extent, complete_only, block)
             if not isinstance(cut, Cut):
                 return file_plan(base, [], info.st_size, 0), [], None, cut
@@ -622,7 +638,7 @@ def cut_after(
 
 def grown_plan(plan: FilePlan, identity: str, cut: Cut) -> FilePlan:
     """A file's plan with what appending needs: where this job starts and ends in it, and its pieces' checksums."""
-    return replace(
+    return like(
         plan,
         identity=identity,
         start=cut.start,
@@ -640,7 +656,7 @@ def _out_of_order(
     """`files`, each new one that sorts before a published file of its key (kind and company) marked out of order."""
     published: dict[tuple[str, str], list[tuple[str, str]]] = {}  # key -> (name, job) of its published files
     for kind, path in inputs:
-        extent = extents.get(inside(path).relative_to(root).as_posix())
+        extent = extents.get(relative_posix(inside(path), root))
         if extent is not None:
             stem = input_stem(path.name) or path.name
             published.setdefault((kind.value, stem), []).append((path.name, extent.job_id))
@@ -719,8 +735,8 @@ def plan_job(
     indexes: dict[str, bytes] = {}
     inside = InsideRoot(root)
     if exclude:
-        inputs = [(k, p) for k, p in inputs if inside(p).relative_to(root).as_posix() not in exclude]
-    extents = extents_for([inside(p).relative_to(root).as_posix() for _, p in inputs]) if extents_for else {}
+        inputs = [(k, p) for k, p in inputs if relative_posix(inside(p), root) not in exclude]
+    extents = extents_for([relative_posix(inside(p), root) for _, p in inputs]) if extents_for else {}
     unchanged: list[str] = []
     changed: list[str] = []
     for kind, path in inputs:
