@@ -95,6 +95,8 @@ _SET_PROGRESS = (
     + """local delta = progress(ARGV[1], ARGV[2])
 if delta ~= 0 then redis.call('hincrby', KEYS[3], 'rows_done', delta) end"""
 )
+# Every file content a job published, once (the earliest job is kept): thousands of files in one round trip.
+_REMEMBER_LOADED = """for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end"""
 _RECORD = (
     _PROGRESS_LUA
     + """local done, rejected, rows = 0, 0, 0
@@ -149,6 +151,7 @@ class Ledger:
         self._set_progress = client.register_script(_SET_PROGRESS)
         self._record = client.register_script(_RECORD)
         self._clear_failures = client.register_script(_CLEAR_FAILURES)
+        self._remember_loaded = client.register_script(_REMEMBER_LOADED)
 
     def ping(self) -> None:
         try:
@@ -228,13 +231,17 @@ class Ledger:
     def remember_loaded(self, job_id: str, plan: JobPlan) -> None:
         """Record the file contents a succeeded job published (the earliest job is kept), and how far it published
         each file (its extent: a later job loads only what follows)."""
-        pipe = self.redis.pipeline()
+        loaded: list[Any] = []
+        extents: dict[str, Any] = {}
         for file in plan.files:
-            pipe.hsetnx(LOADED_KEY, file.content, orjson.dumps({"job_id": job_id, "path": file.path}))
+            loaded += [file.content, orjson.dumps({"job_id": job_id, "path": file.path})]
             if file.identity and file.end:
                 pieces = merged([(int(s), int(e), int(c)) for s, e, c in file.pieces])
-                extent = Extent(file.end, file.next_line, file.newline, pieces, job_id)
-                pipe.hset(EXTENTS_KEY, file.identity, extent.to_json())
+                extents[file.identity] = Extent(file.end, file.next_line, file.newline, pieces, job_id).to_json()
+        pipe = self.redis.pipeline()
+        self._remember_loaded(keys=[LOADED_KEY], args=loaded, client=pipe)
+        if extents:
+            pipe.hset(EXTENTS_KEY, mapping=extents)
         pipe.execute()
 
     def file_extents(self, identities: list[str]) -> dict[str, Extent]:

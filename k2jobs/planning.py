@@ -65,7 +65,10 @@ class ChunkPlan:
     @classmethod
     def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
         """A chunk plan from its dict; fields of older versions (file_mtime_ns) are ignored."""
-        return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
+        try:
+            return cls(**raw)
+        except TypeError:  # a field this version does not have
+            return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
 
 
 @dataclass(frozen=True)
