@@ -456,11 +456,13 @@ fail:
  * Handle struct, right after PyObject_HEAD; k2jobs.publisher checks it (rd_kafka_name) before use. */
 typedef struct rd_kafka_s rd_kafka_t;
 typedef struct rd_kafka_error_s rd_kafka_error_t;
+typedef struct rd_kafka_topic_s rd_kafka_topic_t;
 enum { VT_END, VT_TOPIC, VT_RKT, VT_PARTITION, VT_VALUE, VT_KEY, VT_OPAQUE, VT_MSGFLAGS, VT_TIMESTAMP, VT_HEADER };
 typedef struct {
     int vtype;
     union {
         const char *cstr;
+        rd_kafka_topic_t *rkt;
         int i;
         struct {
             const void *ptr;
@@ -484,12 +486,15 @@ static const char *(*rk_error_string)(const rd_kafka_error_t *);
 static int (*rk_error_is_fatal)(const rd_kafka_error_t *);
 static void (*rk_error_destroy)(rd_kafka_error_t *);
 static const char *(*rk_name)(const rd_kafka_t *);
+static rd_kafka_topic_t *(*rk_topic_new)(rd_kafka_t *, const char *, void *);
+static void (*rk_topic_destroy)(rd_kafka_topic_t *);
 
 /* The first four entries of a message's rd_kafka_produceva() arguments: topic, key, copy flag, and the value's
- * type (its bytes are set per message). */
-static void message_vu(rk_vu *vu, const char *topic, const Py_buffer *key) {
-    vu[0].vtype = VT_TOPIC;
-    vu[0].u.cstr = topic;
+ * type (its bytes are set per message). The topic goes as a handle: given a topic *name*, librdkafka looks it up
+ * under its handle's write lock for every message (rd_kafka_topic_new0 in rd_kafka_produceva). */
+static void message_vu(rk_vu *vu, rd_kafka_topic_t *rkt, const Py_buffer *key) {
+    vu[0].vtype = VT_RKT;
+    vu[0].u.rkt = rkt;
     vu[1].vtype = VT_KEY;
     vu[1].u.mem.ptr = key->buf;
     vu[1].u.mem.size = (size_t)key->len;
@@ -505,10 +510,11 @@ static PyObject *fastrows_bind(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
     void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (lib == NULL) Py_RETURN_FALSE;
-    void *f[6] = {dlsym(lib, "rd_kafka_produceva"),   dlsym(lib, "rd_kafka_error_code"),
-                  dlsym(lib, "rd_kafka_error_string"), dlsym(lib, "rd_kafka_error_is_fatal"),
-                  dlsym(lib, "rd_kafka_error_destroy"), dlsym(lib, "rd_kafka_name")};
-    for (int i = 0; i < 6; i++)
+    void *f[8] = {dlsym(lib, "rd_kafka_produceva"),     dlsym(lib, "rd_kafka_error_code"),
+                  dlsym(lib, "rd_kafka_error_string"),   dlsym(lib, "rd_kafka_error_is_fatal"),
+                  dlsym(lib, "rd_kafka_error_destroy"),  dlsym(lib, "rd_kafka_name"),
+                  dlsym(lib, "rd_kafka_topic_new"),      dlsym(lib, "rd_kafka_topic_destroy")};
+    for (int i = 0; i < 8; i++)
         if (f[i] == NULL) Py_RETURN_FALSE;
     rk_produceva = (rd_kafka_error_t * (*)(rd_kafka_t *, const rk_vu *, size_t)) f[0];
     rk_error_code = (int (*)(const rd_kafka_error_t *))f[1];
@@ -516,6 +522,8 @@ static PyObject *fastrows_bind(PyObject *module, PyObject *args) {
     rk_error_is_fatal = (int (*)(const rd_kafka_error_t *))f[3];
     rk_error_destroy = (void (*)(rd_kafka_error_t *))f[4];
     rk_name = (const char *(*)(const rd_kafka_t *))f[5];
+    rk_topic_new = (rd_kafka_topic_t * (*)(rd_kafka_t *, const char *, void *)) f[6];
+    rk_topic_destroy = (void (*)(rd_kafka_topic_t *))f[7];
     Py_RETURN_TRUE;
 }
 
@@ -532,6 +540,13 @@ static rd_kafka_t *producer_handle(PyObject *producer) {
     rd_kafka_t *rk = *(rd_kafka_t **)((char *)producer + sizeof(PyObject));
     if (rk == NULL) PyErr_SetString(PyExc_RuntimeError, "the producer is closed");
     return rk;
+}
+
+/* A handle on `topic` for one send() call (released with rk_topic_destroy), or NULL with an exception set. */
+static rd_kafka_topic_t *topic_handle(rd_kafka_t *rk, const char *topic) {
+    rd_kafka_topic_t *rkt = rk_topic_new(rk, topic, NULL);
+    if (rkt == NULL) PyErr_Format(PyExc_ValueError, "librdkafka refused the topic name %s", topic);
+    return rkt;
 }
 
 PyDoc_STRVAR(handle_name_doc, "handle_name(producer) -> str: rd_kafka_name() of the producer's handle");
@@ -571,47 +586,49 @@ PyDoc_STRVAR(send_doc,
              "code (-184: the queue is full, poll and call again); error_code 0 when all were queued.");
 
 static PyObject *fastrows_send(PyObject *module, PyObject *args) {
-    PyObject *producer, *values, *headers;
+    PyObject *producer, *values, *headers, *result = NULL;
     const char *topic;
     Py_buffer key;
     Py_ssize_t i;
     if (!PyArg_ParseTuple(args, "Osy*O!O!n", &producer, &topic, &key, &PyList_Type, &values, &PyList_Type, &headers,
                           &i))
         return NULL;
+    rd_kafka_topic_t *rkt = NULL;
     rd_kafka_t *rk = producer_handle(producer);
-    if (rk == NULL) goto fail;
+    if (rk == NULL) goto done;
     if (PyList_GET_SIZE(values) != PyList_GET_SIZE(headers)) {
         PyErr_SetString(PyExc_ValueError, "values and headers differ in length");
-        goto fail;
+        goto done;
     }
+    rkt = topic_handle(rk, topic);
+    if (rkt == NULL) goto done;
     rk_vu vu[4 + MAX_HEADERS];
     memset(vu, 0, sizeof(vu));
-    message_vu(vu, topic, &key);
+    message_vu(vu, rkt, &key);
     for (; i < PyList_GET_SIZE(values); i++) {
         PyObject *value = PyList_GET_ITEM(values, i), *list = PyList_GET_ITEM(headers, i);
         if (!PyBytes_Check(value) || !PyList_Check(list) || PyList_GET_SIZE(list) > MAX_HEADERS) {
             PyErr_SetString(PyExc_TypeError, "values must be bytes and headers lists of at most 8 pairs");
-            goto fail;
+            goto done;
         }
         vu[3].u.mem.ptr = PyBytes_AS_STRING(value);
         vu[3].u.mem.size = (size_t)PyBytes_GET_SIZE(value);
         Py_ssize_t n = PyList_GET_SIZE(list);
         for (Py_ssize_t h = 0; h < n; h++)
-            if (header_vu(PyList_GET_ITEM(list, h), &vu[4 + h]) < 0) goto fail;
+            if (header_vu(PyList_GET_ITEM(list, h), &vu[4 + h]) < 0) goto done;
         rd_kafka_error_t *error = rk_produceva(rk, vu, (size_t)(4 + n));
         if (error != NULL) {
             int code = rk_error_code(error), fatal = rk_error_is_fatal(error);
-            PyObject *result = Py_BuildValue("(nisi)", i, code, rk_error_string(error), fatal);
+            result = Py_BuildValue("(nisi)", i, code, rk_error_string(error), fatal);
             rk_error_destroy(error);
-            PyBuffer_Release(&key);
-            return result;
+            goto done;
         }
     }
+    result = Py_BuildValue("(nisi)", i, 0, "", 0);
+done:
+    if (rkt != NULL) rk_topic_destroy(rkt);
     PyBuffer_Release(&key);
-    return Py_BuildValue("(nisi)", i, 0, "", 0);
-fail:
-    PyBuffer_Release(&key);
-    return NULL;
+    return result;
 }
 
 
@@ -636,6 +653,7 @@ static PyObject *FastRows_send(FastRows *self, PyObject *args) {
                           &ingestion))
         return NULL;
     char *source = NULL;
+    rd_kafka_topic_t *rkt = NULL;
     rd_kafka_t *rk = producer_handle(producer);
     if (rk == NULL) goto done;
     if (pos < 0 || pos > view.len) {
@@ -656,9 +674,11 @@ static PyObject *FastRows_send(FastRows *self, PyObject *args) {
         goto done;
     }
     memcpy(source, PyBytes_AS_STRING(self->prefix), (size_t)plen);
+    rkt = topic_handle(rk, topic);
+    if (rkt == NULL) goto done;
     rk_vu vu[6];
     memset(vu, 0, sizeof(vu));
-    message_vu(vu, topic, &key);
+    message_vu(vu, rkt, &key);
     vu[3].u.mem.ptr = self->out;
     vu[4].vtype = VT_HEADER;
     vu[4].u.header.name = job_name;
@@ -697,6 +717,7 @@ static PyObject *FastRows_send(FastRows *self, PyObject *args) {
     }
     result = Py_BuildValue("(nnLiNi)", queued, pos, line_no, code, reason ? reason : PyUnicode_FromString(""), fatal);
 done:
+    if (rkt != NULL) rk_topic_destroy(rkt);
     PyMem_Free(source);
     PyBuffer_Release(&key);
     PyBuffer_Release(&view);

@@ -133,15 +133,17 @@ class Meanwhile:
     A process that exits on another error does not wait for it (a Kafka check can take seconds)."""
 
     def __init__(self, call: Callable[[], Services]) -> None:
-        self._call, self._result, self._error = call, None, None
+        self._call = call
+        self._result: Services | None = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="k2jobs-submit-services", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self._result = self._call()  # type: ignore[assignment]
+            self._result = self._call()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-            self._error = exc  # type: ignore[assignment]
+            self._error = exc
 
     def result(self) -> Services:
         self._thread.join()
@@ -173,9 +175,9 @@ def submit_plan(
 ) -> str:
     """Check the services, record and enqueue the job of `plan` (planned since `started`); its id. `services`:
     what prepare_services found, if it ran while the input was planned."""
-    from .lifecycle import enqueue_chunks
-
     planned = time.perf_counter()
+    from .lifecycle import enqueue_chunks  # Celery: imported by prepare_services meanwhile
+
     ledger.ping()
     if not options.again:
         refuse_reload(ledger, plan)
