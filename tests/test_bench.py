@@ -40,6 +40,8 @@ def test_bench_smoke_run_measures_everything_side_by_side() -> None:
         "k2jobs Avro, 2 workers": 40_000,
         "k2jobs, 2 workers, again": 40_000,
     }
+    warm = results["broker_warm_up"]  # untimed loads in both formats before anything is measured
+    assert [w["format"] for w in warm] == ["json", "avro"] and all(w["broker_cpu_s"] > 0 for w in warm)
     k2 = [r for r in results["results"] if r["name"].startswith("k2jobs")]
     assert all(r["rss_mb"] and r["extra"]["plan_s"] >= 0 and r["extra"]["job_id"] for r in k2)
     assert all(len(r["extra"]["worker_processes"]) >= n for r, n in zip(k2, (1, 2, 2, 2, 2, 2), strict=True))
