@@ -276,7 +276,7 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def warm_broker(env: dict[str, str], jobs: int) -> list[dict[str, Any]]:
+def warm_broker(env: dict[str, str], jobs: int, source: Path = INPUT) -> list[dict[str, Any]]:
     """Untimed k2jobs loads of the bench input, JSON and Avro in turn, before anything is measured.
 
     A fresh broker JIT-compiles its produce and transaction paths for dozens of loads: measured on this machine,
@@ -291,7 +291,7 @@ def warm_broker(env: dict[str, str], jobs: int) -> list[dict[str, Any]]:
         value_format = ("json", "avro")[n % 2]
         settle()
         cpu, started = process_cpu_s(kafka_pid), time.perf_counter()
-        report = json.loads(k2(env, "submit", str(INPUT), "--wait", "--json", "--again", "--format", value_format))
+        report = json.loads(k2(env, "submit", str(source), "--wait", "--json", "--again", "--format", value_format))
         seconds = time.perf_counter() - started
         if report["status"] != "succeeded":
             raise BenchError(f"warm-up load {report['job_id']} ended {report['status']}: {report['failures'][:3]}")

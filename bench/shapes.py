@@ -165,9 +165,12 @@ def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], di
         write_shape("4000x90", 4000, 90),
         write_shape("1x360000", 1, ROWS),
     )
-    info = {"stack_up_s": round(bench.restart_stack(env, 2), 1)}
+    info: dict[str, Any] = {"stack_up_s": round(bench.restart_stack(env, 2), 1)}
     bench.ensure_topics(settings.kafka_bootstrap, settings.partitions)
     bench.warm_up(env)
+    # As bench.py: every shape is measured on a broker whose JIT has warmed, with bench.py's input.
+    print(f"shapes: broker warm-up, {bench.BROKER_WARM_JOBS} untimed loads ...")
+    info["broker_warm_up"] = bench.warm_broker(env, bench.BROKER_WARM_JOBS, bench.build_input(1_000_000))
     print("shapes: raw-produce ceiling on the 4 files ...")
     results = [ceiling_on(big, settings.kafka_bootstrap)]
     print("shapes: 4 files of 90,000 rows ...")
