@@ -92,13 +92,14 @@ def running_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int
     return [i for i in units if chunk_state(i, attempts, "", live) == RUNNING]
 
 
-def finish_job_if_done(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
-    """Finish the job unless a chunk of it can still run (then None).
+def finish_job_if_done(ledger: Ledger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any] | None:
+    """Finish the job unless a chunk of it can still run (then None). `plan`: the job's, if the caller holds it
+    (a worker keeps each job's plan; a plan never changes once recorded), else it is read.
 
     The chord's callbacks, the supervisor and a waiting client all finish jobs through here, so a job gets a
     report only once every chunk has a result or is held back, and no attempt is running any uncommitted chunk.
     """
-    plan = ledger.plan(job_id)
+    plan = ledger.plan(job_id) if plan is None else plan
     results = ledger.results(job_id)
     if chunks_to_come(plan, results, ledger.job_options(job_id).get("ordered", True)):
         return None

@@ -218,7 +218,7 @@ def _finish_if_last(clients: WorkerClients, job_id: str) -> None:
     with contextlib.suppress(RedisError, K2Error):
         meta = clients.ledger.job_meta(job_id)
         if int(meta.get("chunks_done", 0)) >= int(meta["chunks"]) and clients.ledger.report(job_id) is None:
-            finish_job_if_done(clients.ledger, job_id)
+            finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)  # the plan this process holds
 
 
 def _run_attempt(
@@ -296,8 +296,8 @@ def _note_commit(clients: WorkerClients, job_id: str, index: int) -> Any:
 @app.task(name="k2jobs.reconcile_job", acks_late=True)
 def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any]:
     """Chord callback (and its error callback): reconcile the job from Redis, not from the header results."""
-    ledger = worker_clients().ledger
-    report = finish_job_if_done(ledger, job_id)
+    clients = worker_clients()
+    report = finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)
     if report is None:
         return {"job_id": job_id, "status": "running"}
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}
