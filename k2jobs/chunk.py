@@ -104,7 +104,8 @@ def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress
         # A producer that can, parses and queues the common rows in C (ChunkTransaction.queue_rows).
         queue = functools.partial(txn.queue_rows, kind.topic) if txn.compiled else None
         for batch in rows.batches(batch_lines, queue):
-            txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
+            if batch.values:  # compiled, a batch holds only what Python parsed: most hold nothing
+                txn.send_batch(kind.topic, rows.key, batch.values, batch.headers)
             if batch.dead:
                 txn.send_batch(kind.dlq_topic, rows.key, batch.dead, batch.dead_headers)
             progress(rows.published + rows.rejected)

@@ -321,9 +321,7 @@ class ChunkTransaction:
                 continue
             if code < 0:
                 raise _failure("produce", code, reason, bool(fatal))
-            self._unpolled += sent
-            if self._unpolled >= POLL_EVERY_ROWS:
-                self._poll(0)
+            self._poll_now_and_then(sent)
             return queued, pos, line_no, code == STOPPED_AT_DEFERRED
 
     def _send_compiled(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
@@ -335,7 +333,13 @@ class ChunkTransaction:
             if code != KafkaError._QUEUE_FULL:
                 raise _failure("produce", code, reason, bool(fatal))
             self._poll(QUEUE_FULL_WAIT_S)
-        self._poll(0)
+        self._poll_now_and_then(len(values))
+
+    def _poll_now_and_then(self, queued: int) -> None:
+        """Poll once POLL_EVERY_ROWS messages were queued since the last poll."""
+        self._unpolled += queued
+        if self._unpolled >= POLL_EVERY_ROWS:
+            self._poll(0)
 
     def _poll(self, timeout_s: float) -> None:
         """Serve delivery reports (only failed deliveries make one). confluent-kafka raises a fatal error here
