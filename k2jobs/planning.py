@@ -711,9 +711,10 @@ def plan_job(
     extents_for: Callable[[list[str]], dict[str, Extent]] | None = None,
     complete_only: bool = False,
     exclude: frozenset[str] = frozenset(),
+    before_cutting: Callable[[int], None] | None = None,
 ) -> JobPlan:
     """Validate `directory`, cut every input file into chunks, and bundle small chunks into tasks of up to
-    `task_rows` rows (default: `lines_per_chunk`).
+    `task_rows` rows (default: `lines_per_chunk`). `before_cutting(files)` is called once the files are found.
 
     `extents_for` gives what succeeded jobs published of files (by their path under the data root): those are
     cut from where it ends, or listed in the plan as unchanged or changed (k2jobs/appends.py). With
@@ -742,6 +743,8 @@ def plan_job(
     extents = extents_for([relative_posix(inside(p), root) for _, p in inputs]) if extents_for else {}
     unchanged: list[str] = []
     changed: list[str] = []
+    if before_cutting is not None:
+        before_cutting(len(inputs))
     for kind, path in inputs:
         file_plan, file_chunks, index, skipped = plan_file(
             root, real_dir, kind, path, symbols, lines_per_chunk, len(chunks), inside, extents, complete_only

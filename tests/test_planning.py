@@ -55,6 +55,19 @@ def test_chunks_start_and_end_on_line_boundaries(tmp_path: Path) -> None:
         assert piece.endswith(b"\r\n") and piece.startswith(b"03/")
 
 
+def test_before_cutting_is_told_how_many_files_before_any_is_cut(tmp_path: Path) -> None:
+    """submit waits there for Celery's import when the files are many (client.MANY_FILES)."""
+    job = make_dir(tmp_path, {"trades/7078.csv": TRADE + b"\r\n", "quotes/7078.csv": b""})
+    told: list[int] = []
+
+    def before_cutting(files: int) -> None:
+        told.append(files)
+        (job / "trades" / "7078.csv").write_bytes(TRADE + b"\r\n" + TRADE + b"\r\n")  # cut after this call
+
+    plan = plan_job(tmp_path, job, 25_000, before_cutting=before_cutting)
+    assert told == [2] and plan.rows == 2
+
+
 def test_small_file_is_one_chunk(tmp_path: Path) -> None:
     job = make_dir(tmp_path, {"trades/7078.csv": TRADE + b"\r\n"})
     plan = plan_job(tmp_path, job, 25_000)
