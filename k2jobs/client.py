@@ -123,20 +123,18 @@ class Services:
     marker_start: int
 
 
-def prepare_services(settings: Settings, value_format: str, import_celery: bool = True) -> Services:
+def prepare_services(settings: Settings, value_format: str) -> Services:
     """Kafka's topics (also the check that Kafka answers: it fails within seconds if Kafka is away), the schemas,
-    the marker partition's end; and Celery imported, for the enqueue (unless `import_celery` is False)."""
+    the marker partition's end."""
     ensure_topics(settings)
     schema_ids = register_schemas(settings) if value_format == "avro" else {}
-    services = Services(schema_ids, marker_end(settings))
-    if import_celery:
-        import_lifecycle()
-    return services
+    return Services(schema_ids, marker_end(settings))
 
 
 def import_lifecycle() -> None:
-    """Import Celery (through k2jobs.lifecycle), which the enqueue needs: ~0.13 s of Python."""
-    from . import lifecycle  # noqa: F401 - imported here, off the path to the first chunk
+    """Import Celery (through k2jobs.lifecycle), which the enqueue needs: ~0.13 s of Python. submit_job does it on
+    a thread, off the path to the first chunk."""
+    from . import lifecycle  # noqa: F401
 
 
 # More files than this and planning is Python, a system call or two per file, each releasing the GIL: beside
@@ -179,7 +177,7 @@ def submit_job(
     chunk starts that much sooner (bench/README.md)."""
     started = time.perf_counter()
     celery = Meanwhile(import_lifecycle)
-    services = Meanwhile(lambda: prepare_services(settings, options.value_format, import_celery=False))
+    services = Meanwhile(lambda: prepare_services(settings, options.value_format))
 
     def before_cutting(files: int) -> None:
         if files > MANY_FILES:
@@ -200,7 +198,7 @@ def submit_plan(
     """Check the services, record and enqueue the job of `plan` (planned since `started`); its id. `services`:
     what prepare_services found, if it ran while the input was planned."""
     planned = time.perf_counter()
-    from .lifecycle import enqueue_chunks  # Celery: imported by prepare_services meanwhile
+    from .lifecycle import enqueue_chunks  # Celery: submit_job imports it meanwhile
 
     ledger.ping()
     if not options.again:
