@@ -105,18 +105,19 @@ def finish_job_if_done(ledger: Ledger, job_id: str, plan: JobPlan | None = None)
         return None
     if running_chunks(ledger, job_id, plan, uncommitted(plan, results)):
         return None
-    return finish_job(ledger, job_id, plan)
+    return finish_job(ledger, job_id, plan, results)
 
 
-def finish_job(ledger: Ledger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any]:
-    """Reconcile a job from its plan (read unless given) and chunk results, and save the report (the first one
-    saved stays)."""
+def finish_job(
+    ledger: Ledger, job_id: str, plan: JobPlan | None = None, results: dict[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Reconcile a job from its plan and chunk results (each read unless the caller read it), and save the report
+    (the first one saved stays)."""
     created = float(ledger.job_meta(job_id)["created"])
     plan = ledger.plan(job_id) if plan is None else plan
+    results = ledger.results(job_id) if results is None else results
     ordered = ledger.job_options(job_id).get("ordered", True)
-    report = ledger.save_report(
-        job_id, reconcile_job(job_id, plan, ledger.results(job_id), time.time() - created, ordered)
-    )
+    report = ledger.save_report(job_id, reconcile_job(job_id, plan, results, time.time() - created, ordered))
     if report["status"] == SUCCEEDED:
         ledger.remember_loaded(job_id, plan)
     return report

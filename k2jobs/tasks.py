@@ -297,7 +297,9 @@ def _note_commit(clients: WorkerClients, job_id: str, index: int) -> Any:
 def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any]:
     """Chord callback (and its error callback): reconcile the job from Redis, not from the header results."""
     clients = worker_clients()
-    report = finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)
+    # Most jobs were finished by their last chunk's task (_finish_if_last): a saved report is final until `resume`,
+    # and reconciling again would read every chunk's result for nothing while the next job runs.
+    report = clients.ledger.report(job_id) or finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)
     if report is None:
         return {"job_id": job_id, "status": "running"}
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}
