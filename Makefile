@@ -15,6 +15,9 @@ CLIENT_ENV = if [ -f "$$K2_STACK_DIR/client.env" ]; then set -a; . "$$K2_STACK_D
 .PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-secure bench-task-cost bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry s3
+	@# Bytecode for k2jobs itself (pip compiles every other package it installs, not an editable one): each
+	@# process, `submit` included, otherwise compiles ~200 KB of source at start where PYTHONDONTWRITEBYTECODE is set.
+	@$(BIN)/python -m compileall -q k2jobs celeryconfig.py >/dev/null
 
 # The real Redis server (Debian's package), a C compiler, and Java 17 + Maven for the Kafka broker.
 system-deps:

@@ -198,13 +198,19 @@ def bundle_chunks(files: list[FilePlan], chunks: list[ChunkPlan], task_rows: int
     keys: dict[tuple[str, str], list[int]] = {}
     for file in sorted(files, key=lambda f: f.path):
         keys.setdefault((file.kind, file.symbol), []).extend(file.chunks)
+    key_rows = {key: sum(chunks[i].rows for i in indexes) for key, indexes in keys.items()}
+    shares = {k: key_rows[k] < task_rows and not any(chunks[i].damaged for i in keys[k]) for k in keys}
+    # As few shared tasks as task_rows allows, of about equal rows: 360,000 rows of small files with task_rows
+    # 200,000 make two tasks of ~180,000, not 200,000 and 160,000 (two workers finish together).
+    small_rows = sum(key_rows[k] for k in keys if shares[k])
+    even = -(-small_rows // max(1, -(-small_rows // task_rows)))
     bundles: list[list[int]] = []
     shared: list[int] = []
     shared_rows = 0
-    for indexes in keys.values():
-        rows = sum(chunks[i].rows for i in indexes)
-        if rows < task_rows and not any(chunks[i].damaged for i in indexes):
-            if shared and shared_rows + rows > task_rows:
+    for key, indexes in keys.items():
+        rows = key_rows[key]
+        if shares[key]:
+            if shared and (shared_rows + rows > task_rows or shared_rows >= even):
                 bundles.append(shared)
                 shared, shared_rows = [], 0
             shared.extend(indexes)

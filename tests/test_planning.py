@@ -68,6 +68,15 @@ def test_before_cutting_is_told_how_many_files_before_any_is_cut(tmp_path: Path)
     assert told == [2] and plan.rows == 2
 
 
+def test_small_files_share_tasks_of_about_equal_rows(tmp_path: Path) -> None:
+    """Six companies of 10 rows, tasks of up to 40 rows: two tasks of 30, not 40 and 20 (workers end together)."""
+    info = "company_id,symbol\n" + "".join(f"{n},S{n}\n" for n in range(1, 7))
+    job = make_dir(tmp_path, {f"trades/{n}.csv": (TRADE + b"\r\n") * 10 for n in range(1, 7)}, info)
+    plan = plan_job(tmp_path, job, 25_000, task_rows=40)
+    assert sorted(sum(plan.chunks[i].rows for i in members) for members in plan.bundles.values()) == [30, 30]
+    assert [plan.chunks[i].path for m in plan.bundles.values() for i in m] == [f"trades/{n}.csv" for n in range(1, 7)]
+
+
 def test_small_file_is_one_chunk(tmp_path: Path) -> None:
     job = make_dir(tmp_path, {"trades/7078.csv": TRADE + b"\r\n"})
     plan = plan_job(tmp_path, job, 25_000)
