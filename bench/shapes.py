@@ -47,6 +47,11 @@ TARGETS = {
 SUBMIT_10000 = "k2jobs, 10,000 files of 10 rows"
 S3_BIG = "k2jobs, 4 files of 90,000 rows, from S3 (VersityGW)"
 GZIP_BIG = "k2jobs, 4 files of 90,000 rows, .csv.gz"
+BIG = "k2jobs, 4 files of 90,000 rows"
+SMALL = "k2jobs, 4,000 files of 90 rows"
+FEW_CHUNKS = "k2jobs, one key in 4 chunks"
+MANY_CHUNKS = "k2jobs, one key in 360 chunks"
+COMPARED = (BIG, GZIP_BIG, SMALL, FEW_CHUNKS, MANY_CHUNKS)
 ONE_TASK_EACH = "k2jobs, one key in 360 chunks, a task each (K2_TASK_ROWS=1000)"
 SCALING_ROWS = 1_000_000  # per kind, bench.py's default input
 
@@ -156,7 +161,9 @@ def scaling(env: dict[str, str], big: Path, small: Path) -> list[bench.Result]:
     return results
 
 
-def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], dict[str, Any]]:
+def run(
+    env: dict[str, str], with_scaling: bool, repeat: int = bench.REPEAT
+) -> tuple[list[bench.Result], dict[str, Any]]:
     from k2jobs.config import load_settings
 
     settings = load_settings(env)
@@ -173,19 +180,24 @@ def run(env: dict[str, str], with_scaling: bool) -> tuple[list[bench.Result], di
     info["broker_warm_up"] = bench.warm_broker(env, bench.BROKER_WARM_JOBS, bench.build_input(1_000_000))
     print("shapes: raw-produce ceiling on the 4 files ...")
     results = [ceiling_on(big, settings.kafka_bootstrap)]
-    print("shapes: 4 files of 90,000 rows ...")
-    results.append(load(env, big, "k2jobs, 4 files of 90,000 rows"))
-    print("shapes: the 4 files gzipped ...")
-    results.append(load(env, gzip_shape(big), GZIP_BIG))
+    # The shapes a target compares are loaded in turn, `repeat` rounds, and each counts by its median run (bench.py).
+    compared: dict[str, list[bench.Result]] = {name: [] for name in COMPARED}
+    gzipped = gzip_shape(big)
+    for round_ in range(1, repeat + 1):
+        print(f"shapes: round {round_}/{repeat}: 4 files plain and gzipped, 4,000 files, one key in 4 and 360 chunks")
+        compared[BIG].append(load(env, big, BIG))
+        compared[GZIP_BIG].append(load(env, gzipped, GZIP_BIG))
+        compared[SMALL].append(load(env, small, SMALL))
+        compared[FEW_CHUNKS].append(load(env, one, FEW_CHUNKS, "--chunk-rows", "90000"))
+        compared[MANY_CHUNKS].append(load(env, one, MANY_CHUNKS, "--chunk-rows", "1000"))
+    median = {name: bench.median_run(runs) for name, runs in compared.items()}
+    results += [median[BIG], median[GZIP_BIG]]
     print("shapes: the 4 files from the stack's S3 server ...")
     results.append(load_from_s3(env, big))
-    print("shapes: 4,000 files of 90 rows ...")
-    results.append(load(env, small, "k2jobs, 4,000 files of 90 rows"))
+    results.append(median[SMALL])
     print("shapes: naive loader on the 4,000 files ...")
     results.append(naive_on(small, settings.kafka_bootstrap))
-    print("shapes: one key in 4 chunks, then in 360 chunks ...")
-    results.append(load(env, one, "k2jobs, one key in 4 chunks", "--chunk-rows", "90000"))
-    results.append(load(env, one, "k2jobs, one key in 360 chunks", "--chunk-rows", "1000"))
+    results += [median[FEW_CHUNKS], median[MANY_CHUNKS]]
     # Not a target: the fixed cost of a task (a transaction), when every chunk pays it (see task_cost.py).
     print("shapes: one key in 360 chunks, a task (and transaction) each ...")
     each = {**env, "K2_TASK_ROWS": "1000"}
@@ -206,10 +218,10 @@ def submit_seconds(results: list[bench.Result]) -> float:
 def targets(results: list[bench.Result]) -> dict[str, dict[str, Any]]:
     rate = {r.name: r.rate for r in results}
     values = {
-        "many_files_vs_big": rate["k2jobs, 4,000 files of 90 rows"] / rate["k2jobs, 4 files of 90,000 rows"],
-        "many_files_vs_naive": rate["k2jobs, 4,000 files of 90 rows"] / rate["naive loader, 1 process, 4000 files"],
-        "many_chunks_vs_few": rate["k2jobs, one key in 360 chunks"] / rate["k2jobs, one key in 4 chunks"],
-        "gzip_vs_plain": rate[GZIP_BIG] / rate["k2jobs, 4 files of 90,000 rows"],
+        "many_files_vs_big": rate[SMALL] / rate[BIG],
+        "many_files_vs_naive": rate[SMALL] / rate["naive loader, 1 process, 4000 files"],
+        "many_chunks_vs_few": rate[MANY_CHUNKS] / rate[FEW_CHUNKS],
+        "gzip_vs_plain": rate[GZIP_BIG] / rate[BIG],
         "submit_10000_files_s": next(
             r.extra["plan_s"] + r.extra["enqueue_s"] for r in results if r.name == SUBMIT_10000
         ),
@@ -227,7 +239,7 @@ def targets(results: list[bench.Result]) -> dict[str, dict[str, Any]]:
 def per_task_ms(results: list[bench.Result]) -> float:
     """Wall time a task adds, end to end: one key's 360 chunks as 360 chained tasks against 4 (ms per task)."""
     rate = {r.name: r for r in results}
-    return (rate[ONE_TASK_EACH].seconds - rate["k2jobs, one key in 4 chunks"].seconds) / 356 * 1000
+    return (rate[ONE_TASK_EACH].seconds - rate[FEW_CHUNKS].seconds) / 356 * 1000
 
 
 def per_task_line(results: list[bench.Result]) -> str:
@@ -241,16 +253,17 @@ def report(results: list[bench.Result], info: dict[str, Any]) -> str:
     goals = targets(results)
     date = datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
-        "| job shape | rows | seconds | rows/s | vs raw ceiling | plan + enqueue s | job in Redis KiB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| job shape | rows | seconds | rows/s | vs raw ceiling | plan + enqueue s | job in Redis KiB | runs (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     ceiling = results[0].rate  # run() measures the raw-produce ceiling first
     for r in results:
         inside = f"{r.extra['plan_s']:.2f} + {r.extra['enqueue_s']:.2f}" if "plan_s" in r.extra else "-"
         memory = r.extra.get("redis_kb", "-")
+        runs = ", ".join(f"{s:.2f}" for s in r.extra.get("runs_s", [])) or "-"
         lines.append(
             f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {r.rate:,.0f} | {r.rate / ceiling:.2f}x | {inside} "
-            f"| {memory} |"
+            f"| {memory} | {runs} |"
         )
     text = "\n".join(
         [
@@ -280,11 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
     parser.add_argument("--keep-stack", action="store_true", help="leave the bench stack running at the end")
     parser.add_argument("--scaling", action="store_true", help="also both file shapes with 1, 2 and 4 workers")
+    parser.add_argument(
+        "--repeat", type=int, default=bench.REPEAT, help="rounds of the compared shapes; each counts by its median run"
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
     env = bench.bench_env()
     started = time.perf_counter()
     try:
-        results, info = run(env, args.scaling)
+        results, info = run(env, args.scaling, args.repeat)
     except (bench.BenchError, subprocess.TimeoutExpired) as exc:
         print(f"shapes: {exc}", file=sys.stderr)
         return 1
