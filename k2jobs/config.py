@@ -78,6 +78,9 @@ class Settings:
     # Celery beat's scheduled scan (`stack up --watch DIR`): a directory under the data root, and how often.
     watch_dir: str = ""
     watch_every_s: float = 10.0
+    # `stack up` that starts a broker sends it this many seconds of k2jobs-like traffic before returning: a fresh
+    # broker's JIT otherwise makes the first job about half as fast as later ones (k2jobs/broker_warm_up.py).
+    broker_warm_up_s: float = 10.0
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0
     # How often a running chunk writes its rows done to Redis (what `status --wait` and the fault tests watch; the
@@ -210,7 +213,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         value_format=_value_format(env, defaults.value_format),
         watch_dir=env.get("K2_WATCH_DIR") or "",
         watch_every_s=float(env.get("K2_WATCH_EVERY_S") or defaults.watch_every_s),
+        broker_warm_up_s=_seconds(env, "K2_BROKER_WARM_UP_S", defaults.broker_warm_up_s),
     )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration of 0 seconds or more."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise SettingsError(f"{name}={raw!r} must be 0 or more")
+    return value
 
 
 def masked_url(url: str) -> str:

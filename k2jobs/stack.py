@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
 import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 from urllib.parse import urlparse
@@ -28,11 +30,13 @@ from .security import (
     ensure_material,
     grant_kafka,
     is_secure,
+    kafka_admin_options,
     redis_conf,
     write_env_file,
     write_private,
 )
 
+log = logging.getLogger(__name__)
 CELERY_QUEUES = "k2jobs.chunks,k2jobs.control"
 
 
@@ -290,10 +294,13 @@ class Stack:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
-        self._ensure_brokers()
+        started_brokers = self._ensure_brokers()
         if self.material:
             grant_kafka(self.settings, self.material)
             write_env_file(self.dir / "client.env", self.client_env())
+        # A broker this call started is warmed while the rest starts, and is warm when `up` returns.
+        warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up") if started_brokers else None
+        warm_up = warming.submit(self._warm_broker) if warming is not None else None
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
         if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
@@ -309,7 +316,28 @@ class Stack:
         self._wait_workers(workers)
         self._ensure(self.flower_service())
         self._ensure_beat()
+        if warming is not None and warm_up is not None:
+            warm_up.result()
+            warming.shutdown()
         return self.status()
+
+    def _warm_broker(self) -> None:
+        """Warm the broker(s) just started (k2jobs/broker_warm_up.py); what it sent goes to broker-warm-up.json. A
+        failure is logged, not raised: the stack works without it, only its first job is slower."""
+        from .broker_warm_up import warm_broker
+
+        seconds = self.settings.broker_warm_up_s
+        if seconds <= 0:
+            return
+        settings = self.settings
+        if self.material:  # the stack's Kafka admin: the k2jobs user may only write k2jobs' own topics
+            settings = replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(self.material)})
+        try:
+            sent = warm_broker(settings, seconds)
+        except Exception as exc:  # noqa: BLE001 - any failure: the stack is up, only not warm
+            log.warning("broker warm-up failed, the first job will be slower: %s", exc)
+            return
+        (self.dir / "broker-warm-up.json").write_text(json.dumps(sent) + "\n")
 
     def client_env(self) -> dict[str, str]:
         """A secure stack's client settings (`<stack>/client.env`): the ones this process runs with."""
@@ -344,8 +372,9 @@ class Stack:
             service.start()
         wait_until_ready(service.name, service.ready, service if service.pid() else None)
 
-    def _ensure_brokers(self) -> None:
-        """Start every broker that is not running, then wait for all: a cluster's controllers need each other."""
+    def _ensure_brokers(self) -> bool:
+        """Start every broker that is not running, then wait for all: a cluster's controllers need each other.
+        Whether it started any."""
         if self.brokers != self.remembered_brokers and any(
             self._probe_node(n).pid() for n in self.kafka_nodes(self.remembered_brokers)
         ):
@@ -354,11 +383,14 @@ class Stack:
             )
         self.brokers_file.write_text(str(self.brokers))
         services = [self.kafka_service(node) for node in self.nodes]
+        started = False
         for service in services:
             if service.pid() is None and not service.ready():
                 service.start()
+                started = True
         for service in services:
             wait_until_ready(service.name, service.ready, service if service.pid() else None)
+        return started
 
     def _wait_workers(self, workers: list[Service]) -> None:
         from .app import app

@@ -46,6 +46,9 @@ TEST_ENV = {
     # Short Kafka transactions, so a worker stopped longer than one is a test of seconds, not minutes.
     "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "15000",
     "K2_KAFKA_OPT_MESSAGE_TIMEOUT_MS": "10000",
+    # No broker warm-up in `stack up` (10 s of traffic by default): nothing here measures speed, and fault tests that
+    # restart brokers would wait for it. tests/test_bench.py runs `stack up` with it; test_broker_warm_up.py tests it.
+    "K2_BROKER_WARM_UP_S": "0",
 }
 os.environ.update(TEST_ENV)
 
