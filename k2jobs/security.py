@@ -287,13 +287,18 @@ def k2jobs_acls() -> list[Any]:
     ]
 
 
+def as_kafka_admin(settings: Settings, material: Material) -> Settings:
+    """`settings` with the stack's Kafka admin (super user) as the Kafka client."""
+    return replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(material)})
+
+
 def grant_kafka(settings: Settings, material: Material) -> None:
     """As the Kafka admin: create k2jobs' topics and give the k2jobs user its ACLs (k2jobs_acls), nothing more."""
     from confluent_kafka import KafkaException
 
     from .publisher import admin_client, ensure_topics
 
-    admin_settings = replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(material)})
+    admin_settings = as_kafka_admin(settings, material)
     ensure_topics(admin_settings, timeout_s=30)
     admin = admin_client(admin_settings)  # kept until the futures resolve: a destroyed client fails them
     for binding, future in admin.create_acls(k2jobs_acls(), request_timeout=30).items():

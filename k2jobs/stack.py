@@ -10,7 +10,6 @@ import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from importlib import resources
 from typing import Any
 from urllib.parse import urlparse
@@ -27,10 +26,10 @@ from .registry import registry_ready, set_backward_compatibility
 from .security import (
     FLOWER_USER,
     Material,
+    as_kafka_admin,
     ensure_material,
     grant_kafka,
     is_secure,
-    kafka_admin_options,
     redis_conf,
     write_env_file,
     write_private,
@@ -299,8 +298,8 @@ class Stack:
             grant_kafka(self.settings, self.material)
             write_env_file(self.dir / "client.env", self.client_env())
         # A broker this call started is warmed while the rest starts, and is warm when `up` returns.
-        warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up") if started_brokers else None
-        warm_up = warming.submit(self._warm_broker) if warming is not None else None
+        warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up")
+        warm_up = warming.submit(self._warm_broker) if started_brokers and self.settings.broker_warm_up_s > 0 else None
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
         if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
@@ -316,9 +315,9 @@ class Stack:
         self._wait_workers(workers)
         self._ensure(self.flower_service())
         self._ensure_beat()
-        if warming is not None and warm_up is not None:
+        if warm_up is not None:
             warm_up.result()
-            warming.shutdown()
+        warming.shutdown()
         return self.status()
 
     def _warm_broker(self) -> None:
@@ -326,14 +325,10 @@ class Stack:
         failure is logged, not raised: the stack works without it, only its first job is slower."""
         from .broker_warm_up import warm_broker
 
-        seconds = self.settings.broker_warm_up_s
-        if seconds <= 0:
-            return
-        settings = self.settings
-        if self.material:  # the stack's Kafka admin: the k2jobs user may only write k2jobs' own topics
-            settings = replace(settings, kafka_options={**settings.kafka_options, **kafka_admin_options(self.material)})
+        # As the stack's Kafka admin on a secure stack: the k2jobs user may only write k2jobs' own topics.
+        settings = as_kafka_admin(self.settings, self.material) if self.material else self.settings
         try:
-            sent = warm_broker(settings, seconds)
+            sent = warm_broker(settings, self.settings.broker_warm_up_s)
         except Exception as exc:  # noqa: BLE001 - any failure: the stack is up, only not warm
             log.warning("broker warm-up failed, the first job will be slower: %s", exc)
             return
