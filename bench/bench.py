@@ -2,12 +2,13 @@
 
 One run, one local broker (a k2jobs stack of its own, on its own ports and stack dir):
 
-0. a fresh stack with 1 worker (`stack up` warms the broker it starts), and at once the first job on it;
+0. a fresh stack with 1 worker (`stack up` warms the broker it starts), and at once the first job on it,
+   --repeat times (a fresh stack each time);
 1. tile data/sample into bench/.work/input (--rows trade rows and as many quote rows; cached);
 2. raw produce ceiling: Kafka's ProducerPerformance (Java) and one confluent-kafka process
    sending the raw trade CSV lines;
 3. a naive loader: csv.reader, strptime + zoneinfo, Decimal, json.dumps and one produce per row;
-4. k2jobs end to end with 1 and then 2 workers (`submit --wait`, from launch to report; the
+4. k2jobs end to end with 1 (--repeat runs) and then 2 workers (`submit --wait`, from launch to report; the
    job records how long planning and enqueueing took), with each worker process's peak RSS (VmHWM);
    with 2 workers, in --repeat rounds (3; 1 with --smoke): fresh workers, then the first job after they
    started, then ordered (the default), then --unordered;
@@ -530,12 +531,17 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     from k2jobs.config import load_settings
 
     settings = load_settings(env)
-    info: dict[str, Any] = {"stack_up_s": {}}
-    # A fresh stack (`stack up` warms the broker it starts: K2_BROKER_WARM_UP_S), then at once the first job.
-    info["stack_up_s"][1] = round(restart_stack(env, 1), 1)
-    info["stack_broker_warm_up"] = stack_warm_up(env)
-    print(f"k2jobs with 1 worker: the first job after `stack up` (its broker warm-up: {info['stack_broker_warm_up']})")
-    results = [k2jobs_load(env, 1, 2 * rows, name=FIRST_AFTER_STACK_UP)]
+    info: dict[str, Any] = {"stack_up_s": {}, "stack_broker_warm_up": []}
+    # A fresh stack (`stack up` warms the broker it starts: K2_BROKER_WARM_UP_S), then at once the first job; as
+    # many fresh stacks as rounds: one job per stack is all this measurement can take from it.
+    after_stack_up = []
+    for round_ in range(1, args.repeat + 1):
+        info["stack_up_s"][f"1, round {round_}"] = round(restart_stack(env, 1), 1)
+        info["stack_broker_warm_up"].append(stack_warm_up(env))
+        warmed = info["stack_broker_warm_up"][-1]
+        print(f"k2jobs with 1 worker, round {round_}/{args.repeat}: the first job after `stack up` (warm-up: {warmed})")
+        after_stack_up.append(k2jobs_load(env, 1, 2 * rows, name=FIRST_AFTER_STACK_UP))
+    results = [median_run(after_stack_up)]
     ensure_topics(settings.kafka_bootstrap, settings.partitions)
     if args.broker_warm_jobs:
         print(f"broker warm-up: {args.broker_warm_jobs} untimed k2jobs loads, JSON and Avro in turn ...")
@@ -551,9 +557,9 @@ def run_all(args: argparse.Namespace, env: dict[str, str], rows: int) -> tuple[l
     results.append(max(runs, key=lambda r: r.rate))
     print("naive loader ...")
     results.append(naive_loader(settings.kafka_bootstrap))
-    print("k2jobs with 1 worker ...")
+    print(f"k2jobs with 1 worker, {args.repeat} run(s) ...")
     warm_up(env)
-    results.append(k2jobs_load(env, 1, 2 * rows))
+    results.append(median_run([k2jobs_load(env, 1, 2 * rows) for _ in range(args.repeat)]))
     # Measurements compared with each other are interleaved, so a machine that slows down or warms up in the middle
     # slows or speeds them alike, and each is the median of its runs.
     first, ordered, unordered = [], [], []

@@ -13,7 +13,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from .records import DEFAULT_EXCHANGE, PRICE_FIELDS, Kind, RowError, RowParser, _check_field
+from .records import DEFAULT_EXCHANGE, PRICE_FIELDS, Kind, RowError, RowParser, checked_field
 
 SCHEMA_FILES = {Kind.TRADE: "trade_v2.avsc", Kind.QUOTE: "quote_v2.avsc"}
 SCALE = 8
@@ -144,7 +144,7 @@ class AvroRowParser(RowParser):
     def _check_field(self, name: str, value: str) -> object:
         if name in PRICE_FIELDS:
             return unscaled_decimal(name, value)
-        return self._scaled(name, _check_field(name, value))
+        return self._scaled(name, checked_field(name, value))
 
     @staticmethod
     def _scaled(name: str, value: Any) -> Any:

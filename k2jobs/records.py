@@ -136,7 +136,7 @@ def split_fields(text: str) -> list[str]:
     return rows[0] if rows else []
 
 
-def _check_field(name: str, value: str) -> object:
+def checked_field(name: str, value: str) -> object:
     """Validate one field; return the value as it goes into the message."""
     if name in PRICE_FIELDS:
         if _PRICE_RE.match(value) is None:
@@ -251,4 +251,4 @@ class RowParser:
         return ts, checked
 
     def _check_field(self, name: str, value: str) -> object:
-        return _check_field(name, value)
+        return checked_field(name, value)

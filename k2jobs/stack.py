@@ -294,9 +294,13 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
         started_brokers = self._ensure_brokers()
-        if self.material:
+        if self.material:  # creates k2jobs' topics too, as the Kafka admin
             grant_kafka(self.settings, self.material)
             write_env_file(self.dir / "client.env", self.client_env())
+        else:  # now, not on the first job's path: five topics' creation and leader election take ~0.2 s
+            from .publisher import ensure_topics
+
+            ensure_topics(self.settings, timeout_s=30)
         # A broker this call started is warmed while the rest starts, and is warm when `up` returns.
         warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up")
         warm_up = warming.submit(self._warm_broker) if started_brokers and self.settings.broker_warm_up_s > 0 else None

@@ -44,7 +44,7 @@ def test_bench_smoke_run_measures_everything_side_by_side() -> None:
         "k2jobs Avro, 2 workers": 40_000,
         "k2jobs, 2 workers, again": 40_000,
     }
-    stack_warm_up = results["stack_broker_warm_up"]  # traffic `stack up` sent in transactions, then deleted
+    [stack_warm_up] = results["stack_broker_warm_up"]  # traffic `stack up` sent in transactions, then deleted
     assert stack_warm_up["messages"] >= 100_000 and stack_warm_up["transactions"] >= 1
     warm = results["broker_warm_up"]  # untimed loads in both formats before anything is measured
     assert [w["format"] for w in warm] == ["json", "avro"] and all(w["broker_cpu_s"] > 0 for w in warm)

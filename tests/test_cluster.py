@@ -122,7 +122,11 @@ def test_data_leader_killed_mid_job_only_it_restarts_and_every_topic_is_replicat
     from k2jobs.publisher import admin_client
 
     assert [b["bootstrap"] for b in cluster["brokers"]] == ENV["K2_KAFKA_BOOTSTRAP"].split(",")
-    job_id = start_job()  # also creates k2jobs' topics, and its transactions the transaction log
+    # `stack up` created k2jobs' topics, replicated (not the first job, on its path to the first chunk)
+    made = admin_client(cluster_settings).list_topics(timeout=10).topics
+    for topic in (DATA_TOPIC, "market.trades.dlq", "market.quotes.raw", "market.quotes.dlq", "k2jobs.commits"):
+        assert {len(p.replicas) for p in made[topic].partitions.values()} == {3}, topic
+    job_id = start_job()  # its transactions create the transaction log
     time.sleep(random.uniform(0.5, 2.5))
     before = broker_pids(ENV)
     leader = data_leader(cluster_settings)
