@@ -293,6 +293,9 @@ class Stack:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
+        # A broker restarted under running workers (a crash, a soak) is not warmed: their jobs are its traffic,
+        # and warm-up traffic would only compete with them and hold `up` back.
+        recovering = any(w.pid() for w in self.worker_services())
         started_brokers = self._ensure_brokers()
         if self.material:  # creates k2jobs' topics too, as the Kafka admin
             grant_kafka(self.settings, self.material)
@@ -303,7 +306,8 @@ class Stack:
             ensure_topics(self.settings, timeout_s=30)
         # A broker this call started is warmed while the rest starts, and is warm when `up` returns.
         warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up")
-        warm_up = warming.submit(self._warm_broker) if started_brokers and self.settings.broker_warm_up_s > 0 else None
+        warm = started_brokers and not recovering and self.settings.broker_warm_up_s > 0
+        warm_up = warming.submit(self._warm_broker) if warm else None
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
         if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
