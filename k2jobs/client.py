@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from redis import RedisError
 
@@ -18,6 +17,7 @@ from .ledger import Ledger
 from .markers import marker_end
 from .objects import plan_objects
 from .planning import JobPlan, plan_job
+from .processes import Meanwhile
 from .publisher import ensure_topics
 from .registry import register_schemas
 
@@ -142,31 +142,6 @@ def import_lifecycle() -> None:
 # import together, 0.33-0.34 s one after the other). Fewer, larger files plan in C with the GIL released, and the
 # import is best done meanwhile.
 MANY_FILES = 100
-T = TypeVar("T")
-
-
-class Meanwhile(Generic[T]):
-    """A call run on a daemon thread while the caller goes on; `result()` waits for it and raises what it raised.
-    A process that exits on another error does not wait for it (a Kafka check can take seconds)."""
-
-    def __init__(self, call: Callable[[], T]) -> None:
-        self._call = call
-        self._result: list[T] = []  # the call's result, once it returned
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="k2jobs-submit-meanwhile", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result.append(self._call())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result[0]
 
 
 def submit_job(
@@ -176,8 +151,8 @@ def submit_job(
     job; nothing is enqueued on any error. The services are prepared while the input is planned: a job's first
     chunk starts that much sooner (bench/README.md)."""
     started = time.perf_counter()
-    celery = Meanwhile(import_lifecycle)
-    services = Meanwhile(lambda: prepare_services(settings, options.value_format))
+    celery = Meanwhile(import_lifecycle, "k2jobs-submit-import")
+    services = Meanwhile(lambda: prepare_services(settings, options.value_format), "k2jobs-submit-services")
 
     def before_cutting(files: int) -> None:
         if files > MANY_FILES:

@@ -1,4 +1,5 @@
-"""Processes the local stack runs: started in their own session, found again through pid files."""
+"""Processes the local stack runs: started in their own session, found again through pid files. And a call run
+on a thread meanwhile (Meanwhile), for `submit` and `stack up`."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from .errors import StackError
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,27 @@ def need_program(program: str) -> str:
     if path is None:
         raise StackError(f"{program} is not installed (make install puts it there: apt-get install redis-server)")
     return path
+
+
+class Meanwhile(Generic[T]):
+    """A call run on a daemon thread while the caller goes on; `result()` waits for it and raises what it raised.
+    A process that exits on another error does not wait for it (a Kafka check can take seconds)."""
+
+    def __init__(self, call: Callable[[], T], name: str = "k2jobs-meanwhile") -> None:
+        self._call = call
+        self._result: list[T] = []  # the call's result, once it returned
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result.append(self._call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result[0]

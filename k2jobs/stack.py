@@ -21,7 +21,7 @@ from .errors import StackError
 from .local_kafka import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
 from .local_registry import registry_command
 from .local_s3 import s3_client_env, s3_command, s3_server_env, write_client_env
-from .processes import Service, need_program, stop, wait_until_ready
+from .processes import Meanwhile, Service, need_program, stop, wait_until_ready
 from .registry import registry_ready, set_backward_compatibility
 from .security import (
     FLOWER_USER,
@@ -293,24 +293,24 @@ class Stack:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
-        # A broker restarted under running workers (a crash, a soak) is not warmed: their jobs are its traffic,
-        # and warm-up traffic would only compete with them and hold `up` back.
-        recovering = any(w.pid() for w in self.worker_services())
+        workers_running = any(w.pid() for w in self.worker_services())
         started_brokers = self._ensure_brokers()
-        if self.material:  # creates k2jobs' topics too, as the Kafka admin
+        # k2jobs' topics now, not on the first job's path (five topics' creation and leader election take ~0.2 s);
+        # on a secure stack grant_kafka creates them, as the Kafka admin.
+        if self.material:
             grant_kafka(self.settings, self.material)
             write_env_file(self.dir / "client.env", self.client_env())
-        else:  # now, not on the first job's path: five topics' creation and leader election take ~0.2 s
+        else:
             from .publisher import ensure_topics
 
             ensure_topics(self.settings, timeout_s=30)
-        # A broker this call started is warmed while the rest starts, and is warm when `up` returns.
-        warming = ThreadPoolExecutor(1, "k2jobs-broker-warm-up")
-        warm = started_brokers and not recovering and self.settings.broker_warm_up_s > 0
-        warm_up = warming.submit(self._warm_broker) if warm else None
+        # A broker this call started is warmed while the rest starts, and is warm when `up` returns. Not one restarted
+        # under running workers (a crash, the soak): their jobs are its traffic, and warm-up would compete with them.
+        warm = started_brokers and not workers_running and self.settings.broker_warm_up_s > 0
+        warm_up = Meanwhile(self._warm_broker, "k2jobs-broker-warm-up") if warm else None
         self._ensure(self.registry_service())
         set_backward_compatibility(self.settings)
-        if self.s3 and not self.s3_file.exists() and any(w.pid() for w in self.worker_services()):
+        if self.s3 and not self.s3_file.exists() and workers_running:
             raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
         if self.s3:
             self.s3_file.touch()
@@ -325,7 +325,6 @@ class Stack:
         self._ensure_beat()
         if warm_up is not None:
             warm_up.result()
-        warming.shutdown()
         return self.status()
 
     def _warm_broker(self) -> None:
