@@ -78,8 +78,9 @@ class Settings:
     # Celery beat's scheduled scan (`stack up --watch DIR`): a directory under the data root, and how often.
     watch_dir: str = ""
     watch_every_s: float = 10.0
-    # `stack up` that starts a broker sends it this many seconds of k2jobs-like traffic before returning: a fresh
-    # broker's JIT otherwise makes the first job about half as fast as later ones (k2jobs/broker_warm_up.py).
+    # `stack up` that starts a broker sends it this many seconds of k2jobs-like traffic (and on while the rest of the
+    # stack starts) before returning: a fresh broker's JIT otherwise makes the first job about half as fast as later
+    # ones (k2jobs/broker_warm_up.py).
     broker_warm_up_s: float = 10.0
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0

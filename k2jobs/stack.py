@@ -7,6 +7,7 @@ import logging
 import os
 import ssl
 import sys
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -294,6 +295,11 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ensure(self.redis_service())
         workers_running = any(w.pid() for w in self.worker_services())
+        if self.s3 and not self.s3_file.exists() and workers_running:
+            raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
+        # The registry needs neither Redis nor Kafka: it starts while the brokers do (they leave a core idle).
+        registry = self.registry_service()
+        self._start(registry)
         started_brokers = self._ensure_brokers()
         # k2jobs' topics now, not on the first job's path (five topics' creation and leader election take ~0.2 s);
         # on a secure stack grant_kafka creates them, as the Kafka admin.
@@ -307,27 +313,29 @@ class Stack:
         # A broker this call started is warmed while the rest starts, and is warm when `up` returns. Not one restarted
         # under running workers (a crash, the soak): their jobs are its traffic, and warm-up would compete with them.
         warm = started_brokers and not workers_running and self.settings.broker_warm_up_s > 0
-        warm_up = Meanwhile(self._warm_broker, "k2jobs-broker-warm-up") if warm else None
-        self._ensure(self.registry_service())
-        set_backward_compatibility(self.settings)
-        if self.s3 and not self.s3_file.exists() and workers_running:
-            raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
-        if self.s3:
-            self.s3_file.touch()
-            self._ensure(self.s3_service())
-            write_client_env(self.dir, self.settings.s3_port)
-        workers = self.worker_services()
-        for worker in workers:
-            if worker.pid() is None:
-                worker.start()
-        self._wait_workers(workers)
-        self._ensure(self.flower_service())
-        self._ensure_beat()
+        rest_ready = threading.Event()
+        warm_up = Meanwhile(lambda: self._warm_broker(rest_ready), "k2jobs-broker-warm-up") if warm else None
+        try:
+            self._ensure(registry)
+            set_backward_compatibility(self.settings)
+            if self.s3:
+                self.s3_file.touch()
+                self._ensure(self.s3_service())
+                write_client_env(self.dir, self.settings.s3_port)
+            workers = self.worker_services()
+            for worker in workers:
+                if worker.pid() is None:
+                    worker.start()
+            self._wait_workers(workers)
+            self._ensure(self.flower_service())
+            self._ensure_beat()
+        finally:
+            rest_ready.set()  # the warm-up stops after its `broker_warm_up_s`, or now if later
         if warm_up is not None:
             warm_up.result()
         return self.status()
 
-    def _warm_broker(self) -> None:
+    def _warm_broker(self, rest_ready: threading.Event) -> None:
         """Warm the broker(s) just started (k2jobs/broker_warm_up.py); what it sent goes to broker-warm-up.json. A
         failure is logged, not raised: the stack works without it, only its first job is slower."""
         from .broker_warm_up import warm_broker
@@ -335,7 +343,7 @@ class Stack:
         # As the stack's Kafka admin on a secure stack: the k2jobs user may only write k2jobs' own topics.
         settings = as_kafka_admin(self.settings, self.material) if self.material else self.settings
         try:
-            sent = warm_broker(settings, self.settings.broker_warm_up_s)
+            sent = warm_broker(settings, self.settings.broker_warm_up_s, rest_ready)
         except Exception as exc:  # noqa: BLE001 - any failure: the stack is up, only not warm
             log.warning("broker warm-up failed, the first job will be slower: %s", exc)
             return
@@ -369,9 +377,14 @@ class Stack:
             # read as the process having exited).
             wait_until_ready("celery beat", lambda: beat.pid() is not None)
 
-    def _ensure(self, service: Service) -> None:
+    @staticmethod
+    def _start(service: Service) -> None:
+        """Start a service that is neither running nor answering (one started elsewhere answers)."""
         if service.pid() is None and not service.ready():
             service.start()
+
+    def _ensure(self, service: Service) -> None:
+        self._start(service)
         wait_until_ready(service.name, service.ready, service if service.pid() else None)
 
     def _ensure_brokers(self) -> bool:

@@ -3,6 +3,7 @@ committed transactions to a private topic, which is gone afterwards, and nothing
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -55,3 +56,20 @@ def test_warm_up_commits_traffic_to_its_own_topic_and_deletes_it(stack, settings
         time.sleep(0.2)
     assert WARM_UP_TOPIC not in admin.list_topics(timeout=10).topics
     assert high_watermarks(settings, data_topics) == before  # no message anywhere else
+
+
+def test_warm_up_goes_on_while_the_rest_of_the_stack_starts(stack, settings) -> None:  # type: ignore[no-untyped-def]
+    # `stack up` sets the event once workers, registry and Flower answer: until then the broker is warmed, whatever
+    # `seconds` says; once it is set, the warm-up ends with its transaction.
+    rest_ready = threading.Event()
+    timer = threading.Timer(3.0, rest_ready.set)
+    timer.start()
+    try:
+        sent = warm_broker(settings, 0.5, rest_ready)
+    finally:
+        timer.cancel()
+    assert 2.5 <= sent["seconds"] < 3.0 + 5.0, sent  # its clock starts once the topic exists (< 0.5 s after)
+    ready = threading.Event()
+    ready.set()
+    sent = warm_broker(settings, 0.5, ready)  # the rest was ready first: `seconds` (and whole transactions) only
+    assert sent["seconds"] < 3.0 and sent["transactions"] >= 1, sent
