@@ -6,22 +6,27 @@ took 4.9 s against 2.7-2.8 s for later ones (bench/README.md). Coordinators, int
 ready before that; this sends the broker what k2jobs' chunks send it -- lz4 batches of trade values in JSON and in
 Avro with k2jobs' headers, in transactions -- to a private topic, for a few seconds and on while the rest of the
 stack starts, then deletes the topic. `stack up` starts the registry beside the brokers, so the warm-up has the
-machine nearly to itself: on 2 cores it sends 6.6-8.7M messages in 10 s, against 4-5M when the registry started
-beside it (the first job after `stack up` went from 0.81-0.86x a later one to 0.93x).
+machine nearly to itself, and two producers send in turn (one commits while the other sends): on 2 cores 7.7-9.1M
+messages in 10 s, against 4-5M with one producer beside the registry's start (bench/README.md, "Warming the broker,
+again"). What is left after that is the JIT's long tail: the broker's CPU per job keeps falling for some 20-30M
+messages, and warming in smaller batches (more requests) only made the first job compile more.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .avro import AvroRowParser
 from .config import Settings
 from .errors import K2Error
+from .processes import Meanwhile
 from .publisher import ChunkTransaction, Headers, admin_client, topic_replication
 from .records import Kind, RowParser
 
@@ -30,6 +35,9 @@ WARM_UP_TOPIC = "k2jobs.warm-up"
 KEYS = 64  # spread over every partition, as many symbols' chunks are
 BATCH = 1_000  # messages a send_batch call queues, as a chunk's batch does
 TRANSACTION = 100_000  # messages a transaction holds, as a big chunk's does
+PRODUCERS = int(
+    os.environ.get("K2_WARM_EXP_PRODUCERS", "2")
+)  # as a 2-worker stack's chunks: one commits while the other sends
 MAX_EXTRA_S = 30.0  # warming on while the rest of the stack starts: never more than this past `seconds`
 
 
@@ -65,32 +73,59 @@ def warm_broker(settings: Settings, seconds: float, rest_ready: threading.Event 
         if "already exists" not in str(exc).lower():
             raise K2Error(f"broker warm-up: cannot create {WARM_UP_TOPIC}: {exc}") from exc
     values = warm_up_values()
-    keys = [f"WARM.W{n:02d}".encode() for n in range(KEYS)]
-    started, sent, transactions = time.monotonic(), 0, 0
-    headers: list[Headers] = [[("job_id", b"warm-up"), ("source", b"trades/1.csv:%d" % (n + 1))] for n in range(BATCH)]
+    started = time.monotonic()
+
+    failed = threading.Event()  # one sender failed: the other stops after its transaction
+
+    def more() -> bool:
+        elapsed = time.monotonic() - started
+        rest_starting = rest_ready is not None and not rest_ready.is_set() and elapsed < seconds + MAX_EXTRA_S
+        return not failed.is_set() and (elapsed < seconds or rest_starting)
+
     try:
-        txn = ChunkTransaction(settings, f"warm-up-{os.uname().nodename}-{os.getpid()}", 0)
-        for value_format in itertools.cycle(("json", "avro")):
-            elapsed = time.monotonic() - started
-            rest_starting = rest_ready is not None and not rest_ready.is_set() and elapsed < seconds + MAX_EXTRA_S
-            if transactions and elapsed >= seconds and not rest_starting:  # at least one, whatever init took
-                break
-            txn.begin()
-            rows = values[value_format]
+        senders = [
+            Meanwhile(functools.partial(_send_transactions, settings, str(n), values, more), f"k2jobs-warm-up-{n}")
+            for n in range(PRODUCERS)
+        ]
+        done = []
+        for sender in senders:
             try:
-                for n in range(TRANSACTION // BATCH):
-                    start = n * BATCH % len(rows)
-                    txn.send_batch(WARM_UP_TOPIC, keys[(sent // BATCH) % KEYS], rows[start : start + BATCH], headers)
-                    sent += BATCH
-                txn.commit()
+                done.append(sender.result())
             except BaseException:
-                txn.abort()
+                failed.set()
                 raise
-            transactions += 1
     finally:
         for future in admin.delete_topics([WARM_UP_TOPIC], request_timeout=30).values():
             try:
                 future.result()
             except Exception as exc:  # noqa: BLE001 - a topic left behind is harmless: the next warm-up reuses it
                 log.warning("broker warm-up: could not delete %s: %s", WARM_UP_TOPIC, exc)
+    sent, transactions = sum(d[0] for d in done), sum(d[1] for d in done)
     return {"seconds": round(time.monotonic() - started, 1), "messages": sent, "transactions": transactions}
+
+
+def _send_transactions(
+    settings: Settings, name: str, values: dict[str, list[bytes]], more: Callable[[], bool]
+) -> tuple[int, int]:
+    """One producer's share of the warm-up: whole transactions, JSON and Avro in turn, at least one, while `more()`.
+    (messages sent, transactions)."""
+    keys = [f"WARM.W{n:02d}".encode() for n in range(KEYS)]
+    headers: list[Headers] = [[("job_id", b"warm-up"), ("source", b"trades/1.csv:%d" % (n + 1))] for n in range(BATCH)]
+    sent = transactions = 0
+    txn = ChunkTransaction(settings, f"warm-up-{os.uname().nodename}-{os.getpid()}-{name}", 0)
+    for value_format in itertools.cycle(("json", "avro")):
+        if transactions and not more():
+            break
+        txn.begin()
+        rows = values[value_format]
+        try:
+            for n in range(TRANSACTION // BATCH):
+                start = n * BATCH % len(rows)
+                txn.send_batch(WARM_UP_TOPIC, keys[(sent // BATCH) % KEYS], rows[start : start + BATCH], headers)
+                sent += BATCH
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        transactions += 1
+    return sent, transactions
