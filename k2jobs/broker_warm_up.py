@@ -35,9 +35,7 @@ WARM_UP_TOPIC = "k2jobs.warm-up"
 KEYS = 64  # spread over every partition, as many symbols' chunks are
 BATCH = 1_000  # messages a send_batch call queues, as a chunk's batch does
 TRANSACTION = 100_000  # messages a transaction holds, as a big chunk's does
-PRODUCERS = int(
-    os.environ.get("K2_WARM_EXP_PRODUCERS", "2")
-)  # as a 2-worker stack's chunks: one commits while the other sends
+PRODUCERS = 2  # in turn, as a 2-worker stack's chunks: one commits while the other sends
 MAX_EXTRA_S = 30.0  # warming on while the rest of the stack starts: never more than this past `seconds`
 
 
@@ -74,7 +72,6 @@ def warm_broker(settings: Settings, seconds: float, rest_ready: threading.Event 
             raise K2Error(f"broker warm-up: cannot create {WARM_UP_TOPIC}: {exc}") from exc
     values = warm_up_values()
     started = time.monotonic()
-
     failed = threading.Event()  # one sender failed: the other stops after its transaction
 
     def more() -> bool:

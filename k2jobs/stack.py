@@ -293,10 +293,11 @@ class Stack:
     def up(self) -> dict[str, Any]:
         """Start what is not running, in order, and return when everything is ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._ensure(self.redis_service())
         workers_running = any(w.pid() for w in self.worker_services())
         if self.s3 and not self.s3_file.exists() and workers_running:
             raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
+        self._refuse_other_broker_count()  # both refusals before anything starts
+        self._ensure(self.redis_service())
         # The registry needs neither Redis nor Kafka: it starts while the brokers do (they leave a core idle).
         registry = self.registry_service()
         self._start(registry)
@@ -387,15 +388,17 @@ class Stack:
         self._start(service)
         wait_until_ready(service.name, service.ready, service if service.pid() else None)
 
-    def _ensure_brokers(self) -> bool:
-        """Start every broker that is not running, then wait for all: a cluster's controllers need each other.
-        Whether it started any."""
+    def _refuse_other_broker_count(self) -> None:
         if self.brokers != self.remembered_brokers and any(
             self._probe_node(n).pid() for n in self.kafka_nodes(self.remembered_brokers)
         ):
             raise StackError(
                 f"this stack runs {self.remembered_brokers} broker(s): `stack down` before `--brokers {self.brokers}`"
             )
+
+    def _ensure_brokers(self) -> bool:
+        """Start every broker that is not running, then wait for all: a cluster's controllers need each other.
+        Whether it started any."""
         self.brokers_file.write_text(str(self.brokers))
         services = [self.kafka_service(node) for node in self.nodes]
         started = False
