@@ -379,10 +379,12 @@ class Stack:
             wait_until_ready("celery beat", lambda: beat.pid() is not None)
 
     @staticmethod
-    def _start(service: Service) -> None:
-        """Start a service that is neither running nor answering (one started elsewhere answers)."""
+    def _start(service: Service) -> bool:
+        """Start a service that is neither running nor answering (one started elsewhere answers); whether it did."""
         if service.pid() is None and not service.ready():
             service.start()
+            return True
+        return False
 
     def _ensure(self, service: Service) -> None:
         self._start(service)
@@ -401,14 +403,10 @@ class Stack:
         Whether it started any."""
         self.brokers_file.write_text(str(self.brokers))
         services = [self.kafka_service(node) for node in self.nodes]
-        started = False
-        for service in services:
-            if service.pid() is None and not service.ready():
-                service.start()
-                started = True
+        started = [self._start(service) for service in services]  # every one, then wait
         for service in services:
             wait_until_ready(service.name, service.ready, service if service.pid() else None)
-        return started
+        return any(started)
 
     def _wait_workers(self, workers: list[Service]) -> None:
         from .app import app
