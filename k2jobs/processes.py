@@ -32,6 +32,7 @@ class Service:
     marker: str  # a string its command line holds, so a recycled pid is not mistaken for it
     ready: Callable[[], bool]
     env: dict[str, str] | None = None
+    stop_timeout_s: float = STOP_TIMEOUT_S  # how long `stop` waits after SIGTERM before SIGKILL
 
     def pid(self) -> int | None:
         """The pid of the running process, or None if it is not running."""
@@ -85,7 +86,7 @@ def stop(service: Service) -> bool:
         service.pidfile.unlink(missing_ok=True)
         return False
     os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + service.stop_timeout_s
     while time.monotonic() < deadline and not is_zombie(pid) and Path(f"/proc/{pid}").exists():
         time.sleep(0.2)
     if Path(f"/proc/{pid}").exists() and not is_zombie(pid):

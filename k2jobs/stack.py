@@ -38,6 +38,7 @@ from .security import (
 
 log = logging.getLogger(__name__)
 CELERY_QUEUES = "k2jobs.chunks,k2jobs.control"
+FLOWER_STOP_TIMEOUT_S = 10.0
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -227,6 +228,10 @@ class Stack:
             f"--port={port}",
             self._flower_ready,
             env,
+            # Flower keeps nothing worth a clean exit, and once Redis is gone it does not exit on SIGTERM: its
+            # call asking workers to send events retries the lost connection for ever, and Python waits for that
+            # thread on exit (py-spy). `stack down` after a Redis crash waited the full 60 s for it.
+            stop_timeout_s=FLOWER_STOP_TIMEOUT_S,
         )
 
     def _remembered_watch(self) -> tuple[str, float] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .conftest import DATA_ROOT, chunk_consumers_paused, run_k2
+from .conftest import DATA_ROOT, PORT_SHIFT, chunk_consumers_paused, run_k2
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BAD_TRADE_LINES = {
@@ -174,11 +174,12 @@ def test_worker_refuses_a_job_whose_plan_names_a_path_outside_the_data_root(stac
 
 
 def test_password_protected_redis(stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = 16380 + PORT_SHIFT  # beside the slot's own Redis, so suites in other slots do not meet here
     server = subprocess.Popen(
         [
             "redis-server",
             "--port",
-            "16380",
+            str(port),
             "--bind",
             "127.0.0.1",
             "--requirepass",
@@ -192,12 +193,12 @@ def test_password_protected_redis(stack, tmp_path) -> None:  # type: ignore[no-u
     )
     try:
         for _ in range(50):
-            if run_k2("jobs", env={"K2_REDIS_URL": "redis://:s3cret@127.0.0.1:16380/0"}).returncode == 0:
+            if run_k2("jobs", env={"K2_REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0"}).returncode == 0:
                 break
             time.sleep(0.1)
-        ok = run_k2("status", "nope", env={"K2_REDIS_URL": "redis://:s3cret@127.0.0.1:16380/0"})
+        ok = run_k2("status", "nope", env={"K2_REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0"})
         assert ok.returncode == 2 and "no job 'nope'" in ok.stderr  # connected and asked
-        wrong = run_k2("status", "nope", env={"K2_REDIS_URL": "redis://:wrong@127.0.0.1:16380/0"})
+        wrong = run_k2("status", "nope", env={"K2_REDIS_URL": f"redis://:wrong@127.0.0.1:{port}/0"})
         assert wrong.returncode == 3 and "Redis" in wrong.stderr
     finally:
         server.terminate()

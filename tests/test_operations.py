@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pty
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.request
 
-from .conftest import DATA_ROOT, chunk_consumers_paused, run_k2
+from .conftest import DATA_ROOT, PORT_SHIFT, chunk_consumers_paused, run_k2
 
 
 def run_on_terminal(*args: str, timeout_s: float = 300, columns: int = 200) -> tuple[int, str]:
@@ -124,3 +125,50 @@ def test_flower_metrics_list_succeeded_k2jobs_tasks(stack) -> None:  # type: ign
         time.sleep(0.5)
     assert found, "Flower's /metrics has no succeeded k2jobs.process_chunk events"
     assert float(found[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_stack_down_stops_flower_soon_when_redis_died_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a Redis crash Flower ignores SIGTERM: its thread that asks workers to send events retries the
+    publish for ever, and Python waits for that thread on exit. `stack down` must not wait a minute for it."""
+    from k2jobs.config import load_settings
+    from k2jobs.processes import wait_until_ready
+    from k2jobs.stack import Stack
+
+    redis_port, flower_port = 16382 + PORT_SHIFT, 15556 + PORT_SHIFT
+    env = {
+        **os.environ,
+        "K2_STACK_DIR": str(tmp_path / "stack"),
+        "K2_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "K2_FLOWER_PORT": str(flower_port),
+    }
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    # Flower reads Redis's address from its environment, as under `stack up`
+    flower = dataclasses.replace(Stack(load_settings(env)).flower_service(), env=env)
+    try:
+        flower.start()
+        wait_until_ready("Flower", flower.ready, flower, timeout_s=60)
+        # Flower asks the workers to send events every 5 s. The first call, with Redis up, leaves a connection in
+        # its pool; the next, once Redis is gone, retries to reconnect it and never returns.
+        time.sleep(6)
+        redis.kill()
+        redis.wait(10)
+        deadline = time.monotonic() + 30
+        while "Failed to capture events" not in flower.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "Failed to capture events" in flower.log.read_text(), "Flower did not notice Redis was gone"
+        time.sleep(6)
+        started = time.monotonic()
+        down = run_k2("stack", "down", env=env, timeout=120)
+        took = time.monotonic() - started
+        assert down.returncode == 0, down.stderr
+        assert flower.pid() is None, "Flower still runs after `stack down`"
+        assert took < 20, f"`stack down` took {took:.1f}s with Redis gone"
+    finally:
+        pid = flower.pid()
+        if pid is not None:
+            os.killpg(pid, 9)
+        redis.kill()
+        redis.wait(10)
