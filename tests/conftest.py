@@ -123,19 +123,29 @@ def read_back(settings, ledger):  # type: ignore[no-untyped-def]
     return read
 
 
-def ask_workers(app, question: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    """A Celery inspect call on a new connection (a pooled one may be a socket a restarted Redis closed)."""
+def ask_workers(app, question: str, workers: set[str] | None = None) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """A Celery inspect call on a new connection (a pooled one may be a socket a restarted Redis closed).
+
+    Without `workers` it waits its whole timeout for whoever answers; with them, until they all have."""
+    named = {"destination": sorted(workers), "limit": len(workers)} if workers else {}
     with app.connection_for_write() as connection:
-        return getattr(app.control.inspect(timeout=2, connection=connection), question)() or {}
+        return getattr(app.control.inspect(timeout=2, connection=connection, **named), question)() or {}
 
 
-def _tell_workers(app, command: str) -> None:  # type: ignore[no-untyped-def]
+def _tell_workers(app, command: str, workers: set[str]) -> None:  # type: ignore[no-untyped-def]
     with app.connection_for_write() as connection:
-        getattr(app.control, command)("k2jobs.chunks", reply=True, timeout=5, connection=connection)
+        getattr(app.control, command)(
+            "k2jobs.chunks",
+            destination=sorted(workers),
+            reply=True,
+            limit=len(workers),
+            timeout=5,
+            connection=connection,
+        )
 
 
-def _chunk_consumers(app) -> set[str]:  # type: ignore[no-untyped-def]
-    queues = ask_workers(app, "active_queues")
+def _chunk_consumers(app, workers: set[str]) -> set[str]:  # type: ignore[no-untyped-def]
+    queues = ask_workers(app, "active_queues", workers)
     return {name for name, consumed in queues.items() if any(q["name"] == "k2jobs.chunks" for q in consumed)}
 
 
@@ -150,8 +160,8 @@ def chunk_consumers_paused() -> Iterator[None]:
 
     workers = set(ask_workers(app, "ping"))
     for _ in range(10):
-        _tell_workers(app, "cancel_consumer")
-        if not _chunk_consumers(app) & workers:
+        _tell_workers(app, "cancel_consumer", workers)
+        if not _chunk_consumers(app, workers) & workers:
             break
     else:
         raise AssertionError("the workers did not stop consuming k2jobs.chunks")
@@ -159,8 +169,8 @@ def chunk_consumers_paused() -> Iterator[None]:
         yield
     finally:
         for _ in range(10):
-            _tell_workers(app, "add_consumer")
-            if workers <= _chunk_consumers(app):
+            _tell_workers(app, "add_consumer", workers)
+            if workers <= _chunk_consumers(app, workers):
                 break
         else:
             raise AssertionError("the workers did not consume k2jobs.chunks again")
