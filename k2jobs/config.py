@@ -12,6 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
+# Every Kafka client k2jobs makes gets these unless a K2_KAFKA_OPT_* option says otherwise. librdkafka (2.10 on)
+# re-bootstraps when it finds every broker down, and while none answers it does so every ~50 ms, without backoff
+# (librdkafka issues #5088, #5546): each client logged a failed connect 10-20 times a second for as long as Kafka
+# was away, and a client hammering a port in the ephemeral range can connect to itself and hold the port the
+# broker needs to restart on. k2jobs' bootstrap list does not move, and a client that fails is replaced (a chunk's
+# producer, the marker reader's consumers), so no re-bootstrap is needed; reconnects then back off, up to 1 s
+# (Java's default; librdkafka's own 10 s would hold a client back that long after Kafka is back).
+CLIENT_DEFAULTS = {"metadata.recovery.strategy": "none", "reconnect.backoff.max.ms": "1000"}
 # librdkafka properties that only producers take (CONFIGURATION.md, "P"); consumers log a warning for each.
 PRODUCER_ONLY = frozenset(
     {
@@ -120,8 +128,8 @@ class Settings:
         return max(2, int(timeout * 0.75)), max(3, int(timeout * 0.9))
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
-        """librdkafka configuration for any client: bootstrap, security options, overrides."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        """librdkafka configuration for any client: bootstrap, CLIENT_DEFAULTS, K2_KAFKA_OPT_* options, overrides."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, **CLIENT_DEFAULTS}
         conf.update(self.kafka_options)
         conf.update(overrides)
         return conf

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from .access import AUTH_HINT, KafkaWatch, watched_config
-from .config import KAFKA_OPTION_PREFIX, TRANSACTION_TIMEOUT_MS, Settings
+from .config import CLIENT_DEFAULTS, KAFKA_OPTION_PREFIX, TRANSACTION_TIMEOUT_MS, Settings
 from .errors import KafkaUnavailable, PublishError, SettingsError, TopicRefused
 from .markers import COMMITS_TOPIC
 from .records import Kind
@@ -428,9 +428,10 @@ def _refused_setting(settings: Settings, exc: Exception) -> str:
     reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
     named = [name for name in settings.kafka_options if name in reason] or list(settings.kafka_options)
     shown = [f"{KAFKA_OPTION_PREFIX}{name.upper().replace('.', '_')}={_shown(name, settings)}" for name in named]
-    ours = [f"{k}={v}" for k, v in PRODUCER_DEFAULTS.items() if k in reason and k not in settings.kafka_options]
+    defaults = {**CLIENT_DEFAULTS, **PRODUCER_DEFAULTS}
+    ours = [f"{k}={v}" for k, v in defaults.items() if k in reason and k not in settings.kafka_options]
     what = ", ".join(shown) if shown else f"K2_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"
-    note = f" (k2jobs' producer sets {', '.join(ours)} unless a K2_KAFKA_OPT_* overrides it)" if ours else ""
+    note = f" (k2jobs sets {', '.join(ours)} unless a K2_KAFKA_OPT_* overrides it)" if ours else ""
     return f"invalid Kafka setting {what}: librdkafka refuses it: {reason}{note}"
 
 

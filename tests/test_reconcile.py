@@ -90,10 +90,14 @@ def test_settings_come_from_the_environment() -> None:
     conf = settings.kafka_config(**{"client.id": "x"})
     assert conf == {
         "bootstrap.servers": "k1:9092,k2:9092",
+        "metadata.recovery.strategy": "none",
+        "reconnect.backoff.max.ms": "1000",
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "PLAIN",
         "client.id": "x",
     }
+    overridden = load_settings({"K2_KAFKA_OPT_METADATA_RECOVERY_STRATEGY": "rebootstrap"}).kafka_consumer_config()
+    assert overridden["metadata.recovery.strategy"] == "rebootstrap"  # a K2_KAFKA_OPT_* wins over k2jobs' default
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])

@@ -92,3 +92,41 @@ def test_a_worker_with_a_bad_setting_refuses_to_start_with_the_reason_in_its_log
     assert "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000" in worker.stderr
     assert "message.timeout.ms" in worker.stderr
     assert not any(node.startswith("k2-bad-settings@") for node in ask_workers(app, "ping"))
+
+
+def test_kafka_clients_stay_quiet_and_keep_trying_while_no_broker_answers() -> None:
+    """k2jobs' producer and marker consumer, with no broker at their address: librdkafka's default re-bootstrap
+    logged a failed connect every ~50 ms per client (463 lines in 20 s for the two); k2jobs' client defaults back
+    off to one attempt a second, which librdkafka logs once and then counts as suppressed."""
+    import logging
+    import socket
+    import time
+
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+    from k2jobs.markers import COMMITS_PARTITION, COMMITS_TOPIC, marker_consumer_config
+    from k2jobs.publisher import producer_config
+
+    with socket.socket() as closed:  # bound and never listening: connections to it are refused, and it stays ours
+        closed.bind(("127.0.0.1", 0))
+        settings = load_settings({"K2_KAFKA_BOOTSTRAP": f"127.0.0.1:{closed.getsockname()[1]}"})
+        lines: list[str] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(record.getMessage())
+
+        logger = logging.getLogger("k2jobs-test-no-broker")
+        logger.addHandler(Collect())
+        logger.propagate = False
+        producer = Producer({**producer_config(settings, "k2jobs-test-no-broker"), "logger": logger})
+        consumer = Consumer({**marker_consumer_config(settings, "read_committed"), "logger": logger})
+        with pytest.raises(KafkaException):
+            consumer.get_watermark_offsets(TopicPartition(COMMITS_TOPIC, COMMITS_PARTITION), 1, cached=False)
+        lines.clear()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            producer.poll(0.05)
+            consumer.poll(0.05)
+        consumer.close()
+        assert 0 < len(lines) <= 25, f"{len(lines)} log lines in 10 s with no broker: {lines[:3]}"
