@@ -21,6 +21,12 @@ BAD_SETTINGS = [
     ({"K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS": "5000"}, "K2_KAFKA_OPT_TRANSACTION_TIMEOUT_MS=5000", "message.timeout.ms"),
     ({"K2_KAFKA_OPT_NO_SUCH_PROPERTY": "1"}, "K2_KAFKA_OPT_NO_SUCH_PROPERTY=1", "No such configuration property"),
     ({"K2_KAFKA_OPT_ISOLATION_LEVEL": "sometimes"}, "K2_KAFKA_OPT_ISOLATION_LEVEL=sometimes", "isolation.level"),
+    # Above k2jobs' own reconnect.backoff.max.ms (1000, config.CLIENT_DEFAULTS): the message names that default.
+    (
+        {"K2_KAFKA_OPT_RECONNECT_BACKOFF_MS": "2000"},
+        "K2_KAFKA_OPT_RECONNECT_BACKOFF_MS=2000",
+        "k2jobs sets reconnect.backoff.max.ms=1000",
+    ),
     ({"K2_BATCH_ROWS": "0"}, "K2_BATCH_ROWS='0' must be positive", ""),
     ({"K2_REDIS_URL": "http://127.0.0.1:6379"}, "K2_REDIS_URL='http://127.0.0.1:6379'", "redis://"),
     ({"K2_KAFKA_BOOTSTRAP": "kafka"}, "K2_KAFKA_BOOTSTRAP='kafka'", "host:port"),
