@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -93,6 +93,24 @@ def stop(service: Service) -> bool:
         os.killpg(pid, signal.SIGKILL)
     service.pidfile.unlink(missing_ok=True)
     return True
+
+
+def ports_clients_may_take(ports: Iterable[int], sysctl: Path = Path("/proc/sys/net/ipv4")) -> list[int]:
+    """The ports among `ports` that Linux may hand a client as its own (the ephemeral range, less reserved ports).
+
+    A client reconnecting to such a port while its server is down can be given that very port and connect to
+    itself (TCP simultaneous open): it then holds the port, and the server cannot start on it again. Seen here
+    with a broker on 39092: `Address already in use`, and `ss` showed 127.0.0.1:39092 connected to itself."""
+    try:
+        low, high = (int(n) for n in (sysctl / "ip_local_port_range").read_text().split())
+        reserved_text = (sysctl / "ip_local_reserved_ports").read_text().strip()
+    except (OSError, ValueError):
+        return []  # not Linux, or not readable: nothing to say
+    reserved: set[int] = set()
+    for part in filter(None, reserved_text.split(",")):
+        first, _, last = part.partition("-")
+        reserved.update(range(int(first), int(last or first) + 1))
+    return sorted({p for p in ports if low <= p <= high and p not in reserved})
 
 
 def need_program(program: str) -> str:

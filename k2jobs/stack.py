@@ -22,7 +22,7 @@ from .errors import StackError
 from .local_kafka import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
 from .local_registry import registry_command
 from .local_s3 import s3_client_env, s3_command, s3_server_env, write_client_env
-from .processes import Meanwhile, Service, need_program, stop, wait_until_ready
+from .processes import Meanwhile, Service, need_program, ports_clients_may_take, stop, wait_until_ready
 from .registry import registry_ready, set_backward_compatibility
 from .security import (
     FLOWER_USER,
@@ -302,6 +302,7 @@ class Stack:
         if self.s3 and not self.s3_file.exists() and workers_running:
             raise StackError("this stack's workers run without the S3 settings: `stack down` before `stack up --s3`")
         self._refuse_other_broker_count()  # both refusals before anything starts
+        self._warn_of_ephemeral_ports()
         self._ensure(self.redis_service())
         # The registry needs neither Redis nor Kafka: it starts while the brokers do (they leave a core idle).
         registry = self.registry_service()
@@ -394,6 +395,21 @@ class Stack:
     def _ensure(self, service: Service) -> None:
         self._start(service)
         wait_until_ready(service.name, service.ready, service if service.pid() else None)
+
+    def _warn_of_ephemeral_ports(self) -> None:
+        ports = [self.redis_url.port or 6379, self.registry_port, self.settings.flower_port]
+        ports += [port for node in self.nodes for port in (node.port, node.controller_port)]
+        if self.s3:
+            ports.append(self.settings.s3_port)
+        taken = ports_clients_may_take(ports)
+        if taken:
+            log.warning(
+                "ports %s are in the kernel's ephemeral port range: while a service there is down, a client "
+                "reconnecting to it may be given its port and connect to itself, and the service cannot start on it "
+                "again (`Address already in use`). Use ports below the range (/proc/sys/net/ipv4/ip_local_port_range) "
+                "or reserve them (sysctl net.ipv4.ip_local_reserved_ports)",
+                ", ".join(map(str, taken)),
+            )
 
     def _refuse_other_broker_count(self) -> None:
         if self.brokers != self.remembered_brokers and any(

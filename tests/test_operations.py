@@ -172,3 +172,39 @@ def test_stack_down_stops_flower_soon_when_redis_died_first(tmp_path) -> None:  
             os.killpg(pid, 9)
         redis.kill()
         redis.wait(10)
+
+
+def test_ports_clients_may_take_are_those_in_the_ephemeral_range_and_not_reserved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from k2jobs.processes import ports_clients_may_take
+
+    (tmp_path / "ip_local_port_range").write_text("32768\t60999\n")
+    (tmp_path / "ip_local_reserved_ports").write_text("39092-39093,40000\n")
+    ports = [9092, 32767, 32768, 39092, 39093, 39094, 40000, 60999, 61000]
+    assert ports_clients_may_take(ports, tmp_path) == [32768, 39094, 60999]
+    (tmp_path / "ip_local_reserved_ports").write_text("\n")
+    assert ports_clients_may_take([39092], tmp_path) == [39092]
+    assert ports_clients_may_take([39092], tmp_path / "nowhere") == []  # no such files: nothing to say
+
+
+def test_stack_up_warns_of_ports_in_the_ephemeral_range(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Before it starts anything: this machine's own range decides (Linux's default is 32768-60999)."""
+    from k2jobs.config import load_settings
+    from k2jobs.processes import ports_clients_may_take
+    from k2jobs.stack import Stack
+
+    env = {
+        "K2_STACK_DIR": str(tmp_path),
+        "K2_KAFKA_BOOTSTRAP": "127.0.0.1:39092",
+        "K2_REDIS_URL": "redis://127.0.0.1:6379/0",
+    }
+    expected = ports_clients_may_take([39092, 39093])
+    with caplog.at_level("WARNING", logger="k2jobs.stack"):
+        Stack(load_settings(env))._warn_of_ephemeral_ports()
+    if expected:
+        assert "ports 39092, 39093 are in the kernel's ephemeral port range" in caplog.text
+    else:
+        assert "ephemeral" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="k2jobs.stack"):
+        Stack(load_settings({**env, "K2_KAFKA_BOOTSTRAP": "127.0.0.1:9092"}))._warn_of_ephemeral_ports()
+    assert "ephemeral" not in caplog.text
