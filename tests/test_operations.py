@@ -208,3 +208,33 @@ def test_stack_up_warns_of_ports_in_the_ephemeral_range(tmp_path, caplog) -> Non
     with caplog.at_level("WARNING", logger="k2jobs.stack"):
         Stack(load_settings({**env, "K2_KAFKA_BOOTSTRAP": "127.0.0.1:9092"}))._warn_of_ephemeral_ports()
     assert "ephemeral" not in caplog.text
+
+
+def test_a_service_just_started_is_found_by_its_pid_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`Service.start` returns once the new process shows its marker, so `pid()` right after a start finds it.
+
+    Popen returns before the kernel has set the child's new command line (CI once took a starting Flower for one
+    that had exited), and redis-server shows its marker only once it has set its title. Here the process shows its
+    marker 0.3 s after the start: a shell that sleeps, then execs the command that holds it."""
+    import signal
+    import sys
+
+    from k2jobs.processes import Service
+
+    marker = "--k2jobs-test-service"
+    late = 'sleep 0.3; exec "$0" -c "import time; time.sleep(30)" "$K2_TEST_MARKER"'
+    service = Service(
+        "late",
+        ["sh", "-c", late, sys.executable],
+        tmp_path / "late.log",
+        tmp_path / "late.pid",
+        marker,
+        bool,
+        {**os.environ, "K2_TEST_MARKER": marker},
+    )
+    pid = service.start()
+    try:
+        assert service.pid() == pid, "a service just started was taken for one that is not running"
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
