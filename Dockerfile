@@ -1,6 +1,6 @@
 # The k2jobs image: Celery worker (default), Flower and the `python -m k2jobs` command line.
 
-# Build stage: a C compiler for k2jobs' compiled fast path (k2jobs/_fastrows.c), kept out of the image.
+# Build stage: a C compiler for k2jobs' compiled fast path (k2jobs/rows/_fastrows.c), kept out of the image.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -21,7 +21,7 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl && rm -rf /wheels
 # The compiled parser is optional at install time; an image without it would be several times slower.
-RUN python -c "import k2jobs._fastrows"
+RUN python -c "import k2jobs.rows._fastrows"
 
 # Workers only read their input, which is mounted read-only at /data (K2_DATA_ROOT).
 RUN useradd --create-home --uid 10001 --user-group k2

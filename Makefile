@@ -36,7 +36,7 @@ system-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is required for Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka's jars (apt-get install maven)"; exit 1; }
 
-$(VENV)/.installed: pyproject.toml k2jobs/_fastrows.c
+$(VENV)/.installed: pyproject.toml k2jobs/rows/_fastrows.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# The 'compat' editable mode puts the source folder on sys.path with a .pth file. The default mode's import
@@ -47,15 +47,15 @@ $(VENV)/.installed: pyproject.toml k2jobs/_fastrows.c
 
 # Apache Kafka's own jars from Maven Central, resolved once into ~/.cache/k2jobs.
 kafka: $(VENV)/.installed
-	$(BIN)/python -c "from k2jobs.local_kafka import kafka_libs; print('kafka jars:', kafka_libs())"
+	$(BIN)/python -c "from k2jobs.stack.kafka_nodes import kafka_libs; print('kafka jars:', kafka_libs())"
 
 # VersityGW, an S3-compatible server (Apache-2.0), built once with `go install` into ~/.cache/k2jobs (~1 min).
 s3: $(VENV)/.installed
-	$(BIN)/python -c "from k2jobs.local_s3 import s3_binary; print('s3 server:', s3_binary())"
+	$(BIN)/python -c "from k2jobs.stack.s3_server import s3_binary; print('s3 server:', s3_binary())"
 
 # Apicurio Registry (a Quarkus app, ~110 MB) from Maven Central, unpacked once into ~/.cache/k2jobs.
 registry: $(VENV)/.installed
-	$(BIN)/python -c "from k2jobs.local_registry import registry_app; print('schema registry:', registry_app())"
+	$(BIN)/python -c "from k2jobs.stack.registry_app import registry_app; print('schema registry:', registry_app())"
 
 up: install
 	$(BIN)/python -m k2jobs stack up --workers $${WORKERS:-2} $$([ "$${K2_SOURCE:-}" = s3 ] && echo --s3) $(SECURE)
@@ -67,7 +67,7 @@ down:
 demo: up
 	@echo "make demo loads data/sample again on purpose (--again), as $${K2_FORMAT:-json} (K2_FORMAT=json|avro), from $${K2_SOURCE:-the directory} (K2_SOURCE=s3: from the stack's S3 server)$(if $(SECURE), on the secure stack in $(K2_STACK_DIR))"
 	@$(CLIENT_ENV) if [ "$${K2_SOURCE:-}" = s3 ]; then \
-	  $(BIN)/python -m k2jobs.local_s3 data/sample; \
+	  $(BIN)/python -m k2jobs.stack.s3_server data/sample; \
 	else \
 	  $(BIN)/python -m k2jobs submit data/sample --again; \
 	fi
@@ -87,10 +87,10 @@ soak: install
 # Python parser, JSON and Avro (generated, arbitrary and real input); the normal build is put back afterwards.
 test-asan: install
 	@mkdir -p build
-	@set -e; so=$$(ls k2jobs/_fastrows*.so); cp "$$so" build/fastrows.so.orig; \
+	@set -e; so=$$(ls k2jobs/rows/_fastrows*.so); cp "$$so" build/fastrows.so.orig; \
 	trap 'cp build/fastrows.so.orig "'"$$so"'"' EXIT; \
 	cc -shared -fPIC -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	  -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" k2jobs/_fastrows.c -o "$$so"; \
+	  -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" k2jobs/rows/_fastrows.c -o "$$so"; \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fastrows.py tests/test_chunk.py tests/test_avro.py

@@ -187,7 +187,8 @@ def input_files(kinds: tuple[str, ...] = KINDS) -> list[tuple[str, int, Path]]:
 
 def write_payloads(path: Path) -> int:
     """Real k2jobs message values (as many trades as quotes) for ProducerPerformance; their mean size."""
-    from k2jobs.records import Kind, RowParser
+    from k2jobs.plan.model import Kind
+    from k2jobs.rows.json_rows import RowParser
 
     now_ms = int(time.time() * 1000)
     values = []
@@ -200,8 +201,9 @@ def write_payloads(path: Path) -> int:
 
 def avro_message_bytes() -> int:
     """The mean size of the same rows' Avro values (wire header included)."""
-    from k2jobs.avro import AvroRowParser
-    from k2jobs.records import Kind, decode_line
+    from k2jobs.plan.model import Kind
+    from k2jobs.rows.avro import AvroRowParser
+    from k2jobs.rows.json_rows import decode_line
 
     now_us = time.time_ns() // 1000
     sizes = []
@@ -377,7 +379,7 @@ def ensure_topics(bootstrap: str, partitions: int) -> None:
 
 def java_ceiling(bootstrap: str, records: int, payloads: Path) -> Result:
     """Kafka's own ProducerPerformance, its final summary line parsed."""
-    from k2jobs.local_kafka import kafka_libs
+    from k2jobs.stack.kafka_nodes import kafka_libs
 
     log4j = WORK / "log4j2-tools.properties"
     log4j.write_text(QUIET_LOG4J)
@@ -499,7 +501,7 @@ def k2jobs_load(
     env: dict[str, str], workers: int, expected: int, *options: str, name: str = "", source: Path = INPUT
 ) -> Result:
     """`submit --wait` from launch to report, as a user runs it; checked. Plan/enqueue times come from the job."""
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.store.ledger import Ledger, connect
 
     timeout = max(900.0, expected / 200)
     settle()

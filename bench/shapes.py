@@ -98,7 +98,7 @@ def gzip_shape(plain: Path) -> Path:
 def load_from_s3(env: dict[str, str], root: Path) -> bench.Result:
     """The files of `root` uploaded to the bench stack's S3 server (VersityGW), loaded from s3://bench/NAME."""
     from k2jobs.config import load_settings
-    from k2jobs.local_s3 import s3_client_env, upload_directory
+    from k2jobs.stack.s3_server import s3_client_env, upload_directory
 
     settings = load_settings(env)
     s3_env = s3_client_env(settings.stack_dir, settings.s3_port)

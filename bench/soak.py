@@ -195,7 +195,7 @@ def main() -> int:
     rng = random.Random(seed)
     write_input(Path(ENV["K2_DATA_ROOT"]) / "input", args.trade_tiles, args.quote_tiles)
     stack_up()
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.store.ledger import Ledger, connect
 
     settings = settings_of(ENV)
     ledger = Ledger(connect(settings.redis_url))

@@ -39,14 +39,16 @@ STEPS = ("producer", "committed check", "Redis before", "transaction", "Redis af
 
 def measure(tasks: int) -> dict[str, list[float]]:
     """Milliseconds of each step, per task."""
-    from k2jobs.chunk import chunk_result
-    from k2jobs.client import new_job_id
     from k2jobs.config import load_settings
-    from k2jobs.leases import LeaseKeeper, take_lease
-    from k2jobs.ledger import COMMITTED, Ledger, connect
-    from k2jobs.markers import COMMITS_PARTITION, COMMITS_TOPIC, MarkerReader, marker_end, marker_key
-    from k2jobs.planning import plan_job
-    from k2jobs.publisher import ChunkTransaction, ensure_topics
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.kafka.markers import COMMITS_PARTITION, COMMITS_TOPIC, MarkerReader, marker_end, marker_key
+    from k2jobs.kafka.producer import ChunkTransaction
+    from k2jobs.kafka.topics import ensure_topics
+    from k2jobs.load.results import chunk_result
+    from k2jobs.plan.status import ChunkStatus
+    from k2jobs.sources.local import plan_job
+    from k2jobs.store.leases import LeaseKeeper, take_lease
+    from k2jobs.store.ledger import Ledger, connect
 
     env = bench.bench_env()
     settings = load_settings(env)
@@ -84,7 +86,7 @@ def measure(tasks: int) -> dict[str, list[float]]:
         txn.send(COMMITS_TOPIC, key, json.dumps(counts).encode(), [("job_id", job_id.encode())], COMMITS_PARTITION)
         txn.commit()
         lap("transaction")
-        ledger.record_results(job_id, [chunk_result(chunk, COMMITTED, counts)])
+        ledger.record_results(job_id, [chunk_result(chunk, ChunkStatus.COMMITTED, counts)])
         ledger.end_attempt(job_id, index)
         keeper.stop()
         ledger.mark_queued(job_id, [index + 1])

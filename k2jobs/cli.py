@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from . import __version__
-from .config import VALUE_FORMATS, Settings, load_settings
-from .errors import (
+from k2jobs import __version__
+from k2jobs.config import VALUE_FORMATS, Settings, load_settings
+from k2jobs.errors import (
     InputError,
     JobNotFound,
     K2Error,
@@ -25,7 +25,7 @@ from .errors import (
     StorageUnavailable,
     WaitTimeout,
 )
-from .objects import is_object_url
+from k2jobs.sources.s3 import is_object_url
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -53,13 +53,13 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _print_json(report)
         return
-    from .progress import format_report
+    from k2jobs.jobs.progress import format_report
 
     sys.stdout.write(format_report(report))
 
 
 def _ledger(settings: Settings) -> Any:
-    from .ledger import Ledger, connect
+    from k2jobs.store.ledger import Ledger, connect
 
     ledger = Ledger(connect(settings.redis_url))
     ledger.ping()
@@ -67,9 +67,9 @@ def _ledger(settings: Settings) -> Any:
 
 
 def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool, timeout_s: float | None = None) -> int:
-    from .client import wait_for_report
-    from .diagnose import describe_stall
-    from .progress import progress_display
+    from k2jobs.jobs.diagnose import describe_stall
+    from k2jobs.jobs.progress import progress_display
+    from k2jobs.jobs.waiting import wait_for_report
 
     def say_what_is_stuck(stalled_s: float) -> None:
         lines = [f"job {job_id}: nothing has moved for {stalled_s:.0f}s", *describe_stall(settings, ledger, job_id)]
@@ -85,14 +85,14 @@ def _wait(settings: Settings, ledger: Any, job_id: str, as_json: bool, timeout_s
 
 def _check_settings(settings: Settings) -> None:
     """Refuse (exit 2) a setting the Kafka clients would refuse, before anything starts or is enqueued."""
-    from .publisher import check_client_settings
+    from k2jobs.kafka.preflight import check_client_settings
 
     check_client_settings(settings)
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from .client import SubmitOptions, submit_job
-    from .ledger import Ledger, connect
+    from k2jobs.jobs.submit import SubmitOptions, submit_job
+    from k2jobs.store.ledger import Ledger, connect
 
     _check_settings(settings)
 
@@ -134,9 +134,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
-    from .client import SubmitOptions
-    from .ledger import Ledger, connect
-    from .watch import Watcher
+    from k2jobs.jobs.submit import SubmitOptions
+    from k2jobs.jobs.watch import Watcher
+    from k2jobs.store.ledger import Ledger, connect
 
     _check_settings(settings)
     options = SubmitOptions(
@@ -180,7 +180,7 @@ def _watch_line(event: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from .client import job_progress
+    from k2jobs.jobs.waiting import job_progress
 
     ledger = _ledger(settings)
     if args.wait:
@@ -193,15 +193,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({**progress.__dict__, "status": "running"})
     else:
-        from .progress import format_progress
+        from k2jobs.jobs.progress import format_progress
 
         print(format_progress(progress))
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    from .lifecycle import resume_job
-    from .publisher import check_kafka
+    from k2jobs.jobs.lifecycle import resume_job
+    from k2jobs.kafka.preflight import check_kafka
 
     _check_settings(settings)
     ledger = _ledger(settings)
@@ -217,7 +217,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from .client import job_progress
+    from k2jobs.jobs.waiting import job_progress
 
     ledger = _ledger(settings)
     rows = [
@@ -237,8 +237,8 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from .publisher import check_kafka
-    from .verify import verify_job
+    from k2jobs.jobs.verify import verify_job
+    from k2jobs.kafka.preflight import check_kafka
 
     ledger = _ledger(settings)
     check_kafka(settings)
@@ -264,8 +264,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
-    from .security import is_secure
-    from .stack import Stack
+    from k2jobs.stack.control import Stack
+    from k2jobs.stack.secrets import is_secure
 
     if getattr(args, "brokers", None) is not None and args.brokers <= 0:
         raise InputError("--brokers must be positive")
@@ -303,7 +303,7 @@ def _secure_settings(settings: Settings) -> Settings:
     import os
     from urllib.parse import urlsplit
 
-    from .security import client_env, ensure_material
+    from k2jobs.stack.secrets import client_env, ensure_material
 
     redis = urlsplit(settings.redis_url)
     env = client_env(
@@ -342,8 +342,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Check Redis, Kafka and the data root, then become a Celery worker (exec: signals reach Celery itself)."""
     import os
 
-    from .publisher import check_kafka
-    from .stack import worker_command, worker_environment
+    from k2jobs.kafka.preflight import check_kafka
+    from k2jobs.worker.command import worker_command, worker_environment
 
     if args.concurrency <= 0:
         raise InputError("--concurrency must be positive")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import SettingsError
+from k2jobs.errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
 # Every Kafka client k2jobs makes gets these unless a K2_KAFKA_OPT_* option says otherwise. librdkafka (2.10 on)

@@ -138,7 +138,7 @@ def committing_chunk(ledger: Any, job_id: str, timeout_s: float = 15.0) -> int |
 
 
 def _metadata(settings: Any) -> Any:
-    from k2jobs.publisher import admin_client
+    from k2jobs.kafka.topics import admin_client
 
     return admin_client(settings).list_topics(timeout=10)
 
@@ -171,14 +171,14 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
 
 
 def gone(pid: int) -> bool:
-    from k2jobs.processes import is_zombie
+    from k2jobs.stack.processes import is_zombie
 
     return not Path(f"/proc/{pid}").exists() or is_zombie(pid)
 
 
 def read_job(settings: Any, ledger: Any, job_id: str) -> list[Any]:
     """The job's committed messages (read_committed), in partition order."""
-    from k2jobs.verify import read_job_messages
+    from k2jobs.jobs.verify import read_job_messages
 
     since_ms = int(float(ledger.job_meta(job_id)["created"]) * 1000) - 60_000
     messages = read_job_messages(settings, job_id, since_ms=since_ms)

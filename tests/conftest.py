@@ -97,7 +97,7 @@ def stack(settings) -> Iterator[dict]:  # type: ignore[no-untyped-def,type-arg]
 
 @pytest.fixture()
 def ledger(stack, settings):  # type: ignore[no-untyped-def]
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.store.ledger import Ledger, connect
 
     return Ledger(connect(settings.redis_url))
 
@@ -114,7 +114,7 @@ def workdir(stack, request) -> Path:  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def read_back(settings, ledger):  # type: ignore[no-untyped-def]
     """read_back(job_id, topics=None): the job's committed messages, read from its start time on."""
-    from k2jobs.verify import read_job_messages
+    from k2jobs.jobs.verify import read_job_messages
 
     def read(job_id: str, topics: list[str] | None = None) -> list:  # type: ignore[type-arg]
         since_ms = int(float(ledger.job_meta(job_id)["created"]) * 1000) - 60_000

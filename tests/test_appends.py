@@ -7,8 +7,9 @@ import gzip
 import zlib
 from pathlib import Path
 
-from k2jobs.appends import MAX_PIECES, Extent, merged
-from k2jobs.planning import JobPlan, plan_job
+from k2jobs.plan.extents import MAX_PIECES, Extent, merged
+from k2jobs.plan.model import JobPlan
+from k2jobs.sources.local import plan_job
 
 from .test_planning import TRADE, make_dir
 

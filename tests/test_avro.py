@@ -22,12 +22,11 @@ from fastavro import parse_schema, schemaless_reader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k2jobs.avro import schema_text, subject
-from k2jobs.batches import COMPILED, ChunkRows
 from k2jobs.config import load_settings
 from k2jobs.errors import InputError
-from k2jobs.planning import ChunkPlan
-from k2jobs.records import Kind
+from k2jobs.plan.model import ChunkPlan, Kind
+from k2jobs.rows.avro import schema_text, subject
+from k2jobs.rows.batches import COMPILED, ChunkRows
 
 from .reference import SYMBOLS, expected_avro_record, source_lines
 from .test_fastrows import chunk_bytes, chunk_of

@@ -15,11 +15,11 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from k2jobs.avro import subject
-from k2jobs.processes import stop
-from k2jobs.records import Kind
-from k2jobs.registry import register_schemas
-from k2jobs.stack import Stack
+from k2jobs.kafka.registry import register_schemas
+from k2jobs.plan.model import Kind
+from k2jobs.rows.avro import subject
+from k2jobs.stack.control import Stack
+from k2jobs.stack.processes import stop
 
 from .conftest import DATA_ROOT, PORT_SHIFT, run_k2
 from .reference import expected_avro_record, source_lines

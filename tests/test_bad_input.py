@@ -148,8 +148,8 @@ def test_file_changed_after_submit_fails_its_chunk_and_publishes_none_of_it(
 def test_worker_refuses_a_job_whose_plan_names_a_path_outside_the_data_root(stack, ledger) -> None:  # type: ignore[no-untyped-def]
     """Task messages carry ids; a plan written into Redis by someone else still cannot make a worker read /etc."""
     from k2jobs.app import app
-    from k2jobs.client import new_job_id
-    from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan
 
     chunk = {
         "index": 0,

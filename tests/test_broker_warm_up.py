@@ -9,11 +9,11 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from k2jobs.broker_warm_up import WARM_UP_TOPIC, warm_broker, warm_up_values
 from k2jobs.config import load_settings
 from k2jobs.errors import SettingsError
-from k2jobs.publisher import admin_client
-from k2jobs.records import Kind
+from k2jobs.kafka.topics import admin_client
+from k2jobs.plan.model import Kind
+from k2jobs.stack.warm_up import WARM_UP_TOPIC, warm_broker, warm_up_values
 
 
 def test_warm_up_values_are_trade_values_in_both_formats() -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from k2jobs.batches import COMPILED, ChunkRows
-from k2jobs.chunk import send_rows
-from k2jobs.planning import ChunkPlan, plan_job
+from k2jobs.load.chunk import send_rows
+from k2jobs.plan.model import ChunkPlan
+from k2jobs.rows.batches import COMPILED, ChunkRows
+from k2jobs.sources.local import plan_job
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "bad-rows"
 PATHS = [pytest.param(True, id="compiled"), pytest.param(False, id="python")]
@@ -108,7 +109,7 @@ def test_rows_are_sent_in_order_in_batches_with_their_headers(compiled: bool) ->
 
 def test_a_chunk_gives_up_only_once_both_its_retries_and_its_seconds_are_spent() -> None:
     """Eight retries with a 10 s backoff cap last under a minute: broker restarts last longer (test_cluster)."""
-    from k2jobs.tasks import out_of_retries
+    from k2jobs.worker.tasks import out_of_retries
 
     assert not out_of_retries(8, 55.0, max_retries=8, retry_for_s=300)
     assert not out_of_retries(3, 400.0, max_retries=8, retry_for_s=300)

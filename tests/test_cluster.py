@@ -72,7 +72,7 @@ def cluster_settings(cluster) -> Any:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def cluster_ledger(cluster_settings) -> Any:  # type: ignore[no-untyped-def]
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.store.ledger import Ledger, connect
 
     return Ledger(connect(cluster_settings.redis_url))
 
@@ -119,7 +119,7 @@ def test_data_leader_killed_mid_job_only_it_restarts_and_every_topic_is_replicat
     """The short three-broker fault test (in `make test`): kill -9 the data partition's leader at a random moment."""
     from confluent_kafka.admin import ConfigResource
 
-    from k2jobs.publisher import admin_client
+    from k2jobs.kafka.topics import admin_client
 
     assert [b["bootstrap"] for b in cluster["brokers"]] == ENV["K2_KAFKA_BOOTSTRAP"].split(",")
     # `stack up` created k2jobs' topics, replicated (not the first job, on its path to the first chunk)
@@ -171,7 +171,8 @@ def test_leader_and_coordinator_killed_at_random_moments_in_one_job(cluster, clu
     """kill -9 the data partition's leader or a chunk's transaction coordinator, in turn: at random moments, and
     at the moment a chunk commits (all its rows sent, no result yet); each broker restarted with `stack up` before
     the next kill. No timing window is avoided."""
-    from k2jobs.publisher import admin_client, transactional_id
+    from k2jobs.kafka.producer import transactional_id
+    from k2jobs.kafka.topics import admin_client
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

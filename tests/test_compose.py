@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 import celeryconfig
-from k2jobs import compose_secrets
+import k2jobs.stack.compose_secrets as compose_secrets
 from k2jobs.config import load_settings
-from k2jobs.publisher import check_client_settings
-from k2jobs.security import REDIS_USER_RULES, Material, kafka_properties
+from k2jobs.kafka.preflight import check_client_settings
+from k2jobs.stack.secrets import REDIS_USER_RULES, Material, kafka_properties
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -283,7 +283,7 @@ def test_dockerfile_builds_the_compiled_parser_and_runs_as_non_root(services: di
     wheels = option(wheel, "--wheel-dir")
     assert ("COPY", f"--from={build_name} {wheels} {wheels}") in final
     assert any(cmd[:2] == ["pip", "install"] and cmd[2].startswith(wheels) for cmd in runs(final))
-    assert ["python", "-c", "import k2jobs._fastrows"] in runs(final), "the image must fail to build without it"
+    assert ["python", "-c", "import k2jobs.rows._fastrows"] in runs(final), "the image must fail to build without it"
     users = [args for kind, args in final if kind == "USER"]
     assert users and users[-1] not in {"root", "0"}
     [cmd] = [json.loads(args) for kind, args in final if kind == "CMD"]
@@ -525,7 +525,7 @@ def secure_services(secure: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A secrets folder as `python -m k2jobs.compose_secrets init` makes it."""
+    """A secrets folder as `python -m k2jobs.stack.compose_secrets init` makes it."""
     folder = tmp_path_factory.mktemp("compose") / "secrets"
     assert compose_secrets.main(["init", str(folder)]) == 0
     return folder
@@ -605,7 +605,12 @@ def test_secure_grant_runs_as_admin_after_kafka_and_before_the_k2jobs_services(
     secure_services: dict[str, dict[str, Any]],
 ) -> None:
     grant = secure_services["grant"]
-    assert argv(grant["entrypoint"]) + argv(grant["command"]) == ["python", "-m", "k2jobs.compose_secrets", "grant"]
+    assert argv(grant["entrypoint"]) + argv(grant["command"]) == [
+        "python",
+        "-m",
+        "k2jobs.stack.compose_secrets",
+        "grant",
+    ]
     assert grant["depends_on"] == {"kafka": {"condition": "service_healthy"}}
     assert grant["restart"] == "no" and "profiles" not in grant
     assert {Path(path).name for path in env_files(grant)} == {"client.env", "kafka-admin.env"}

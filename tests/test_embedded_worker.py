@@ -23,7 +23,7 @@ def embedded_worker(stack):  # type: ignore[no-untyped-def]
     from celery.contrib.testing.worker import start_worker
 
     from k2jobs.app import app
-    from k2jobs.worker import close_worker_clients
+    from k2jobs.worker.clients import close_worker_clients
 
     with start_worker(app, pool="solo", queues=(QUEUE,), perform_ping_check=False, shutdown_timeout=30):
         yield app
@@ -33,9 +33,9 @@ def embedded_worker(stack):  # type: ignore[no-untyped-def]
 def test_embedded_worker_loads_a_chunk_and_a_rerun_returns_the_same_result(
     embedded_worker, ledger, read_back, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.client import new_job_id
-    from k2jobs.planning import plan_job
-    from k2jobs.publisher import ensure_topics
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.kafka.topics import ensure_topics
+    from k2jobs.sources.local import plan_job
 
     ensure_topics(settings)
     plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 100_000, task_rows=1)  # each chunk a task of its own

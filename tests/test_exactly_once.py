@@ -261,7 +261,7 @@ def test_two_attempts_of_one_chunk_at_once_publish_it_once(stack, ledger, read_b
 def test_a_chunk_that_keeps_killing_its_process_is_failed_with_the_reason(stack, ledger, workdir, read_back) -> None:  # type: ignore[no-untyped-def]
     """A chunk whose pool process dies every time it loads it (here: killed -9 at its commit, as a segfault or
     the out-of-memory killer would) is tried a stated number of times, then failed with the reason; no loop."""
-    from k2jobs.tasks import MAX_UNFINISHED
+    from k2jobs.worker.tasks import MAX_UNFINISHED
 
     ledger.redis.delete("k2:test:committing")
     kills = 0
@@ -306,7 +306,7 @@ def _recreate_topic(admin, topic) -> None:  # type: ignore[no-untyped-def]
     """Delete the topic and create it as `topic` (a NewTopic), or as k2jobs would if `topic` is None."""
     from confluent_kafka import KafkaException
 
-    from k2jobs.markers import COMMITS_TOPIC
+    from k2jobs.kafka.markers import COMMITS_TOPIC
 
     if COMMITS_TOPIC in admin.list_topics(timeout=10).topics:
         for future in admin.delete_topics([COMMITS_TOPIC], request_timeout=30).values():
@@ -330,7 +330,7 @@ def test_a_marker_topic_with_other_partitions_or_cleanup_is_refused(stack, setti
     """Markers must stay findable on partition 0: a k2jobs.commits that deletes or spreads them is refused."""
     from confluent_kafka.admin import NewTopic
 
-    from k2jobs.publisher import admin_client, ensure_topics
+    from k2jobs.kafka.topics import admin_client, ensure_topics
 
     admin = admin_client(settings)
     _recreate_topic(admin, NewTopic("k2jobs.commits", 2, 1, config={"cleanup.policy": "delete"}))
@@ -362,9 +362,9 @@ def own_subscriptions(redis) -> int:  # type: ignore[no-untyped-def]
 def test_enqueueing_leaves_no_result_subscription_behind(stack, ledger) -> None:  # type: ignore[no-untyped-def]
     """The supervisor enqueues from a worker's main process for as long as the worker lives: each chord it
     sends must not leave this process subscribed to result channels."""
-    from k2jobs.client import new_job_id
-    from k2jobs.lifecycle import enqueue_chunks
-    from k2jobs.planning import plan_job
+    from k2jobs.jobs.lifecycle import enqueue_chunks
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.sources.local import plan_job
 
     plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 20_000)
     job_id = new_job_id()
@@ -384,7 +384,7 @@ def test_a_lease_lives_while_its_attempt_works_and_ends_soon_after_its_process_d
     """Item 6 of the exactly-once issue: a lease left by a dead attempt (or one that ended while Redis was
     away) must not hold its chunk for a whole chunk time limit; the supervisor sees it lost within
     LEASE_TTL_S, whatever the transaction timeout."""
-    from k2jobs.leases import LEASE_TTL_S, LeaseKeeper, take_lease
+    from k2jobs.store.leases import LEASE_TTL_S, LeaseKeeper, take_lease
 
     job_id = f"lease-test-{time.time_ns()}"
     holder = {"worker": "nobody@lease-test", "pid": 1, "token": "a"}

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k2jobs.batches import COMPILED, ChunkRows
-from k2jobs.planning import ChunkPlan, plan_job
+from k2jobs.plan.model import ChunkPlan
+from k2jobs.rows.batches import COMPILED, ChunkRows
+from k2jobs.sources.local import plan_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

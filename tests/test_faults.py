@@ -111,7 +111,7 @@ def assert_exact(read_back, job_id: str) -> None:  # type: ignore[no-untyped-def
 
 def kafka_transactions(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
     """Kafka's own kafka-transactions.sh (org.apache.kafka.tools.TransactionsCommand) against the test broker."""
-    from k2jobs.local_kafka import kafka_libs
+    from k2jobs.stack.kafka_nodes import kafka_libs
 
     done = subprocess.run(
         ["java", "-cp", f"{kafka_libs()}/*", "org.apache.kafka.tools.TransactionsCommand"]

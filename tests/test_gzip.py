@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from k2jobs.errors import ChunkChanged
-from k2jobs.planning import plan_job
+from k2jobs.sources.local import plan_job
 
 from .conftest import DATA_ROOT, run_k2
 from .reference import assert_sample_values, key_order_violations
@@ -43,7 +43,7 @@ def make_input(root: Path, files: dict[str, bytes], name: str = "job") -> Path:
 
 
 def test_a_gzip_file_is_cut_and_read_exactly_like_the_same_plain_file(tmp_path: Path) -> None:
-    from k2jobs.chunk import read_chunk
+    from k2jobs.load.reading import read_chunk
 
     data = BHP_TRADES * TILES
     plain = plan_job(tmp_path / "a", make_input(tmp_path / "a", {"trades/7078.csv": data}), 40_000)
@@ -79,7 +79,7 @@ def test_a_truncated_or_corrupt_gzip_is_planned_as_one_failing_chunk_alone_and_t
 ) -> None:
     """Nothing of a damaged file loads (not even before the damage: a repaired file then loads whole, once); it
     fails in a task of its own, so the small files it would have shared a transaction with still load."""
-    from k2jobs.chunk import Attempt, process_chunk
+    from k2jobs.load.chunk import Attempt, process_chunk
 
     whole = gzip.compress(BHP_TRADES, 1)
     damage = {"truncated": whole[: len(whole) // 2], "corrupt": whole[:5000] + b"\0" * 99 + whole[5099:]}
@@ -117,7 +117,7 @@ def _no_services() -> tuple[object, object, object]:
 
 
 def test_a_gzip_file_replaced_after_submit_fails_its_chunks_with_the_reason(tmp_path: Path) -> None:
-    from k2jobs.chunk import read_chunk
+    from k2jobs.load.reading import read_chunk
 
     job = make_input(tmp_path, {"trades/7078.csv.gz": BHP_TRADES})
     plan = plan_job(tmp_path, job, 30_000)

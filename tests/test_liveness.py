@@ -60,9 +60,9 @@ def test_worker_frozen_longer_than_a_transaction_then_continued(stack, settings,
 
 
 def test_an_exception_in_a_chunk_fails_the_job_with_the_reason(stack, settings, ledger, workdir) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.client import new_job_id
-    from k2jobs.lifecycle import enqueue_chunks
-    from k2jobs.planning import plan_job
+    from k2jobs.jobs.lifecycle import enqueue_chunks
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.sources.local import plan_job
 
     (workdir / "trades").mkdir()
     (workdir / "quotes").mkdir()

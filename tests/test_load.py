@@ -98,7 +98,7 @@ def test_verify_names_a_partition_where_committed_reading_stops(stack, settings)
     """An open transaction ahead of the job's messages: verify says where reading stopped, then agrees."""
     from confluent_kafka import Producer
 
-    from k2jobs.publisher import PRODUCER_DEFAULTS
+    from k2jobs.kafka.producer import PRODUCER_DEFAULTS
 
     blocker = Producer(
         settings.kafka_config(

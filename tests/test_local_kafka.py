@@ -8,8 +8,8 @@ import pytest
 
 from k2jobs.config import Settings, load_settings
 from k2jobs.errors import InputError
-from k2jobs.local_kafka import internal_replication, kafka_nodes
-from k2jobs.publisher import topic_replication, wanted_topics
+from k2jobs.kafka.topics import topic_replication, wanted_topics
+from k2jobs.stack.kafka_nodes import internal_replication, kafka_nodes
 
 
 def test_cluster_ports_follow_from_the_bootstrap_port(tmp_path: Path) -> None:

@@ -95,8 +95,8 @@ def test_status_while_running_shows_rows_and_chunks(stack, ledger) -> None:  # t
 
 
 def test_progress_line_keeps_every_number_whole_at_any_width() -> None:
-    from k2jobs.client import Progress
-    from k2jobs.progress import progress_line
+    from k2jobs.jobs.progress import progress_line
+    from k2jobs.jobs.waiting import Progress
 
     big = Progress("j", "running", 9_999_999_999, 1_234_567_890, 5000, 1234, 17, 12.0)
     for width in range(32, 200):  # parts are left out whole, never cut
@@ -131,8 +131,8 @@ def test_stack_down_stops_flower_soon_when_redis_died_first(tmp_path) -> None:  
     """After a Redis crash Flower ignores SIGTERM: its thread that asks workers to send events retries the
     publish for ever, and Python waits for that thread on exit. `stack down` must not wait a minute for it."""
     from k2jobs.config import load_settings
-    from k2jobs.processes import wait_until_ready
-    from k2jobs.stack import Stack
+    from k2jobs.stack.control import Stack
+    from k2jobs.stack.processes import wait_until_ready
 
     redis_port, flower_port = 16382 + PORT_SHIFT, 15556 + PORT_SHIFT
     env = {
@@ -175,7 +175,7 @@ def test_stack_down_stops_flower_soon_when_redis_died_first(tmp_path) -> None:  
 
 
 def test_ports_clients_may_take_are_those_in_the_ephemeral_range_and_not_reserved(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.processes import ports_clients_may_take
+    from k2jobs.stack.processes import ports_clients_may_take
 
     (tmp_path / "ip_local_port_range").write_text("32768\t60999\n")
     (tmp_path / "ip_local_reserved_ports").write_text("39092-39093,40000\n")
@@ -189,8 +189,8 @@ def test_ports_clients_may_take_are_those_in_the_ephemeral_range_and_not_reserve
 def test_stack_up_warns_of_ports_in_the_ephemeral_range(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     """Before it starts anything: this machine's own range decides (Linux's default is 32768-60999)."""
     from k2jobs.config import load_settings
-    from k2jobs.processes import ports_clients_may_take
-    from k2jobs.stack import Stack
+    from k2jobs.stack.control import Stack
+    from k2jobs.stack.processes import ports_clients_may_take
 
     env = {
         "K2_STACK_DIR": str(tmp_path),
@@ -198,14 +198,14 @@ def test_stack_up_warns_of_ports_in_the_ephemeral_range(tmp_path, caplog) -> Non
         "K2_REDIS_URL": "redis://127.0.0.1:6379/0",
     }
     expected = ports_clients_may_take([39092, 39093])
-    with caplog.at_level("WARNING", logger="k2jobs.stack"):
+    with caplog.at_level("WARNING", logger="k2jobs.stack.control"):
         Stack(load_settings(env))._warn_of_ephemeral_ports()
     if expected:
         assert "ports 39092, 39093 are in the kernel's ephemeral port range" in caplog.text
     else:
         assert "ephemeral" not in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="k2jobs.stack"):
+    with caplog.at_level("WARNING", logger="k2jobs.stack.control"):
         Stack(load_settings({**env, "K2_KAFKA_BOOTSTRAP": "127.0.0.1:9092"}))._warn_of_ephemeral_ports()
     assert "ephemeral" not in caplog.text
 
@@ -219,7 +219,7 @@ def test_a_service_just_started_is_found_by_its_pid_file(tmp_path) -> None:  # t
     import signal
     import sys
 
-    from k2jobs.processes import Service
+    from k2jobs.stack.processes import Service
 
     marker = "--k2jobs-test-service"
     late = 'sleep 0.3; exec "$0" -c "import time; time.sleep(30)" "$K2_TEST_MARKER"'

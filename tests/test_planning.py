@@ -10,16 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from k2jobs import planning
+import k2jobs.sources.cutting as cutting
 from k2jobs.errors import InputError, UnsafePathError
-from k2jobs.planning import cut_ranges, plan_job
+from k2jobs.sources.cutting import cut_ranges
+from k2jobs.sources.local import plan_job
 
 from .reference import count_rows
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 TRADE = b"03/10/2014,10:05:44.516,37.51,40000,3,X,"
 # How planning finds line endings and blank lines: compiled (_fastrows) and in Python, which must agree.
-SCANS = [planning.scan_lines, planning._scan_lines_python]
+SCANS = [cutting.scan_lines, cutting._scan_lines_python]
 
 
 def make_dir(root: Path, files: dict[str, bytes], company_info: str | None = "company_id,symbol\n7078,BHP\n") -> Path:
@@ -97,7 +98,7 @@ def test_small_file_is_one_chunk(tmp_path: Path) -> None:
 )
 @pytest.mark.parametrize("scan", SCANS)
 def test_a_file_cut_counts_its_non_blank_lines(data: bytes, rows: int, scan, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(planning, "scan_lines", scan)
+    monkeypatch.setattr(cutting, "scan_lines", scan)
     assert count_rows(data) == rows
     assert sum(r for *_, r in cut_ranges(io.BufferedReader(io.BytesIO(data)), 2, 3)) == rows  # type: ignore[arg-type]
 
@@ -119,12 +120,12 @@ def test_bom_is_skipped_and_line_numbers_stay_true(tmp_path: Path) -> None:
 def test_cutting_never_loses_or_doubles_a_line(lines, per_chunk, ending, trailing, block) -> None:  # type: ignore[no-untyped-def]
     data = ending.join(lines) + (ending if trailing and lines else b"")
     for scan in SCANS:  # the compiled scan and the Python one give the same cut
-        planning.scan_lines = scan
+        cutting.scan_lines = scan
         try:
             # Small read blocks: chunks and lines straddle the blocks the file is read in.
             pieces = list(cut_ranges(io.BufferedReader(io.BytesIO(data)), per_chunk, block))  # type: ignore[arg-type]
         finally:
-            planning.scan_lines = SCANS[0]
+            cutting.scan_lines = SCANS[0]
         assert b"".join(p for _, p, *_ in pieces) == data
         assert sum(rows for *_, rows in pieces) == count_rows(data)
         for offset, piece, first_line, endings, rows in pieces:
@@ -271,8 +272,8 @@ def test_a_copy_of_the_data_elsewhere_with_other_times_loads_and_other_bytes_do_
     """Workers on another host read a copy: change is detected by size and checksum, not modification time."""
     import shutil
 
-    from k2jobs.chunk import read_chunk
     from k2jobs.errors import ChunkChanged
+    from k2jobs.load.reading import read_chunk
 
     submitter, worker = tmp_path / "submitter", tmp_path / "elsewhere" / "copy"
     job = make_dir(submitter, {"trades/7078.csv": b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n" * 30})
@@ -291,7 +292,7 @@ def test_a_copy_of_the_data_elsewhere_with_other_times_loads_and_other_bytes_do_
 
 
 def test_a_plan_saved_by_an_older_version_still_loads() -> None:
-    from k2jobs.planning import JobPlan
+    from k2jobs.plan.model import JobPlan
 
     plan = plan_job(SAMPLE.parent, SAMPLE, lines_per_chunk=50_000)
     raw = plan.to_dict()

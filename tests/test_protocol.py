@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from k2jobs.attempts import LOST, QUEUED, RESERVED, RUNNING, chunk_state, holder_is_dead
-from k2jobs.chunk import Attempt, predecessor_failure, process_chunk
-from k2jobs.markers import CommitMarkers, MarkerHidden, marker_key
-from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
+from k2jobs.kafka.markers import CommitMarkers, MarkerHidden, marker_key
+from k2jobs.load.chunk import Attempt, predecessor_failure, process_chunk
+from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan
+from k2jobs.store.attempts import LOST, QUEUED, RESERVED, RUNNING, chunk_state, holder_is_dead
 
 COUNTS = {"published": 10, "rejected": 0, "reasons": []}
 
@@ -312,7 +312,7 @@ class FakeTransaction:
 
 @pytest.fixture()
 def one_chunk(tmp_path):  # type: ignore[no-untyped-def]
-    from k2jobs.planning import plan_job
+    from k2jobs.sources.local import plan_job
 
     (tmp_path / "in" / "trades").mkdir(parents=True)
     (tmp_path / "in" / "reference-data").mkdir()
@@ -374,7 +374,7 @@ def test_giving_up_fails_the_chunk_only_if_kafka_says_it_did_not_commit(one_chun
 @pytest.fixture()
 def supervised(monkeypatch):  # type: ignore[no-untyped-def]
     """A JobSupervision over a FakeLedger, with enqueueing recorded instead of sent to Celery."""
-    import k2jobs.supervisor as supervisor
+    import k2jobs.jobs.supervisor as supervisor
 
     sent: list[list[int]] = []
     finished: list[str] = []
@@ -457,7 +457,7 @@ def test_a_job_that_raises_does_not_stop_the_supervision_of_the_others(supervise
 
 
 def test_the_ordered_header_chains_each_key_from_its_first_pending_chunk() -> None:
-    from k2jobs.lifecycle import ordered_header
+    from k2jobs.jobs.lifecycle import ordered_header
 
     plan = plan_of([0, 1, 2], [3, 4])
     header, heads = ordered_header("job", plan, [1, 2, 4])
@@ -476,21 +476,21 @@ def test_layers_import_downwards_only() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, k2jobs.app, k2jobs.client, k2jobs.cli, k2jobs.lifecycle; print(sorted(sys.modules))",
+            "import sys, k2jobs.app, k2jobs.jobs.submit, k2jobs.cli, k2jobs.jobs.lifecycle; print(sorted(sys.modules))",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert "'k2jobs.lifecycle'" in loaded  # the client enqueues through it (imported while it plans)
-    for workers_only in ("k2jobs.worker", "k2jobs.supervisor", "k2jobs.tasks"):
+    assert "'k2jobs.jobs.lifecycle'" in loaded  # the client enqueues through it (imported while it plans)
+    for workers_only in ("k2jobs.worker", "k2jobs.jobs.supervisor", "k2jobs.worker.tasks"):
         assert f"'{workers_only}'" not in loaded
 
 
 @pytest.fixture()
 def small_files(tmp_path):  # type: ignore[no-untyped-def]
     """Three companies' small trade files, one of them in two files (a key with two files), and one big file."""
-    from k2jobs.planning import plan_job
+    from k2jobs.sources.local import plan_job
 
     root = tmp_path / "in"
     (root / "trades").mkdir(parents=True)
@@ -503,7 +503,7 @@ def small_files(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their_chains(small_files) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.lifecycle import ordered_header
+    from k2jobs.jobs.lifecycle import ordered_header
 
     _, plan = small_files
     by_path = {f.path: f.chunks for f in plan.files}
@@ -527,8 +527,8 @@ def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their
 
 
 def test_a_keys_consecutive_small_chunks_share_tasks_that_chain(small_files) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.lifecycle import ordered_header
-    from k2jobs.planning import plan_job
+    from k2jobs.jobs.lifecycle import ordered_header
+    from k2jobs.sources.local import plan_job
 
     root, _ = small_files
     plan = plan_job(root, root / "in", 4, task_rows=10)  # DDD: 30 rows in chunks of 4 -> tasks of 2 chunks

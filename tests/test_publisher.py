@@ -12,10 +12,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from k2jobs.batches import ChunkRows
 from k2jobs.config import load_settings
 from k2jobs.errors import PublishError
-from k2jobs.publisher import COMPILED_SEND, ChunkTransaction, admin_client
+from k2jobs.kafka.compiled_send import COMPILED_SEND
+from k2jobs.kafka.producer import ChunkTransaction
+from k2jobs.kafka.topics import admin_client
+from k2jobs.rows.batches import ChunkRows
 
 from .conftest import SAMPLE
 from .test_fastrows import chunk_of

@@ -8,8 +8,8 @@ import pytest
 
 from k2jobs.config import load_settings
 from k2jobs.errors import InputError
-from k2jobs.planning import ChunkPlan, FilePlan, JobPlan
-from k2jobs.reconcile import reconcile_job
+from k2jobs.jobs.reconcile import reconcile_job
+from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan
 
 
 def chunk(index: int, path: str, rows: int) -> ChunkPlan:
@@ -107,7 +107,7 @@ def test_bad_numbers_in_the_environment_are_refused(value: str) -> None:
 
 
 def test_in_an_ordered_job_a_failed_chunk_holds_back_the_rest_of_its_key() -> None:
-    from k2jobs.reconcile import chunks_to_come
+    from k2jobs.jobs.reconcile import chunks_to_come
 
     failed = {"status": "failed", "error": "changed"}
     assert chunks_to_come(PLAN, {0: failed}) == [2]  # chunk 1 comes after chunk 0 in BHP's order; DVN still to come
@@ -123,7 +123,7 @@ def test_in_an_ordered_job_a_failed_chunk_holds_back_the_rest_of_its_key() -> No
 def test_a_file_loaded_out_of_order_is_a_warning_in_the_report_not_a_failure() -> None:
     from dataclasses import replace
 
-    from k2jobs.progress import format_report
+    from k2jobs.jobs.progress import format_report
 
     note = "trades/7078.csv sorts before 7078.csv.gz, loaded earlier by job j0: its rows come after that file's"
     plan = replace(PLAN, files=[replace(PLAN.files[0], out_of_order=note), PLAN.files[1]])

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from k2jobs.records import Kind, RowError, RowParser, split_fields
+from k2jobs.plan.model import Kind
+from k2jobs.rows.json_rows import RowError, RowParser, split_fields
 
 from .reference import expected_value, local_time_exists
 

@@ -27,7 +27,7 @@ def read_env(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def s3(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The stack's S3 settings, a bucket, and the sample under s3://k2-test/sample (two files gzipped)."""
-    from k2jobs.local_s3 import stack_s3_client
+    from k2jobs.stack.s3_server import stack_s3_client
 
     assert stack.get("s3", {}).get("pid"), stack
     env = read_env(Path(stack["s3"]["client_env"]))

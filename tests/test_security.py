@@ -78,7 +78,7 @@ def acl_refusals() -> list[str]:
     (reason "auth", which the refusal tests cause on purpose) left out."""
     import redis
 
-    from k2jobs.security import admin_redis_url, ensure_material
+    from k2jobs.stack.secrets import admin_redis_url, ensure_material
 
     material = ensure_material(STACK)
     client = redis.Redis.from_url(admin_redis_url(material, read_env(STACK / "client.env")["K2_REDIS_URL"]))

@@ -11,7 +11,7 @@ import pytest
 
 from k2jobs.config import load_settings
 from k2jobs.errors import InputError, SettingsError
-from k2jobs.publisher import check_client_settings
+from k2jobs.kafka.preflight import check_client_settings
 
 from .conftest import DATA_ROOT, ask_workers, run_k2
 
@@ -110,8 +110,8 @@ def test_kafka_clients_stay_quiet_and_keep_trying_while_no_broker_answers() -> N
 
     from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-    from k2jobs.markers import COMMITS_PARTITION, COMMITS_TOPIC, marker_consumer_config
-    from k2jobs.publisher import producer_config
+    from k2jobs.kafka.markers import COMMITS_PARTITION, COMMITS_TOPIC, marker_consumer_config
+    from k2jobs.kafka.producer import producer_config
 
     with socket.socket() as closed:  # bound and never listening: connections to it are refused, and it stays ours
         closed.bind(("127.0.0.1", 0))

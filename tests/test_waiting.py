@@ -43,8 +43,8 @@ def test_a_moving_job_prints_no_stall_message(stack) -> None:  # type: ignore[no
 
 
 def test_stall_description_says_redis_or_kafka_is_unreachable(stack, settings, ledger) -> None:  # type: ignore[no-untyped-def]
-    from k2jobs.diagnose import describe_stall
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.jobs.diagnose import describe_stall
+    from k2jobs.store.ledger import Ledger, connect
 
     job_id = json.loads(run_k2("submit", "sample", "--again", "--json").stdout)["job_id"]
     no_redis = replace(settings, redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
@@ -57,7 +57,7 @@ def test_stall_description_says_redis_or_kafka_is_unreachable(stack, settings, l
 
 
 def test_stall_watch_warns_after_the_threshold_then_every_threshold_until_something_moves() -> None:
-    from k2jobs.client import Progress, StallWatch
+    from k2jobs.jobs.waiting import Progress, StallWatch
 
     def at(rows_done: int) -> Progress:
         return Progress("j", "running", 100, rows_done, 2, 0, 0, 1.0)
@@ -72,9 +72,9 @@ def test_stall_watch_warns_after_the_threshold_then_every_threshold_until_someth
 
 
 def test_wait_rides_out_an_unreachable_redis_saying_so_until_its_timeout() -> None:
-    from k2jobs.client import wait_for_report
     from k2jobs.errors import WaitTimeout
-    from k2jobs.ledger import Ledger, connect
+    from k2jobs.jobs.waiting import wait_for_report
+    from k2jobs.store.ledger import Ledger, connect
 
     gone = Ledger(connect("redis://127.0.0.1:1/0", timeout_s=0.2))  # nothing listens on port 1
     stalls: list[float] = []

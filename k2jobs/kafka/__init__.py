@@ -1,0 +1,4 @@
+"""Kafka: topics, the transactional chunk producer, commit markers, the schema registry, preflight checks.
+
+Imports plan and rows.
+"""

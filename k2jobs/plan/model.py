@@ -1,0 +1,179 @@
+"""The plan model: a job's files and chunks, what kind of rows they hold, and their stored form; pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import TypeVar
+
+PlanT = TypeVar("PlanT", "ChunkPlan", "FilePlan")
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One byte range of one file, on line boundaries, with what it must contain."""
+
+    index: int
+    path: str  # relative to the submitted directory, as in the report and `source` headers
+    data_path: str  # relative to K2_DATA_ROOT, what workers open
+    kind: str
+    symbol: str
+    company_id: int
+    start: int
+    end: int
+    first_line: int
+    rows: int
+    crc32: int
+    file_size: int
+    # How values are written (k2jobs.config.VALUE_FORMATS) and, for Avro, the registry's schema id.
+    value_format: str = "json"
+    schema_id: int = 0
+    # "gzip": start, end and crc32 are of the decompressed bytes, file_size the compressed file's (k2jobs.sources.gz).
+    compression: str = ""
+    etag: str = ""  # an object's ETag at submit (s3:// input): every read of it is conditional on it
+    # Why nothing of this file can be loaded (a gzip file found corrupt or truncated at submit): the file's only
+    # chunk, with no rows, in a task of its own, recorded failed with this reason (see damaged_file).
+    damaged: str = ""
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
+        """A chunk plan from its dict; fields of older versions (file_mtime_ns) are ignored."""
+        try:
+            return stored_plan(cls, raw)
+        except TypeError:  # a field this version does not have
+            return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
+
+
+def stored_plan(cls: type[PlanT], raw: dict) -> PlanT:  # type: ignore[type-arg]
+    """A plan from its dict. One with exactly the plan's fields, as to_dict writes it, skips __init__: a frozen
+    dataclass sets each field through object.__setattr__, and a worker reads thousands of plans at a job's start
+    (the plans have no __post_init__: nothing but __init__ sets their fields)."""
+    if raw.keys() != cls.__dataclass_fields__.keys():
+        return cls(**raw)
+    plan = object.__new__(cls)
+    plan.__dict__.update(raw)
+    return plan
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """One input file and its chunks' indexes."""
+
+    path: str
+    kind: str
+    symbol: str
+    company_id: int
+    rows: int
+    chunks: list[int] = field(default_factory=list)
+    size: int = 0
+    crc32: int = 0  # of the whole file: with kind, company and size, what "the same content" means
+    # Appending (k2jobs/appends.py): the file as a place (its path under the data root), the bytes and lines this
+    # job loads -- from `start` (line `first_line`) to `end`; earlier jobs published the bytes before `start` --,
+    # the line after them, whether they end a line, and (start, end, CRC-32) of the pieces of [0, end).
+    identity: str = ""
+    start: int = 0
+    first_line: int = 1
+    end: int = 0
+    next_line: int = 1
+    newline: bool = True
+    pieces: list[list[int]] = field(default_factory=list)
+    # A new file whose name sorts before a file of its key an earlier job published: its rows come after that
+    # file's in the key's order, not before. Said in the job's report, never silently.
+    out_of_order: str = ""
+
+    @property
+    def content(self) -> str:
+        """The identity of the file's content, whatever its name or place: kind, company, size, checksum."""
+        return f"{self.kind}:{self.company_id}:{self.size}:{self.crc32:08x}"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything a job will load, fixed at submit time."""
+
+    source_dir: str
+    files: list[FilePlan]
+    chunks: list[ChunkPlan]
+    # Chunks one task loads in one transaction: first chunk -> all of them, in publish order (see bundle_chunks).
+    bundles: dict[int, list[int]] = field(default_factory=dict)
+    # data_path -> the gzip index of a .csv.gz file (k2jobs.sources.gz); kept in Redis beside the plan, not in it.
+    gzip_indexes: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Not loaded, not kept with the job: files whose published content did not grow, and files whose
+    # published part changed (each with what changed).
+    unchanged: list[str] = field(default_factory=list, repr=False)
+    changed: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @cached_property
+    def unit_of(self) -> dict[int, int]:
+        """Chunk -> the first chunk of the task that loads it (itself unless it is in a bundle)."""
+        return {member: lead for lead, members in self.bundles.items() for member in members}
+
+    def unit(self, index: int) -> int:
+        return self.unit_of.get(index, index)
+
+    def units(self, indexes: list[int]) -> list[int]:
+        """The tasks that load these chunks, each once, in the chunks' order."""
+        return list(dict.fromkeys(self.unit(i) for i in indexes))
+
+    def members(self, unit: int) -> list[ChunkPlan]:
+        """The chunks one task loads, in the order it publishes them."""
+        return [self.chunks[i] for i in self.bundles.get(unit, [unit])]
+
+    def key_chains(self) -> list[list[int]]:
+        """The tasks of each key and topic in the order they must commit (key_groups, in tasks). A task shared
+        by small keys is in the chain of each of them, alone."""
+        return [self.units(group) for group in self.key_groups()]
+
+    def key_groups(self) -> list[list[int]]:
+        """Chunk indexes per Kafka key and topic (kind and symbol), in the order they must be published.
+
+        Files of one key follow each other in path order, each file's chunks in line order. Largest group first.
+        """
+        groups: dict[tuple[str, str], list[int]] = {}
+        for file in sorted(self.files, key=lambda f: f.path):
+            groups.setdefault((file.kind, file.symbol), []).extend(file.chunks)
+        return sorted(groups.values(), key=lambda group: -sum(self.chunks[i].rows for i in group))
+
+    def to_dict(self) -> dict[str, object]:
+        """The plan as plain data (shallow: the files' lists are shared), for JSON."""
+        return {
+            "source_dir": self.source_dir,
+            "files": [dict(vars(f)) for f in self.files],  # asdict's deep copies: 0.2 s for 4,000 files
+            "chunks": [dict(vars(c)) for c in self.chunks],
+            "bundles": {str(lead): members for lead, members in self.bundles.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> JobPlan:  # type: ignore[type-arg]
+        return cls(
+            source_dir=raw["source_dir"],
+            files=[stored_plan(FilePlan, f) for f in raw["files"]],
+            chunks=[ChunkPlan.from_dict(c) for c in raw["chunks"]],
+            bundles={int(lead): members for lead, members in raw.get("bundles", {}).items()},
+        )
+
+
+def like(plan: PlanT, **changes: object) -> PlanT:
+    """dataclasses.replace for the plans, without its checks or __init__ (stored_plan): with them, a third of
+    planning's time for thousands of files."""
+    return stored_plan(type(plan), {**plan.__dict__, **changes})
+
+
+class Kind(StrEnum):
+    """What a file holds; each kind has its own columns and topics."""
+
+    TRADE = "trades"
+    QUOTE = "quotes"
+
+    @property
+    def topic(self) -> str:
+        return f"market.{self.value}.raw"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"market.{self.value}.dlq"

@@ -1,0 +1,1 @@
+"""Redis: every key k2jobs keeps and every write to it, each safe to repeat. Imports plan."""

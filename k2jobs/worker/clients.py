@@ -1,0 +1,173 @@
+"""A worker's side of the app: the clients each pool process builds after the fork, and the worker's signals."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.signals import (
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+
+from k2jobs.config import Settings, load_settings
+from k2jobs.errors import K2Error
+from k2jobs.jobs.supervisor import Supervisor
+from k2jobs.kafka.markers import MarkerReader
+from k2jobs.kafka.preflight import check_client_settings, warm_up_kafka
+from k2jobs.plan.model import JobPlan
+from k2jobs.store.ledger import Ledger, connect
+
+log = logging.getLogger(__name__)
+PLANS_KEPT = 8
+# The worker's main process imports this module before its pool forks: its pid, inherited by every pool process.
+MAIN_PID = os.getpid()
+
+
+def incarnation(hostname: str) -> str:
+    """This run of the worker: its node name and main process. A worker restarted under the same name is
+    another incarnation, so a lease of the dead one is not kept alive by the new one's heartbeat."""
+    return f"{hostname}#{MAIN_PID}"
+
+
+@dataclass
+class JobView:
+    """What a worker keeps of a job it loads chunks of: the plan (immutable once submitted) and, for each
+    chunk, the next chunk of its key."""
+
+    plan: JobPlan
+    ordered: bool
+    next_in_key: dict[int, int]
+
+
+@dataclass
+class WorkerClients:
+    """What a chunk task needs, created once per worker process."""
+
+    settings: Settings
+    ledger: Ledger
+    markers: MarkerReader
+    pid: int
+    jobs: OrderedDict[str, JobView] = field(default_factory=OrderedDict)
+
+    def job(self, job_id: str) -> JobView:
+        """The job's plan, read from Redis once per process (task messages carry ids, not plans)."""
+        view = self.jobs.get(job_id)
+        if view is None:
+            plan = self.ledger.plan(job_id)
+            following = {c[n]: c[n + 1] for c in plan.key_chains() for n in range(len(c) - 1)}
+            view = JobView(plan, self.ledger.job_options(job_id).get("ordered", True), following)
+            self.jobs[job_id] = view
+            while len(self.jobs) > PLANS_KEPT:
+                self.jobs.popitem(last=False)
+            keep_out_of_gc()
+        return view
+
+
+def keep_out_of_gc() -> None:
+    """Move what this process holds now (its imports, the plans it keeps) out of the cyclic garbage collector's
+    reach: a plan of 4,000 files is ~30,000 objects, and with a few kept, every job's full collections scanned
+    them all, 60-120 ms each in the middle of a task (measured with gc.callbacks, 2026-12-06). Plans hold no
+    reference cycles: one dropped from PLANS_KEPT is freed by reference counting, frozen or not. A young
+    collection first, so that no recent garbage cycle is frozen with them."""
+    gc.collect(1)
+    gc.freeze()
+
+
+_clients: WorkerClients | None = None
+
+
+def worker_clients() -> WorkerClients:
+    """This process's clients; built on first use in each process, never inherited over fork.
+
+    Building them connects to nothing (Redis and librdkafka connect on first use, in the background).
+    """
+    global _clients
+    if _clients is None or _clients.pid != os.getpid():
+        settings = load_settings()
+        _clients = WorkerClients(settings, Ledger(connect(settings.redis_url)), MarkerReader(settings), os.getpid())
+    return _clients
+
+
+@worker_init.connect
+def _refuse_bad_settings(**_: object) -> None:
+    """A worker with a setting Kafka refuses stops at start, naming it, rather than failing every chunk.
+
+    SystemExit, because Celery logs and ignores any Exception a signal handler raises.
+    """
+    try:
+        check_client_settings(load_settings())
+    except K2Error as exc:
+        raise SystemExit(f"k2jobs: this worker refuses to start: {exc}") from exc
+
+
+@worker_process_init.connect
+def _build_clients(**_: object) -> None:
+    """Build the clients and warm them up in the background: Celery kills a pool process that has not
+    reported in within 4 s, and a slow Kafka or Redis must not make it do so in a loop."""
+    clients = worker_clients()
+    keep_out_of_gc()  # what the pool process inherited at fork: Celery, kombu, k2jobs
+    threading.Thread(target=_warm_up, args=(clients,), name="k2jobs-warm-up", daemon=True).start()
+
+
+def _warm_up(clients: WorkerClients) -> None:
+    """Connect to Redis and Kafka before the first chunk arrives, so the first job runs as fast as later ones."""
+    try:
+        clients.ledger.ping()
+        clients.markers.kafka_log.end()
+        warm_up_kafka(clients.settings)
+    except K2Error as exc:  # a service still starting: the first chunk connects (and retries) itself
+        log.warning("worker warm-up: %s", exc)
+
+
+def close_worker_clients() -> None:
+    """Close this process's clients, if it built any."""
+    global _clients
+    if _clients is not None and _clients.pid == os.getpid():
+        _clients.markers.close()
+        _clients = None
+
+
+@worker_process_shutdown.connect
+def _close_clients(**_: object) -> None:
+    close_worker_clients()
+
+
+_supervisor: Supervisor | None = None
+
+
+@worker_ready.connect
+def _start_supervisor(sender: Any = None, **_: object) -> None:
+    """The job supervisor (and the worker's heartbeat) run in the worker's main process, beside the pool."""
+    global _supervisor
+    keep_out_of_gc()  # the worker's main process, started: its consumer's full collections took ~60 ms
+    settings = load_settings()
+    _supervisor = Supervisor(Ledger(connect(settings.redis_url)), incarnation(sender.hostname), settings.stall_after_s)
+    _supervisor.start()
+
+
+@worker_shutdown.connect
+def _stop_supervisor(**_: object) -> None:
+    if _supervisor is not None:
+        _supervisor.stop()
+
+
+@task_received.connect
+def _mark_reserved(request: Any = None, **_: object) -> None:
+    """A chunk's message is in this worker's hands (prefetched, or waiting for a retry's countdown)."""
+    if request is None or request.name != "k2jobs.process_chunk" or _supervisor is None:
+        return
+    try:
+        job_id, index = request.args[0], int(request.args[1])
+        _supervisor.ledger.mark_reserved(job_id, index, _supervisor.worker)
+    except Exception as exc:  # noqa: BLE001 - a message k2jobs cannot read, or Redis away: the task says so
+        log.warning("could not record a received chunk: %s", exc)
