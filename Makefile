@@ -47,7 +47,7 @@ $(VENV)/.installed: pyproject.toml k2jobs/rows/_fastrows.c
 
 # Apache Kafka's own jars from Maven Central, resolved once into ~/.cache/k2jobs.
 kafka: $(VENV)/.installed
-	$(BIN)/python -c "from k2jobs.stack.kafka_nodes import kafka_libs; print('kafka jars:', kafka_libs())"
+	$(BIN)/python -c "from k2jobs.config import load_settings; from k2jobs.stack.kafka_nodes import kafka_libs; print('kafka jars:', kafka_libs(load_settings().kafka_libs))"
 
 # VersityGW, an S3-compatible server (Apache-2.0), built once with `go install` into ~/.cache/k2jobs (~1 min).
 s3: $(VENV)/.installed
@@ -101,7 +101,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check k2jobs tests bench celeryconfig.py
 	$(BIN)/ruff format --check k2jobs tests bench celeryconfig.py
-	$(BIN)/mypy k2jobs
+	$(BIN)/mypy k2jobs tests/test_protocol.py
 
 format: install
 	$(BIN)/ruff format k2jobs tests bench celeryconfig.py

@@ -2,9 +2,9 @@
 
 from kombu import Queue
 
-from k2jobs.config import load_settings
+from k2jobs.config import process_settings
 
-_settings = load_settings()
+_settings = process_settings()
 
 broker_url = _settings.redis_url
 result_backend = _settings.redis_url

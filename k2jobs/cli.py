@@ -23,6 +23,7 @@ from k2jobs.errors import (
     RegistryUnavailable,
     StackError,
     StorageUnavailable,
+    StoredDataError,
     WaitTimeout,
 )
 from k2jobs.sources.s3 import is_object_url
@@ -462,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 ERROR_EXITS: list[tuple[type[K2Error], int]] = [
     (InputError, EXIT_REFUSED),
     (JobNotFound, EXIT_REFUSED),
+    (StoredDataError, EXIT_REFUSED),
     (RedisUnavailable, EXIT_REDIS_UNAVAILABLE),
     (KafkaUnavailable, EXIT_KAFKA_UNAVAILABLE),
     (StackError, EXIT_STACK_FAILED),

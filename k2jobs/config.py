@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,15 @@ class Settings:
     test_stuck_before_commit: bool = False
     # Extra librdkafka properties (security.protocol, sasl.*, ssl.*), passed through as given.
     kafka_options: Mapping[str, str] = field(default_factory=dict)
+    # K2_COMPILED_SEND=0: every message goes through confluent-kafka's produce(), never the compiled send.
+    compiled_send: bool = True
+    # The local stack: where Kafka's jars are cached (None: ~/.cache/k2jobs), its controller's port (None: the
+    # broker's + 1), and the folder `python -m k2jobs.stack.compose_secrets init` writes (None: ./secrets).
+    kafka_libs: Path | None = None
+    kafka_controller_port: int | None = None
+    secrets_dir: Path | None = None
+    # docker-compose.secure.yml's one-shot grant service: the Kafka admin's password (from kafka-admin.env).
+    kafka_admin_password: str = field(default="", repr=False)
 
     @property
     def kafka_call_timeout_s(self) -> float:
@@ -214,20 +224,31 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         chunk_retry_s=_int(env, "K2_CHUNK_RETRY_S", defaults.chunk_retry_s),
         stall_after_s=_int(env, "K2_STALL_AFTER", defaults.stall_after_s),
         kafka_options=kafka_options_from(env),
-        test_pause_before_commit_s=float(env.get("K2_TEST_PAUSE_BEFORE_COMMIT_S") or 0),
-        test_note_commits=env.get("K2_TEST_NOTE_COMMITS") == "1",
-        test_stuck_before_commit=env.get("K2_TEST_STUCK_BEFORE_COMMIT") == "1",
-        progress_every_s=float(env.get("K2_PROGRESS_EVERY_S") or defaults.progress_every_s),
+        test_pause_before_commit_s=_seconds(env, "K2_TEST_PAUSE_BEFORE_COMMIT_S", 0.0),
+        test_note_commits=_flag(env, "K2_TEST_NOTE_COMMITS", False),
+        test_stuck_before_commit=_flag(env, "K2_TEST_STUCK_BEFORE_COMMIT", False),
+        progress_every_s=_seconds(env, "K2_PROGRESS_EVERY_S", defaults.progress_every_s, positive=True),
         schema_registry_url=(env.get("K2_SCHEMA_REGISTRY_URL") or defaults.schema_registry_url).rstrip("/"),
         value_format=_value_format(env, defaults.value_format),
         watch_dir=env.get("K2_WATCH_DIR") or "",
-        watch_every_s=float(env.get("K2_WATCH_EVERY_S") or defaults.watch_every_s),
+        watch_every_s=_seconds(env, "K2_WATCH_EVERY_S", defaults.watch_every_s, positive=True),
         broker_warm_up_s=_seconds(env, "K2_BROKER_WARM_UP_S", defaults.broker_warm_up_s),
+        compiled_send=_flag(env, "K2_COMPILED_SEND", defaults.compiled_send),
+        kafka_libs=_path(env, "K2_KAFKA_LIBS"),
+        kafka_controller_port=_port(env, "K2_KAFKA_CONTROLLER_PORT", 0) or None,
+        secrets_dir=_path(env, "K2_SECRETS_DIR"),
+        kafka_admin_password=env.get("K2_KAFKA_ADMIN_PASSWORD") or "",
     )
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A duration of 0 seconds or more."""
+@functools.cache
+def process_settings() -> Settings:
+    """This process's Settings, read from its environment once (a worker's signals, celeryconfig)."""
+    return load_settings()
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
+    """A duration of 0 seconds or more (more than 0 when `positive`)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -235,9 +256,26 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
-    if not value >= 0:  # also refuses nan
+    if positive and not value > 0:  # also refuses nan
+        raise SettingsError(f"{name}={raw!r} must be a number of seconds above 0")
+    if not value >= 0:
         raise SettingsError(f"{name}={raw!r} must be 0 or more")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """1 (on) or 0 (off)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name}={raw!r} must be 1 (on) or 0 (off)")
+    return raw == "1"
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw).absolute() if raw else None
 
 
 def masked_url(url: str) -> str:

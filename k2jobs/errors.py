@@ -78,6 +78,10 @@ class WaitTimeout(K2Error):
     """The wait for a job's report ended before the job did; the job keeps running."""
 
 
+class StoredDataError(K2Error):
+    """Data in Redis that this version of k2jobs does not read (stored by another version)."""
+
+
 class JobNotFound(K2Error):
     """No job with that id is known to Redis."""
 

@@ -299,3 +299,23 @@ def test_a_plan_saved_by_an_older_version_still_loads() -> None:
     for chunk in raw["chunks"]:  # type: ignore[attr-defined]
         chunk["file_mtime_ns"] = 0
     assert JobPlan.from_dict(raw) == plan
+
+
+def test_a_plan_stored_by_another_version_is_refused_in_one_place(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    from k2jobs.errors import StoredDataError
+    from k2jobs.plan.model import PLAN_VERSION, JobPlan
+
+    root = tmp_path / "in"
+    (root / "trades").mkdir(parents=True)
+    (root / "reference-data").mkdir()
+    (root / "reference-data" / "company_info.csv").write_text("company_id,symbol\n1,AAA\n")
+    (root / "trades" / "1.csv").write_bytes(b"03/10/2014,10:05:51.000,37.53,100,3,XT,\r\n" * 3)
+    plan = plan_job(tmp_path, root, 10)
+    stored = orjson.loads(orjson.dumps(plan.to_dict()))
+    assert stored["version"] == PLAN_VERSION
+    assert JobPlan.from_dict(stored).chunks == plan.chunks
+    for version in (None, PLAN_VERSION + 1):
+        with pytest.raises(StoredDataError, match="stored by another version of k2jobs"):
+            JobPlan.from_dict({**stored, "version": version})

@@ -7,6 +7,7 @@ in the fault tests (tests/test_exactly_once.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ import pytest
 from k2jobs.kafka.markers import CommitMarkers, MarkerHidden, marker_key
 from k2jobs.load.chunk import Attempt, predecessor_failure, process_chunk
 from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan
+from k2jobs.rows.batches import Headers
 from k2jobs.store.attempts import LOST, QUEUED, RESERVED, RUNNING, chunk_state, holder_is_dead
 
 COUNTS = {"published": 10, "rejected": 0, "reasons": []}
@@ -42,7 +44,7 @@ class FakeMarkerLog:
                 return offset
         return len(self.records_)
 
-    def records(self, start: int, end: int):  # type: ignore[no-untyped-def]
+    def records(self, start: int, end: int) -> Iterator[tuple[int, bytes, bytes]]:
         self.scanned.append((start, end))
         for offset in range(start, min(end, len(self.records_))):
             key, value, _ = self.records_[offset]
@@ -58,7 +60,7 @@ class FakeMarkerLog:
 class FakeClock:
     """time.monotonic and time.sleep for the wait on open transactions; runs `on_sleep` at every sleep."""
 
-    def __init__(self, on_sleep: Any = None) -> None:
+    def __init__(self, on_sleep: Callable[[float], object] | None = None) -> None:
         self.now, self.on_sleep = 0.0, on_sleep
 
     def sleep(self, seconds: float) -> None:
@@ -228,7 +230,7 @@ class FakeLedger:
     def attempts(self, job_id: str, indexes: list[int]) -> dict[str, dict[int, Any]]:
         return attempts(queued=dict(self.queued), reserved=dict(self.reserved), running=dict(self.running))
 
-    def live_workers(self, names: Any) -> set[str]:
+    def live_workers(self, names: Iterable[str]) -> set[str]:
         return self.live & set(names)
 
     def chunk_messages(self, limit: int) -> set[tuple[str, int]] | None:
@@ -241,10 +243,25 @@ class FakeLedger:
         self.redrives += chunks
         return self.redrives
 
+    # what enqueue_chunks and finish_job_if_done use (the supervision tests replace both)
+    def mark_queued(self, job_id: str, indexes: Iterable[int]) -> None:
+        self.queued.update({i: self.epoch_ for i in indexes})
+
+    def job_meta(self, job_id: str) -> dict[str, str]:
+        return {"created": "0"}
+
+    def save_report(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        return self.reports.setdefault(job_id, report)
+
+    def remember_loaded(self, job_id: str, plan: JobPlan) -> None:
+        pass
+
 
 class FakeMarkers:
     def __init__(self, committed: set[bytes] | None = None, hidden: bool = False) -> None:
-        self.committed, self.hidden, self.asked = committed or set(), hidden, []  # type: ignore[var-annotated]
+        self.committed: set[bytes] = committed or set()
+        self.hidden = hidden
+        self.asked: list[bytes] = []
 
     def find(self, key: bytes, start: int, keepalive: Any = None) -> dict[str, Any] | None:
         self.asked.append(key)
@@ -271,22 +288,22 @@ def attempt(index: int = 3, after: int | None = 2, rerun: bool = True) -> Attemp
 def test_predecessor_committed_in_redis_or_only_in_kafka_lets_the_chunk_publish() -> None:
     ledger = FakeLedger()
     ledger.done[2] = {"status": "committed", "path": "trades/0.csv"}
-    assert predecessor_failure(attempt(), ledger, FakeMarkers()) is None  # type: ignore[arg-type]
-    assert predecessor_failure(attempt(), FakeLedger(), FakeMarkers({marker_key("job", 2)})) is None  # type: ignore[arg-type]
+    assert predecessor_failure(attempt(), ledger, FakeMarkers()) is None
+    assert predecessor_failure(attempt(), FakeLedger(), FakeMarkers({marker_key("job", 2)})) is None
 
 
 def test_predecessor_failed_or_never_committed_holds_the_chunk_back_with_the_reason() -> None:
     ledger = FakeLedger()
     ledger.done[2] = {"chunk": 2, "status": "failed", "path": "trades/0.csv", "error": "boom"}
-    reason = predecessor_failure(attempt(), ledger, FakeMarkers({marker_key("job", 2)}))  # type: ignore[arg-type]
+    reason = predecessor_failure(attempt(), ledger, FakeMarkers({marker_key("job", 2)}))
     assert reason is not None and "chunk 2 (trades/0.csv)" in reason and "boom" in reason
-    reason = predecessor_failure(attempt(), FakeLedger(), FakeMarkers())  # type: ignore[arg-type]
+    reason = predecessor_failure(attempt(), FakeLedger(), FakeMarkers())
     assert reason is not None and "it has no result" in reason
 
 
 def test_a_hidden_predecessor_marker_raises_instead_of_holding_the_chunk_back() -> None:
     with pytest.raises(MarkerHidden):
-        predecessor_failure(attempt(), FakeLedger(), FakeMarkers(hidden=True))  # type: ignore[arg-type]
+        predecessor_failure(attempt(), FakeLedger(), FakeMarkers(hidden=True))
 
 
 class FakeTransaction:
@@ -297,10 +314,15 @@ class FakeTransaction:
     def begin(self) -> None:
         self.events.append("begin")
 
-    def send_batch(self, topic, key, values, headers) -> None:  # type: ignore[no-untyped-def]
+    def queue_rows(
+        self, topic: str, rows: Any, key: bytes, data: bytes, pos: int, line_no: int, max_lines: int, ingestion: int
+    ) -> tuple[int, int, int, bool]:
+        raise AssertionError("not compiled: every row goes through send_batch")
+
+    def send_batch(self, topic: str, key: bytes, values: list[bytes], headers: list[Headers]) -> None:
         self.events.append(f"batch {topic} {len(values)}")
 
-    def send(self, topic, key, value, headers, partition=-1) -> None:  # type: ignore[no-untyped-def]
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers, partition: int = -1) -> None:
         self.events.append(f"marker {topic} partition {partition}")
 
     def commit(self) -> None:
@@ -327,7 +349,7 @@ def run(one_chunk, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool, give_
     root, chunk = one_chunk
     events: list[str] = []
     at = Attempt("job", chunk, None, rerun, give_up=give_up)
-    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))  # type: ignore[arg-type]
+    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))
     return result, events, at
 
 
@@ -387,7 +409,7 @@ def supervised(monkeypatch):  # type: ignore[no-untyped-def]
 
     monkeypatch.setattr(supervisor, "finish_job_if_done", finish)
     ledger = FakeLedger(plan_of([0, 1, 2], [3]))
-    return supervisor.JobSupervision(ledger, stall_after_s=20), ledger, sent, finished  # type: ignore[arg-type]
+    return supervisor.JobSupervision(ledger, stall_after_s=20), ledger, sent, finished
 
 
 def test_a_queued_chunk_is_never_redriven_and_no_report_is_saved(supervised) -> None:  # type: ignore[no-untyped-def]
@@ -550,7 +572,7 @@ def run_bundle(small_files, ledger: FakeLedger, markers_: FakeMarkers, rerun: bo
     lead = next(iter(plan.bundles))
     events: list[str] = []
     at = Attempt("job", plan.chunks[lead], None, rerun, members=plan.members(lead))
-    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))  # type: ignore[arg-type]
+    result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))
     return result, events, plan.members(lead)
 
 
@@ -586,11 +608,11 @@ def test_a_task_after_a_task_of_several_chunks_waits_for_all_of_them() -> None:
     ledger = FakeLedger()
     ledger.done[0] = {"chunk": 0, "status": "committed", "path": "trades/0.csv"}
     at = Attempt("job", plan_of([0, 1, 2]).chunks[2], 0, after_chunks=[0, 1])
-    assert "chunk 0 comes before it and it has no result" in (predecessor_failure(at, ledger, FakeMarkers()) or "")  # type: ignore[arg-type]
+    assert "chunk 0 comes before it and it has no result" in (predecessor_failure(at, ledger, FakeMarkers()) or "")
     ledger.done[1] = {"chunk": 1, "status": "failed", "path": "trades/0.csv", "error": "boom"}
-    assert "chunk 1 (trades/0.csv)" in (predecessor_failure(at, ledger, FakeMarkers()) or "")  # type: ignore[arg-type]
+    assert "chunk 1 (trades/0.csv)" in (predecessor_failure(at, ledger, FakeMarkers()) or "")
     ledger.done[1] = {"chunk": 1, "status": "committed", "path": "trades/0.csv"}
-    assert predecessor_failure(at, ledger, FakeMarkers()) is None  # type: ignore[arg-type]
+    assert predecessor_failure(at, ledger, FakeMarkers()) is None
 
 
 def test_a_rerun_of_a_committed_bundle_records_every_file_from_its_marker_and_publishes_nothing(small_files) -> None:  # type: ignore[no-untyped-def]

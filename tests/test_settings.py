@@ -136,3 +136,53 @@ def test_kafka_clients_stay_quiet_and_keep_trying_while_no_broker_answers() -> N
             consumer.poll(0.05)
         consumer.close()
         assert 0 < len(lines) <= 25, f"{len(lines)} log lines in 10 s with no broker: {lines[:3]}"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("K2_PROGRESS_EVERY_S", "fast", "is not a number of seconds"),
+        ("K2_PROGRESS_EVERY_S", "0", "above 0"),
+        ("K2_WATCH_EVERY_S", "-1", "above 0"),
+        ("K2_TEST_PAUSE_BEFORE_COMMIT_S", "soon", "is not a number of seconds"),
+        ("K2_COMPILED_SEND", "no", "must be 1 (on) or 0 (off)"),
+        ("K2_TEST_NOTE_COMMITS", "yes", "must be 1 (on) or 0 (off)"),
+        ("K2_KAFKA_CONTROLLER_PORT", "70000", "is not a TCP port"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable_and_what_it_accepts(name: str, value: str, says: str) -> None:
+    from k2jobs.config import load_settings
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value})
+    assert name in str(caught.value) and says in str(caught.value)
+
+
+def test_the_cli_exits_2_on_a_bad_float_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "k2jobs", "jobs"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "K2_WATCH_EVERY_S": "often"},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "K2_WATCH_EVERY_S='often' is not a number of seconds" in done.stderr
+
+
+def test_the_stack_settings_come_from_settings() -> None:
+    from pathlib import Path
+
+    from k2jobs.config import load_settings
+
+    env = {"K2_KAFKA_LIBS": "/opt/kafka", "K2_KAFKA_CONTROLLER_PORT": "29093", "K2_SECRETS_DIR": "s"}
+    settings = load_settings(env)
+    assert settings.kafka_libs == Path("/opt/kafka")
+    assert settings.kafka_controller_port == 29093
+    assert settings.secrets_dir == Path("s").absolute()
+    assert load_settings({"K2_COMPILED_SEND": "0"}).compiled_send is False and load_settings({}).compiled_send

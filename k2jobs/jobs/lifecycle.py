@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from celery import chain, chord
 from celery.canvas import Signature
@@ -14,6 +15,40 @@ from k2jobs.plan.model import JobPlan
 from k2jobs.plan.status import ChunkStatus, JobStatus
 from k2jobs.store.attempts import RUNNING, chunk_state, workers_named
 from k2jobs.store.ledger import Ledger
+
+
+class EnqueueLedger(Protocol):
+    """What enqueueing a job's chunks records in the ledger (the store's Ledger)."""
+
+    def mark_queued(self, job_id: str, indexes: Iterable[int]) -> None: ...
+
+
+class AttemptLedger(Protocol):
+    """Where a job's chunk attempts are and which workers are alive (the store's Ledger)."""
+
+    def attempts(self, job_id: str, indexes: list[int]) -> dict[str, dict[int, Any]]: ...
+
+    def live_workers(self, names: Iterable[str]) -> set[str]: ...
+
+
+class ReportLedger(Protocol):
+    """What finishing a job reads and saves in the ledger (the store's Ledger)."""
+
+    def job_meta(self, job_id: str) -> dict[str, str]: ...
+
+    def plan(self, job_id: str) -> JobPlan: ...
+
+    def results(self, job_id: str) -> dict[int, dict[str, Any]]: ...
+
+    def job_options(self, job_id: str) -> dict[str, Any]: ...
+
+    def save_report(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]: ...
+
+    def remember_loaded(self, job_id: str, plan: JobPlan) -> None: ...
+
+
+class FinishLedger(ReportLedger, AttemptLedger, Protocol):
+    """What finishing a job once no chunk of it can still run uses of the ledger (the store's Ledger)."""
 
 
 def _chunk_task(job_id: str, index: int, after: int | None) -> Signature:
@@ -43,7 +78,7 @@ def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> tuple[list
     return header, heads
 
 
-def enqueue_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int], ordered: bool = True) -> None:
+def enqueue_chunks(ledger: EnqueueLedger, job_id: str, plan: JobPlan, indexes: list[int], ordered: bool = True) -> None:
     """The chunks as the header of a chord whose callback reconciles the job.
 
     Ordered: one chain per key (see ordered_header). Unordered: one task per chunk, largest first, so the job
@@ -82,7 +117,7 @@ def uncommitted(plan: JobPlan, results: dict[int, dict[str, Any]]) -> list[int]:
     return [c.index for c in plan.chunks if results.get(c.index, {}).get("status") != ChunkStatus.COMMITTED]
 
 
-def running_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int]) -> list[int]:
+def running_chunks(ledger: AttemptLedger, job_id: str, plan: JobPlan, indexes: list[int]) -> list[int]:
     """Which tasks loading these chunks an attempt on a live worker is running now."""
     units = plan.units(indexes)
     attempts = ledger.attempts(job_id, units)
@@ -90,7 +125,7 @@ def running_chunks(ledger: Ledger, job_id: str, plan: JobPlan, indexes: list[int
     return [i for i in units if chunk_state(i, attempts, "", live) == RUNNING]
 
 
-def finish_job_if_done(ledger: Ledger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any] | None:
+def finish_job_if_done(ledger: FinishLedger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any] | None:
     """Finish the job unless a chunk of it can still run (then None). `plan`: the job's, if the caller holds it
     (a worker keeps each job's plan; a plan never changes once recorded), else it is read.
 
@@ -107,7 +142,7 @@ def finish_job_if_done(ledger: Ledger, job_id: str, plan: JobPlan | None = None)
 
 
 def finish_job(
-    ledger: Ledger, job_id: str, plan: JobPlan | None = None, results: dict[int, dict[str, Any]] | None = None
+    ledger: ReportLedger, job_id: str, plan: JobPlan | None = None, results: dict[int, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Reconcile a job from its plan and chunk results (each read unless the caller read it), and save the report
     (the first one saved stays)."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from redis import RedisError
 from redis.exceptions import LockError
 
-from k2jobs.jobs.lifecycle import enqueue_chunks, finish_job_if_done
+from k2jobs.jobs.lifecycle import EnqueueLedger, FinishLedger, enqueue_chunks, finish_job_if_done
 from k2jobs.jobs.reconcile import chunks_to_come
 from k2jobs.store.attempts import LOST, QUEUED, chunk_state, workers_named
 from k2jobs.store.ledger import Ledger
@@ -30,10 +30,24 @@ HEARTBEAT_TTL_S = 15  # a worker that has not beaten for this long is dead or fr
 MESSAGES_READ_MAX = 2_000  # a queue longer than this is not read for lost messages (later, once it is shorter)
 
 
+class SupervisedLedger(FinishLedger, EnqueueLedger, Protocol):
+    """What a supervision round reads and records in the ledger (the store's Ledger)."""
+
+    def epoch(self) -> str: ...
+
+    def running_jobs(self) -> list[str]: ...
+
+    def report(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def chunk_messages(self, limit: int) -> set[tuple[str, int]] | None: ...
+
+    def count_redrive(self, job_id: str, chunks: int) -> int: ...
+
+
 class JobSupervision:
     """One supervisor's memory across rounds: since when each chunk has been lost."""
 
-    def __init__(self, ledger: Ledger, stall_after_s: float) -> None:
+    def __init__(self, ledger: SupervisedLedger, stall_after_s: float) -> None:
         self.ledger, self.stall_after_s = ledger, stall_after_s
         self.lost_since: dict[tuple[str, int], float] = {}
         self.queued_since: dict[tuple[str, int], float] = {}

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from k2jobs.config import TRANSACTION_TIMEOUT_MS, Settings
 from k2jobs.errors import PublishError
-from k2jobs.kafka.compiled_send import COMPILED_SEND, _fastrows
+from k2jobs.kafka.compiled_send import _fastrows, compiled_send_on
 from k2jobs.rows.batches import Headers
 
 # Tunable through K2_KAFKA_OPT_* (e.g. K2_KAFKA_OPT_COMPRESSION_TYPE=zstd); exactness does not depend on them.
@@ -108,11 +108,9 @@ class ChunkTransaction:
         self._abort_timeout_s = settings.abort_timeout_s
         conf = producer_config(settings, transactional_id(job_id, chunk_index))
         self._producer = Producer({**conf, "on_delivery": self.errors})
-        # The compiled send uses the Producer's librdkafka handle; its name proves the handle is the one
-        # this Producer holds (a confluent-kafka whose object layout changed falls back to produce()).
-        self._compiled = COMPILED_SEND and _fastrows.handle_name(self._producer).startswith(
-            f"{conf.get('client.id', 'rdkafka')}#producer-"
-        )
+        # The compiled send reads the Producer's librdkafka handle: only once this process verified where
+        # confluent-kafka keeps it (a confluent-kafka whose Producer layout changed falls back to produce()).
+        self._compiled = compiled_send_on(self._producer, str(conf.get("client.id", "rdkafka")))
         try:
             self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:

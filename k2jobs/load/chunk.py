@@ -15,18 +15,17 @@ import orjson
 
 from k2jobs.config import Settings
 from k2jobs.errors import ChunkChanged
-from k2jobs.kafka.markers import COMMITS_PARTITION, COMMITS_TOPIC, CommitMarkers, marker_key
-from k2jobs.kafka.producer import ChunkTransaction
+from k2jobs.kafka.markers import COMMITS_PARTITION, COMMITS_TOPIC, marker_key
+from k2jobs.load.ports import ChunkLedger, ChunkProducer, CommitLookup, ProgressSink, ResultReader
 from k2jobs.load.reading import read_chunk
 from k2jobs.load.results import chunk_result, committed_results, fail_all, task_result
 from k2jobs.plan.model import ChunkPlan, Kind
 from k2jobs.plan.status import ChunkStatus
 from k2jobs.rows.batches import ChunkRows
 from k2jobs.sources.layout import InsideRoot
-from k2jobs.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
-TransactionFactory = Callable[[str, int], ChunkTransaction]
+TransactionFactory = Callable[[str, int], ChunkProducer]
 ProgressHook = Callable[[int], None]
 
 
@@ -53,7 +52,7 @@ class Attempt:
         return self.members or [self.chunk]
 
 
-def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress: ProgressHook) -> None:
+def send_rows(txn: ChunkProducer, rows: ChunkRows, batch_lines: int, progress: ProgressHook) -> None:
     """Parse and queue a chunk's messages batch by batch in the open transaction, reporting progress.
 
     Only one batch of values exists at a time: memory stays flat however large the chunk.
@@ -64,7 +63,7 @@ def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress
     collecting = gc.isenabled()
     gc.disable()
     try:
-        # A producer that can, parses and queues the common rows in C (ChunkTransaction.queue_rows).
+        # A producer that can, parses and queues the common rows in C (ChunkProducer.queue_rows).
         queue = functools.partial(txn.queue_rows, kind.topic) if txn.compiled else None
         for batch in rows.batches(batch_lines, queue):
             if batch.values:  # compiled, a batch holds only what Python parsed: most hold nothing
@@ -77,7 +76,7 @@ def send_rows(txn: ChunkTransaction, rows: ChunkRows, batch_lines: int, progress
             gc.enable()
 
 
-def predecessor_failure(attempt: Attempt, ledger: Ledger, markers: CommitMarkers) -> str | None:
+def predecessor_failure(attempt: Attempt, ledger: ResultReader, markers: CommitLookup) -> str | None:
     """Why a task of an ordered job must not publish: the task before it in its key did not commit (None if it
     did). A task commits all its chunks or none of them."""
     after = attempt.after
@@ -100,7 +99,7 @@ class ProgressWriter:
     """Writes the running chunk's rows handled to Redis at most every `every_s` (and tells the hook)."""
 
     def __init__(
-        self, ledger: Ledger, job_id: str, hook: ProgressHook | None, every_s: float = Settings.progress_every_s
+        self, ledger: ProgressSink, job_id: str, hook: ProgressHook | None, every_s: float = Settings.progress_every_s
     ) -> None:
         self.ledger, self.job_id, self.hook, self.every_s = ledger, job_id, hook, every_s
         self.chunk = -1
@@ -134,8 +133,8 @@ def process_chunk(
     attempt: Attempt,
     data_root: Path,
     batch_rows: int,
-    ledger: Ledger,
-    markers: CommitMarkers,
+    ledger: ChunkLedger,
+    markers: CommitLookup,
     open_transaction: TransactionFactory,
     on_progress: ProgressHook | None = None,
 ) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from k2jobs.load.ports import ResultStore
 from k2jobs.plan.model import ChunkPlan
 from k2jobs.plan.status import ChunkStatus
-from k2jobs.store.ledger import Ledger
 
 
 def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: str | None = None) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def fail_all(ledger: Ledger, job_id: str, chunks: list[ChunkPlan], reason: str | dict[int, str]) -> dict[str, Any]:
+def fail_all(ledger: ResultStore, job_id: str, chunks: list[ChunkPlan], reason: str | dict[int, str]) -> dict[str, Any]:
     """Record the task's chunks failed (a chunk with a result keeps it), in one round trip each way; the
     task's result from what they have now. `reason`: one for all, or one per chunk index."""
     why = reason if isinstance(reason, dict) else {c.index: reason for c in chunks}

@@ -7,6 +7,11 @@ from enum import StrEnum
 from functools import cached_property
 from typing import TypeVar
 
+from k2jobs.errors import StoredDataError
+
+# The version of the stored plan's layout (JobPlan.to_dict): raised whenever a field of a stored plan changes, so a
+# plan stored by another version is refused in one place (JobPlan.from_dict) instead of being read half-right.
+PLAN_VERSION = 1
 PlanT = TypeVar("PlanT", "ChunkPlan", "FilePlan")
 
 
@@ -35,14 +40,6 @@ class ChunkPlan:
     # Why nothing of this file can be loaded (a gzip file found corrupt or truncated at submit): the file's only
     # chunk, with no rows, in a task of its own, recorded failed with this reason (see damaged_file).
     damaged: str = ""
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> ChunkPlan:  # type: ignore[type-arg]
-        """A chunk plan from its dict; fields of older versions (file_mtime_ns) are ignored."""
-        try:
-            return stored_plan(cls, raw)
-        except TypeError:  # a field this version does not have
-            return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
 
 
 def stored_plan(cls: type[PlanT], raw: dict) -> PlanT:  # type: ignore[type-arg]
@@ -142,6 +139,7 @@ class JobPlan:
     def to_dict(self) -> dict[str, object]:
         """The plan as plain data (shallow: the files' lists are shared), for JSON."""
         return {
+            "version": PLAN_VERSION,
             "source_dir": self.source_dir,
             "files": [dict(vars(f)) for f in self.files],  # asdict's deep copies: 0.2 s for 4,000 files
             "chunks": [dict(vars(c)) for c in self.chunks],
@@ -150,11 +148,17 @@ class JobPlan:
 
     @classmethod
     def from_dict(cls, raw: dict) -> JobPlan:  # type: ignore[type-arg]
+        """A plan as to_dict wrote it; one stored by another version of k2jobs is refused."""
+        if raw.get("version") != PLAN_VERSION:
+            raise StoredDataError(
+                f"this job's plan was stored by another version of k2jobs (plan version {raw.get('version')}, "
+                f"this version reads {PLAN_VERSION}): submit it again"
+            )
         return cls(
             source_dir=raw["source_dir"],
             files=[stored_plan(FilePlan, f) for f in raw["files"]],
-            chunks=[ChunkPlan.from_dict(c) for c in raw["chunks"]],
-            bundles={int(lead): members for lead, members in raw.get("bundles", {}).items()},
+            chunks=[stored_plan(ChunkPlan, c) for c in raw["chunks"]],
+            bundles={int(lead): members for lead, members in raw["bundles"].items()},
         )
 
 

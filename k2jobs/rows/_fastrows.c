@@ -15,9 +15,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 enum { KIND_TRADE = 0, KIND_QUOTE = 1 };
 #define MAX_LINE 512 /* longer lines go to Python; keeps the output buffer bounded */
@@ -453,7 +462,8 @@ fail:
  * Nothing here links against librdkafka: bind(path) looks its functions up in the copy confluent-kafka
  * already loaded (RTLD_NOLOAD), and the few declarations below are librdkafka's stable public ABI
  * (rdkafka.h: rd_kafka_vtype_t, rd_kafka_vu_t). The handle is the first field of confluent-kafka's
- * Handle struct, right after PyObject_HEAD; k2jobs.publisher checks it (rd_kafka_name) before use. */
+ * Handle struct, right after PyObject_HEAD (HANDLE_OFFSET); nothing may read it there before
+ * verify_handle() confirmed that layout, which k2jobs.kafka.compiled_send does once per process. */
 typedef struct rd_kafka_s rd_kafka_t;
 typedef struct rd_kafka_error_s rd_kafka_error_t;
 typedef struct rd_kafka_topic_s rd_kafka_topic_t;
@@ -527,17 +537,26 @@ static PyObject *fastrows_bind(PyObject *module, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+#define HANDLE_OFFSET ((Py_ssize_t)sizeof(PyObject)) /* confluent-kafka's Handle: PyObject_HEAD, rd_kafka_t *rk */
+
+/* The confluent_kafka.Producer type `obj` is an instance of (a Python subclass keeps its C layout), or NULL. */
+static PyTypeObject *producer_type(PyObject *obj) {
+    for (PyTypeObject *t = Py_TYPE(obj); t != NULL; t = t->tp_base)
+        if (strcmp(t->tp_name, "cimpl.Producer") == 0) return t;
+    return NULL;
+}
+
 /* The librdkafka handle of a confluent_kafka.Producer, or NULL with an exception set. */
 static rd_kafka_t *producer_handle(PyObject *producer) {
     if (rk_produceva == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bind() has not found librdkafka");
         return NULL;
     }
-    if (strcmp(Py_TYPE(producer)->tp_name, "cimpl.Producer") != 0) {
+    if (producer_type(producer) == NULL) {
         PyErr_SetString(PyExc_TypeError, "producer must be a confluent_kafka.Producer");
         return NULL;
     }
-    rd_kafka_t *rk = *(rd_kafka_t **)((char *)producer + sizeof(PyObject));
+    rd_kafka_t *rk = *(rd_kafka_t **)((char *)producer + HANDLE_OFFSET);
     if (rk == NULL) PyErr_SetString(PyExc_RuntimeError, "the producer is closed");
     return rk;
 }
@@ -549,11 +568,104 @@ static rd_kafka_topic_t *topic_handle(rd_kafka_t *rk, const char *topic) {
     return rkt;
 }
 
-PyDoc_STRVAR(handle_name_doc, "handle_name(producer) -> str: rd_kafka_name() of the producer's handle");
+#define NAME_MAX_BYTES 128 /* librdkafka's rk_name[128] */
+enum { CHILD_NO_HANDLE = 3, CHILD_WRITE_FAILED = 4 };
 
-static PyObject *fastrows_handle_name(PyObject *module, PyObject *producer) {
-    rd_kafka_t *rk = producer_handle(producer);
-    return rk == NULL ? NULL : PyUnicode_FromString(rk_name(rk));
+/* In the forked child: read the pointer at `offset` of the Producer and write rd_kafka_name() of it to `out`.
+ * Only memory reads and async-signal-safe calls: the child has none of the parent's other threads, so it must
+ * take no lock (rd_kafka_name is `return rk->rk_name`, an address inside the handle). A wrong pointer kills it
+ * with SIGSEGV/SIGBUS, quietly: no core dump, and not the parent's handlers (Python's faulthandler). */
+static void verify_in_child(PyObject *producer, Py_ssize_t offset, int out) {
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE};
+    for (size_t i = 0; i < sizeof(faults) / sizeof(faults[0]); i++) signal(faults[i], SIG_DFL);
+    rd_kafka_t *rk = *(rd_kafka_t **)((char *)producer + offset);
+    if (rk == NULL) _exit(CHILD_NO_HANDLE);
+    const char *name = rk_name(rk);
+    size_t n = strnlen(name, NAME_MAX_BYTES);
+    _exit(write(out, name, n) == (ssize_t)n ? 0 : CHILD_WRITE_FAILED);
+}
+
+static long long monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+PyDoc_STRVAR(verify_handle_doc,
+             "verify_handle(producer, offset, timeout_s) -> bytes\n\n"
+             "rd_kafka_name() of the pointer at byte `offset` of the Producer object, read in a forked child so\n"
+             "that a pointer that is not a librdkafka handle kills the child, not this process. Raises\n"
+             "RuntimeError naming why when the child does not answer (killed by a signal, timed out, ...).");
+
+static PyObject *fastrows_verify_handle(PyObject *module, PyObject *args) {
+    PyObject *producer;
+    Py_ssize_t offset;
+    double timeout_s;
+    if (!PyArg_ParseTuple(args, "Ond", &producer, &offset, &timeout_s)) return NULL;
+    if (rk_name == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() has not found librdkafka");
+        return NULL;
+    }
+    PyTypeObject *type = producer_type(producer);
+    if (type == NULL) {
+        PyErr_Format(PyExc_TypeError, "type %s is not a confluent_kafka.Producer", Py_TYPE(producer)->tp_name);
+        return NULL;
+    }
+    /* The slot itself must lie inside the object: only what it points to is unverified. */
+    if (offset < 0 || offset % (Py_ssize_t)sizeof(void *) != 0 ||
+        offset + (Py_ssize_t)sizeof(void *) > type->tp_basicsize) {
+        PyErr_Format(PyExc_RuntimeError, "offset %zd is not a pointer inside a %zd-byte %s", offset,
+                     type->tp_basicsize, type->tp_name);
+        return NULL;
+    }
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    pid_t pid = fork(); /* with the GIL held: no other Python thread forks while the write end is open */
+    if (pid == 0) verify_in_child(producer, offset, fds[1]);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    char name[NAME_MAX_BYTES + 1];
+    size_t got = 0;
+    int eof = 0, status = 0;
+    pid_t reaped;
+    Py_BEGIN_ALLOW_THREADS
+    long long deadline = monotonic_ms() + (long long)(timeout_s * 1000);
+    while (!eof && got < sizeof(name)) {
+        long long left = deadline - monotonic_ms();
+        if (left <= 0) break;
+        struct pollfd ready = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&ready, 1, (int)(left > INT32_MAX ? INT32_MAX : left));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        ssize_t n = read(fds[0], name + got, sizeof(name) - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) eof = 1;
+        else got += (size_t)n;
+    }
+    /* Not at end of file: the child still holds the pipe open, so it is alive (not a reused pid). */
+    if (!eof) kill(pid, SIGKILL);
+    do reaped = waitpid(pid, &status, 0);
+    while (reaped < 0 && errno == EINTR);
+    Py_END_ALLOW_THREADS
+    close(fds[0]);
+    /* The pipe is the answer; the exit status (unknown when SIGCHLD is ignored) only says why there is none. */
+    if (eof && got > 0 && got <= NAME_MAX_BYTES) return PyBytes_FromStringAndSize(name, (Py_ssize_t)got);
+    if (!eof)
+        PyErr_Format(PyExc_RuntimeError, "the child reading the handle gave no answer within %.1f s", timeout_s);
+    else if (reaped == pid && WIFSIGNALED(status))
+        PyErr_Format(PyExc_RuntimeError, "reading the handle killed the child that did it (signal %d)",
+                     WTERMSIG(status));
+    else if (reaped == pid && WIFEXITED(status) && WEXITSTATUS(status) == CHILD_NO_HANDLE)
+        PyErr_SetString(PyExc_RuntimeError, "the pointer where the handle should be is NULL");
+    else
+        PyErr_SetString(PyExc_RuntimeError, "the child reading the handle ended without an answer");
+    return NULL;
 }
 
 /* One (name, value) header pair into vu; value bytes or None. 0 on success, -1 with TypeError. */
@@ -871,7 +983,7 @@ static PyObject *fastrows_scan_lines(PyObject *module, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"bind", fastrows_bind, METH_VARARGS, bind_doc},
-    {"handle_name", fastrows_handle_name, METH_O, handle_name_doc},
+    {"verify_handle", fastrows_verify_handle, METH_VARARGS, verify_handle_doc},
     {"send", fastrows_send, METH_VARARGS, send_doc},
     {"scan_lines", fastrows_scan_lines, METH_VARARGS, scan_lines_doc},
     {NULL, NULL, 0, NULL},
@@ -890,6 +1002,10 @@ PyMODINIT_FUNC PyInit__fastrows(void) {
     Py_INCREF(&FastRowsType);
     if (PyModule_AddObject(m, "FastRows", (PyObject *)&FastRowsType) < 0) {
         Py_DECREF(&FastRowsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "HANDLE_OFFSET", (long)HANDLE_OFFSET) < 0) {
         Py_DECREF(m);
         return NULL;
     }

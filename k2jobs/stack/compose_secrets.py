@@ -9,14 +9,13 @@ inside these files are the containers' paths. A second run keeps the material an
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from k2jobs.config import load_settings
+from k2jobs.config import Settings, load_settings
 from k2jobs.errors import K2Error, StackError
 from k2jobs.stack.secrets import (
     FLOWER_USER,
@@ -93,11 +92,11 @@ def init(folder: Path) -> Material:
     return material
 
 
-def grant(env: Mapping[str, str]) -> None:
+def grant(settings: Settings) -> None:
     """As the Kafka admin: create k2jobs' topics and give the k2jobs user its ACLs, as `stack up --secure` does."""
-    if not env.get("K2_KAFKA_ADMIN_PASSWORD"):
+    if not settings.kafka_admin_password:
         raise StackError("K2_KAFKA_ADMIN_PASSWORD is not set (the grant service reads it from kafka-admin.env)")
-    grant_kafka(load_settings(env), Material(CLIENT_TLS, {"kafka_admin": env["K2_KAFKA_ADMIN_PASSWORD"]}))
+    grant_kafka(settings, Material(CLIENT_TLS, {"kafka_admin": settings.kafka_admin_password}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,12 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args[:1] == ["init"] and len(args) <= 2:
-            folder = Path(args[1] if len(args) == 2 else os.environ.get("K2_SECRETS_DIR") or DEFAULT_DIR)
+            folder = Path(args[1]) if len(args) == 2 else load_settings().secrets_dir or Path(DEFAULT_DIR)
             init(folder)
             print(f"compose secrets in {folder}/ (keep it private; docker-compose.secure.yml reads it)")
             return 0
         if args == ["grant"]:
-            grant(os.environ)
+            grant(load_settings())
             print("k2jobs' topics and the k2jobs user's ACLs are in place")
             return 0
     except K2Error as exc:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import redis
 
 from k2jobs.background import Meanwhile
-from k2jobs.config import Settings, masked_url
+from k2jobs.config import KAFKA_OPTION_PREFIX, Settings, masked_url
 from k2jobs.errors import StackError
 from k2jobs.kafka.registry import registry_ready, set_backward_compatibility
 from k2jobs.stack.kafka_nodes import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
@@ -64,7 +64,7 @@ class Stack:
         self.workers = workers
         self.redis_url = urlparse(settings.redis_url)
         self.kafka_host, self.kafka_port = _host_port(settings.kafka_bootstrap.split(",")[0], 9092)
-        self.controller_port = int(os.environ.get("K2_KAFKA_CONTROLLER_PORT") or self.kafka_port + 1)
+        self.controller_port = settings.kafka_controller_port or self.kafka_port + 1
         registry = urlparse(settings.schema_registry_url)
         self.registry_host, self.registry_port = registry.hostname or "127.0.0.1", registry.port or 8081
         self.brokers_file = self.dir / "brokers"  # the broker count of this stack folder, remembered by `up`
@@ -118,7 +118,7 @@ class Stack:
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
-            f"{kafka_libs()}/*",
+            f"{kafka_libs(self.settings.kafka_libs)}/*",
             "kafka.Kafka",
             str(props),
         ]
@@ -329,10 +329,16 @@ class Stack:
 
     def client_env(self) -> dict[str, str]:
         """A secure stack's client settings (`<stack>/client.env`): the ones this process runs with."""
-        names = ("K2_KAFKA_BOOTSTRAP", "K2_REDIS_URL", "K2_FLOWER_USER", "K2_FLOWER_PASSWORD", "K2_SCHEMA_REGISTRY_URL")
-        env = {name: os.environ[name] for name in names if name in os.environ}
-        security = ("SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD", "SSL_CA_LOCATION")
-        env.update({f"K2_KAFKA_OPT_{name}": os.environ[f"K2_KAFKA_OPT_{name}"] for name in security})
+        assert self.material is not None, "only a secure stack writes client.env"
+        env = {
+            "K2_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "K2_REDIS_URL": self.settings.redis_url,
+            "K2_FLOWER_USER": FLOWER_USER,
+            "K2_FLOWER_PASSWORD": self.material.passwords["flower"],
+            "K2_SCHEMA_REGISTRY_URL": self.settings.schema_registry_url,
+        }
+        for option in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password", "ssl.ca.location"):
+            env[KAFKA_OPTION_PREFIX + option.upper().replace(".", "_")] = self.settings.kafka_options[option]
         return env
 
     def _ensure_beat(self) -> None:

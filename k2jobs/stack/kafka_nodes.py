@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from k2jobs.stack.processes import need_program
 from k2jobs.stack.secrets import Material, java_argfile, kafka_properties, scram_arguments, write_private
 
 KAFKA_VERSION = "4.4.0"
-KAFKA_CACHE = Path(os.environ.get("K2_KAFKA_LIBS") or Path.home() / ".cache" / "k2jobs" / f"kafka-{KAFKA_VERSION}")
+KAFKA_CACHE = Path.home() / ".cache" / "k2jobs" / f"kafka-{KAFKA_VERSION}"  # unless K2_KAFKA_LIBS names another
 MAX_REPLICATION = 3
 
 
@@ -157,12 +156,13 @@ def format_storage(props: Path, cluster: str, standalone: bool, scram: list[str]
         raise StackError(f"formatting Kafka storage failed: {reason}")
 
 
-def kafka_libs() -> Path:
-    """The Kafka broker and tools jars, resolved from Maven Central once and cached."""
-    if (KAFKA_CACHE / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
-        return KAFKA_CACHE
+def kafka_libs(cache: Path | None = None) -> Path:
+    """The Kafka broker and tools jars, resolved from Maven Central once and cached (in `cache`, or KAFKA_CACHE)."""
+    cache = cache or KAFKA_CACHE
+    if (cache / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return cache
     pom = resources.files("k2jobs") / "resources" / "kafka-pom.xml"
-    staging = KAFKA_CACHE.with_name(KAFKA_CACHE.name + ".partial")
+    staging = cache.with_name(cache.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     done = subprocess.run(
         [
@@ -180,5 +180,5 @@ def kafka_libs() -> Path:
     )
     if done.returncode != 0:
         raise StackError(f"resolving Kafka {KAFKA_VERSION} from Maven Central failed:\n{done.stdout[-2000:]}")
-    staging.rename(KAFKA_CACHE)
-    return KAFKA_CACHE
+    staging.rename(cache)
+    return cache

@@ -19,7 +19,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from k2jobs.config import Settings, load_settings
+from k2jobs.config import Settings, process_settings
 from k2jobs.errors import K2Error
 from k2jobs.jobs.supervisor import Supervisor
 from k2jobs.kafka.markers import MarkerReader
@@ -93,7 +93,7 @@ def worker_clients() -> WorkerClients:
     """
     global _clients
     if _clients is None or _clients.pid != os.getpid():
-        settings = load_settings()
+        settings = process_settings()
         _clients = WorkerClients(settings, Ledger(connect(settings.redis_url)), MarkerReader(settings), os.getpid())
     return _clients
 
@@ -105,7 +105,7 @@ def _refuse_bad_settings(**_: object) -> None:
     SystemExit, because Celery logs and ignores any Exception a signal handler raises.
     """
     try:
-        check_client_settings(load_settings())
+        check_client_settings(process_settings())
     except K2Error as exc:
         raise SystemExit(f"k2jobs: this worker refuses to start: {exc}") from exc
 
@@ -150,7 +150,7 @@ def _start_supervisor(sender: Any = None, **_: object) -> None:
     """The job supervisor (and the worker's heartbeat) run in the worker's main process, beside the pool."""
     global _supervisor
     keep_out_of_gc()  # the worker's main process, started: its consumer's full collections took ~60 ms
-    settings = load_settings()
+    settings = process_settings()
     _supervisor = Supervisor(Ledger(connect(settings.redis_url)), incarnation(sender.hostname), settings.stall_after_s)
     _supervisor.start()
 
