@@ -134,4 +134,4 @@ bench-smoke: install
 	$(BIN)/python bench/bench.py --smoke
 
 clean: down
-	rm -rf $(VENV) .k2stack bench/results
+	rm -rf $(VENV) .k2stack; find bench/results -maxdepth 1 -type f ! -name '20*.json' -delete 2>/dev/null || true

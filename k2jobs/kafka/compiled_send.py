@@ -5,7 +5,6 @@ that a Producer holds its librdkafka handle where the compiled send reads it."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import confluent_kafka
@@ -32,7 +31,7 @@ _verdict_lock = threading.Lock()
 def _bind_compiled_send() -> bool:
     """Whether _fastrows.send can queue on confluent-kafka's producers: the C extension is built and the one
     librdkafka this process loaded (for confluent-kafka) is found in /proc/self/maps."""
-    if _fastrows is None or os.environ.get("K2_COMPILED_SEND") == "0":  # 0: confluent-kafka's produce() only
+    if _fastrows is None:
         return False
     try:
         with open("/proc/self/maps") as maps:
@@ -45,14 +44,14 @@ def _bind_compiled_send() -> bool:
 COMPILED_SEND = _bind_compiled_send()
 
 
-def compiled_send_on(producer: object, client_id: str) -> bool:
+def compiled_send_on(producer: object, client_id: str, enabled: bool = True) -> bool:
     """Whether the compiled send may queue on `producer`, a confluent_kafka.Producer created with `client_id`.
 
     The first call of a process verifies the Producer layout on `producer` (layout_mismatch); the verdict holds
     for every later producer, as the layout is the loaded confluent-kafka's. A mismatch, or a check that fails in
     any way, logs one warning and leaves every producer of the process on confluent-kafka's produce()."""
     global _verdict
-    if not COMPILED_SEND:
+    if not (COMPILED_SEND and enabled):  # enabled: Settings.compiled_send (K2_COMPILED_SEND=0 turns it off)
         return False
     with _verdict_lock:
         if _verdict is None:

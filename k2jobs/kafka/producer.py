@@ -110,7 +110,7 @@ class ChunkTransaction:
         self._producer = Producer({**conf, "on_delivery": self.errors})
         # The compiled send reads the Producer's librdkafka handle: only once this process verified where
         # confluent-kafka keeps it (a confluent-kafka whose Producer layout changed falls back to produce()).
-        self._compiled = compiled_send_on(self._producer, str(conf.get("client.id", "rdkafka")))
+        self._compiled = compiled_send_on(self._producer, str(conf.get("client.id", "rdkafka")), settings.compiled_send)
         try:
             self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
