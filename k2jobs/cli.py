@@ -41,8 +41,8 @@ EXIT_INTERRUPTED = 130
 
 
 def _print_json(value: Any) -> None:
-    """`value` as indented JSON, as json.dumps(value, indent=2) writes it but UTF-8, 30x faster (a report of 4,000
-    files: 25 ms against 0.7 ms)."""
+    """`value` as indented JSON, as json.dumps(value, indent=2) writes it but UTF-8, and far faster for the report
+    of a job of thousands of files."""
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 

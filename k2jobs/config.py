@@ -14,9 +14,9 @@ from k2jobs.errors import SettingsError
 
 KAFKA_OPTION_PREFIX = "K2_KAFKA_OPT_"
 # Every Kafka client k2jobs makes gets these unless a K2_KAFKA_OPT_* option says otherwise. librdkafka (2.10 on)
-# re-bootstraps when it finds every broker down, and while none answers it does so every ~50 ms, without backoff
-# (librdkafka issues #5088, #5546): each client logged a failed connect 10-20 times a second for as long as Kafka
-# was away, and a client hammering a port in the ephemeral range can connect to itself and hold the port the
+# re-bootstraps when it finds every broker down, and while none answers it does so over and over, without backoff
+# (librdkafka issues #5088, #5546): each client logs a failed connect many times a second for as long as Kafka
+# is away, and a client hammering a port in the ephemeral range can connect to itself and hold the port the
 # broker needs to restart on. k2jobs' bootstrap list does not move, and a client that fails is replaced (a chunk's
 # producer, the marker reader's consumers), so no re-bootstrap is needed; reconnects then back off, up to 1 s
 # (Java's default; librdkafka's own 10 s would hold a client back that long after Kafka is back).
@@ -69,7 +69,7 @@ class Settings:
     replication_factor: int | None = None
     chunk_rows: int = 200_000
     # Rows one task loads in one Kafka transaction: small files' chunks, and a key's consecutive small chunks,
-    # share a task up to this many rows (a transaction costs ~10-30 ms; a chunk on its own would pay it).
+    # share a task up to this many rows (each transaction has a fixed cost; a small chunk on its own would pay it).
     task_rows: int = 200_000
     batch_rows: int = 1_000
     visibility_timeout_s: int = 120
@@ -88,8 +88,8 @@ class Settings:
     watch_dir: str = ""
     watch_every_s: float = 10.0
     # `stack up` that starts a broker sends it this many seconds of k2jobs-like traffic (and on while the rest of the
-    # stack starts) before returning: a fresh broker's JIT otherwise makes the first job about half as fast as later
-    # ones (k2jobs/broker_warm_up.py).
+    # stack starts) before returning: a fresh broker's JIT otherwise makes the first job much slower than later ones
+    # (k2jobs/stack/warm_up.py).
     broker_warm_up_s: float = 10.0
     # Tests only: a chunk sleeps this long between sending its marker and committing (a window to kill it in).
     test_pause_before_commit_s: float = 0.0

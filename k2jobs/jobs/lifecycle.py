@@ -103,7 +103,7 @@ def forget_results() -> None:
 
     Celery's Redis backend subscribes to every sent task's result channel (and keeps a waiter for each
     header task); closing its result consumer's subscriptions leaves none behind, in a client or in a worker's
-    supervisor, and a waiter's __del__ then has nothing to unsubscribe at interpreter exit (which used to
+    supervisor, and a waiter's __del__ then has nothing to unsubscribe at interpreter exit (where it would
     print a traceback after the report). The next enqueue subscribes again, on a new connection.
     """
     consumer = getattr(app.backend, "result_consumer", None)

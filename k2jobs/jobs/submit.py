@@ -112,15 +112,15 @@ def prepare_services(settings: Settings, value_format: str) -> Services:
 
 
 def import_lifecycle() -> None:
-    """Import Celery (through k2jobs.jobs.lifecycle), which the enqueue needs: ~0.13 s of Python. submit_job does it on
-    a thread, off the path to the first chunk."""
+    """Import Celery (through k2jobs.jobs.lifecycle), which the enqueue needs: a large import, all Python. submit_job
+    does it on a thread, off the path to the first chunk."""
     import k2jobs.jobs.lifecycle as lifecycle  # noqa: F401
 
 
 # More files than this and planning is Python, a system call or two per file, each releasing the GIL: beside
-# Celery's import on another thread, the GIL changed hands thousands of times (4,000 files: 0.38-0.41 s to plan and
-# import together, 0.33-0.34 s one after the other). Fewer, larger files plan in C with the GIL released, and the
-# import is best done meanwhile.
+# Celery's import on another thread, the GIL changes hands thousands of times, and planning and importing together
+# take longer than one after the other. Fewer, larger files plan in C with the GIL released, and the import is best
+# done meanwhile.
 MANY_FILES = 100
 
 
@@ -129,7 +129,7 @@ def submit_job(
 ) -> tuple[str, JobPlan]:
     """Plan (a directory under the data root, or s3://BUCKET/PREFIX), check the services, record and enqueue a
     job; nothing is enqueued on any error. The services are prepared while the input is planned: a job's first
-    chunk starts that much sooner (bench/README.md)."""
+    chunk starts that much sooner (docs/performance.md, "The start of a job")."""
     started = time.perf_counter()
     celery = Meanwhile(import_lifecycle, "k2jobs-submit-import")
     services = Meanwhile(lambda: prepare_services(settings, options.value_format), "k2jobs-submit-services")

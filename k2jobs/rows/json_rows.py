@@ -197,7 +197,7 @@ class RowParser:
 
     def _fast_value(self, text: str, g: tuple[Any, ...], ingestion_ms: int, line_no: int) -> bytes:
         # Formatted by hand: every value here matched a strict pattern, and text fields go through
-        # json_text. orjson would be as correct but keeps a 4 KiB buffer behind every small value.
+        # json_text. orjson would be as correct but keeps a buffer many times the value's size behind every small one.
         ts = self._fast_ms(text, g)
         if self.kind is Kind.TRADE:
             # The fast pattern allows at most 18 digits, so integers always fit 64 bits here.

@@ -24,7 +24,7 @@ except ImportError:  # installed without a C compiler: planning counts lines in 
 
 BOM = b"\xef\xbb\xbf"
 _BLANK_BETWEEN = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
-READ_BLOCK = 32 << 20  # a chunk of 200,000 rows is ~13 MB: most are cut from one read, not spliced
+READ_BLOCK = 32 << 20  # more than a default chunk's bytes: most chunks are cut from one read, not spliced
 
 UNCHANGED, CHANGED = "unchanged", "changed"
 Skipped = tuple[str, str]  # (UNCHANGED or CHANGED, what to say about the file)

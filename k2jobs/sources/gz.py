@@ -26,7 +26,7 @@ GZIP_SPACING = 4 << 20  # decompressed bytes between seek points: the most a chu
 
 def damaged_errors() -> tuple[type[BaseException], ...]:
     """What reading a damaged gzip raises: indexed_gzip's own errors (ZranError is an OSError), zlib's, a short
-    read. indexed_gzip is imported when a gzip file is met: 30 ms a load of plain files need not pay at submit."""
+    read. indexed_gzip is imported when a gzip file is met: a load of plain files need not pay for it at submit."""
     import indexed_gzip
 
     return (indexed_gzip.ZranError, indexed_gzip.NotCoveredError, zlib.error, EOFError, ValueError)

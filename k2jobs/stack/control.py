@@ -201,7 +201,7 @@ class Stack:
             env,
             # Flower keeps nothing worth a clean exit, and once Redis is gone it does not exit on SIGTERM: its
             # call asking workers to send events retries the lost connection for ever, and Python waits for that
-            # thread on exit (py-spy). `stack down` after a Redis crash waited the full 60 s for it.
+            # thread on exit: `stack down` after a Redis crash would wait the whole STOP_TIMEOUT_S for it.
             stop_timeout_s=FLOWER_STOP_TIMEOUT_S,
         )
 
@@ -279,7 +279,7 @@ class Stack:
         registry = self.registry_service()
         self._start(registry)
         started_brokers = self._ensure_brokers()
-        # k2jobs' topics now, not on the first job's path (five topics' creation and leader election take ~0.2 s);
+        # k2jobs' topics now, not on the first job's path (creating them and electing their leaders takes a while);
         # on a secure stack grant_kafka creates them, as the Kafka admin.
         if self.material:
             grant_kafka(self.settings, self.material)

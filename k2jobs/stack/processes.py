@@ -55,9 +55,9 @@ class Service:
             )
         self.pidfile.write_text(str(proc.pid))
         # Popen returns once the child's exec has begun, before the kernel has set its new command line: until then
-        # /proc/<pid>/cmdline is empty (bare Popen on 2 busy cores: in 394 of 500 spawns, for up to 32 ms), and
-        # redis-server shows its marker only once it has set its title. `pid()` in that window took a starting
-        # Flower for one that had exited (CI, 2026-12-07), so a start ends when `pid()` finds the process.
+        # /proc/<pid>/cmdline is empty (often, on a busy machine), and redis-server shows its marker only once it
+        # has set its title. `pid()` in that window would take a starting process (Flower, say) for one that had
+        # exited, so a start ends when `pid()` finds the process.
         deadline = time.monotonic() + MARKER_TIMEOUT_S
         while proc.poll() is None and self.pid() is None and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -103,8 +103,8 @@ def ports_clients_may_take(ports: Iterable[int], sysctl: Path = Path("/proc/sys/
     """The ports among `ports` that Linux may hand a client as its own (the ephemeral range, less reserved ports).
 
     A client reconnecting to such a port while its server is down can be given that very port and connect to
-    itself (TCP simultaneous open): it then holds the port, and the server cannot start on it again. Seen here
-    with a broker on 39092: `Address already in use`, and `ss` showed 127.0.0.1:39092 connected to itself."""
+    itself (TCP simultaneous open): it then holds the port, and the server cannot start on it again (`Address
+    already in use`, and `ss` shows 127.0.0.1:PORT connected to itself)."""
     try:
         low, high = (int(n) for n in (sysctl / "ip_local_port_range").read_text().split())
         reserved_text = (sysctl / "ip_local_reserved_ports").read_text().strip()

@@ -19,7 +19,7 @@ REGION = "us-east-1"
 
 
 def s3_binary() -> Path:
-    """The versitygw binary, built with `go install` once (about a minute) and cached."""
+    """The versitygw binary, built with `go install` once (it takes a while) and cached."""
     binary = S3_CACHE / "versitygw"
     if binary.exists():
         return binary

@@ -1,15 +1,15 @@
 """Warming a freshly started broker before `stack up` returns, so the first job loads as fast as later ones.
 
-A fresh Kafka broker runs its request path in the JVM's interpreter until the JIT has compiled it: on the bench
-stack its CPU per 2M-row load fell from 2.6 to 0.65 s over the first 16 loads, and the first job after `stack up`
-took 4.9 s against 2.7-2.8 s for later ones (bench/README.md). Coordinators, internal topics and workers are
+A fresh Kafka broker runs its request path in the JVM's interpreter until the JIT has compiled it: its CPU per
+load keeps falling over its first loads, and the first job after a cold `stack up` is much slower than later ones
+(docs/performance.md, "The first job after `stack up`"). Coordinators, internal topics and workers are
 ready before that; this sends the broker what k2jobs' chunks send it -- lz4 batches of trade values in JSON and in
 Avro with k2jobs' headers, in transactions -- to a private topic, for a few seconds and on while the rest of the
 stack starts, then deletes the topic. `stack up` starts the registry beside the brokers, so the warm-up has the
-machine nearly to itself, and two producers send in turn (one commits while the other sends): on 2 cores 7.7-9.1M
-messages in 10 s, against 4-5M with one producer beside the registry's start (bench/README.md, "Warming the broker,
-again"). What is left after that is the JIT's long tail: the broker's CPU per job keeps falling for some 20-30M
-messages, and warming in smaller batches (more requests) only made the first job compile more.
+machine nearly to itself, and two producers send in turn (one commits while the other sends): far more messages in
+the same time than one producer beside the registry's start. What is left after that is the JIT's long tail: the
+broker's CPU per job keeps falling for tens of millions of messages, and warming in smaller batches (more requests)
+would only make the first job compile more.
 """
 
 from __future__ import annotations

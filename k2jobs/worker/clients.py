@@ -75,10 +75,10 @@ class WorkerClients:
 
 def keep_out_of_gc() -> None:
     """Move what this process holds now (its imports, the plans it keeps) out of the cyclic garbage collector's
-    reach: a plan of 4,000 files is ~30,000 objects, and with a few kept, every job's full collections scanned
-    them all, 60-120 ms each in the middle of a task (measured with gc.callbacks, 2026-12-06). Plans hold no
-    reference cycles: one dropped from PLANS_KEPT is freed by reference counting, frozen or not. A young
-    collection first, so that no recent garbage cycle is frozen with them."""
+    reach: a plan holds several objects per file, and with a few plans of thousands of files kept, every full
+    collection would scan them all, a long pause in the middle of a task. Plans hold no reference cycles: one
+    dropped from PLANS_KEPT is freed by reference counting, frozen or not. A young collection first, so that no
+    recent garbage cycle is frozen with them."""
     gc.collect(1)
     gc.freeze()
 
@@ -149,7 +149,7 @@ _supervisor: Supervisor | None = None
 def _start_supervisor(sender: Any = None, **_: object) -> None:
     """The job supervisor (and the worker's heartbeat) run in the worker's main process, beside the pool."""
     global _supervisor
-    keep_out_of_gc()  # the worker's main process, started: its consumer's full collections took ~60 ms
+    keep_out_of_gc()  # the worker's main process, started: its consumer's full collections would scan all it holds
     settings = process_settings()
     _supervisor = Supervisor(Ledger(connect(settings.redis_url)), incarnation(sender.hostname), settings.stall_after_s)
     _supervisor.start()

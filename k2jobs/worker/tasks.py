@@ -213,9 +213,9 @@ def process_chunk_task(
 
 def _finish_if_last(clients: WorkerClients, job_id: str) -> None:
     """Report the job as soon as its last chunk has a result, without waiting for the chord's callback: after a
-    worker died, that callback waits for the dead worker's message to come back, and clients waited for their
-    grace (20 s) instead. The chord's callback, the supervisor and waiting clients finish it the same way; the
-    first report saved stays."""
+    worker died, that callback waits for the dead worker's message to come back, and clients would wait out their
+    grace (CALLBACK_GRACE_S) instead. The chord's callback, the supervisor and waiting clients finish it the same
+    way; the first report saved stays."""
     with contextlib.suppress(RedisError, K2Error):
         meta = clients.ledger.job_meta(job_id)
         if int(meta.get("chunks_done", 0)) >= int(meta["chunks"]) and clients.ledger.report(job_id) is None:
