@@ -291,14 +291,18 @@ def test_a_copy_of_the_data_elsewhere_with_other_times_loads_and_other_bytes_do_
         read_chunk(worker, plan.chunks[1])
 
 
-def test_a_plan_saved_by_an_older_version_still_loads() -> None:
+def test_a_plan_saved_by_an_older_version_is_refused_saying_so() -> None:
+    from k2jobs.errors import StoredDataError
     from k2jobs.plan.model import JobPlan
 
     plan = plan_job(SAMPLE.parent, SAMPLE, lines_per_chunk=50_000)
     raw = plan.to_dict()
+    assert JobPlan.from_dict(raw) == plan
+    del raw["version"]  # versions before the stored-plan version wrote none, and chunks with file_mtime_ns
     for chunk in raw["chunks"]:  # type: ignore[attr-defined]
         chunk["file_mtime_ns"] = 0
-    assert JobPlan.from_dict(raw) == plan
+    with pytest.raises(StoredDataError, match="stored by another version of k2jobs"):
+        JobPlan.from_dict(raw)
 
 
 def test_a_plan_stored_by_another_version_is_refused_in_one_place(tmp_path) -> None:  # type: ignore[no-untyped-def]
