@@ -12,7 +12,7 @@ export K2_STACK_DIR ?= $(CURDIR)/.k2stack
 # A secure stack's clients read its settings (passwords, CA, rediss:// URL) from client.env.
 CLIENT_ENV = if [ -f "$$K2_STACK_DIR/client.env" ]; then set -a; . "$$K2_STACK_DIR/client.env"; set +a; fi;
 
-.PHONY: install system-deps kafka registry s3 demo test test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-secure bench-task-cost bench-smoke soak up down clean
+.PHONY: install system-deps kafka registry s3 demo test test-serial test-cluster test-asan test-unit lint format bench bench-check bench-shapes bench-secure bench-task-cost bench-smoke soak up down clean
 
 install: system-deps $(VENV)/.installed kafka registry s3
 	@# Bytecode for k2jobs itself (pip compiles every other package it installs, not an editable one): each
@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml k2jobs/rows/_fastrows.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# The 'compat' editable mode puts the source folder on sys.path with a .pth file. The default mode's import
-	@# hook costs every process ~70 ms at start-up, every `submit` included (bench/README.md); if a future
+	@# hook costs every process ~70 ms at start-up, every `submit` included (docs/performance-history.md); if a future
 	@# setuptools drops 'compat', the default mode is used.
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat 2>/dev/null || $(BIN)/pip install -q -e '.[test]'
 	touch $@
@@ -72,7 +72,21 @@ demo: up
 	  $(BIN)/python -m k2jobs submit data/sample --again; \
 	fi
 
+# `make test` runs the suite in two halves side by side, each on its own test stack (K2_TEST_SLOT 0 and 1: other
+# ports, another folder): the fault tests spend most of their time waiting for services to restart or time out.
+# The second half's output follows the first's. `make test-serial` runs the whole suite in one process.
+TEST_FIRST_HALF = tests/test_cluster.py tests/test_faults.py tests/test_security.py tests/test_watch.py
+
 test: install
+	@mkdir -p build; status=0; \
+	K2_TEST_SLOT=1 $(BIN)/python -m pytest $(TEST_FIRST_HALF:%=--ignore=%) > build/test-second-half.log 2>&1 & second=$$!; \
+	trap 'kill $$second 2>/dev/null' INT TERM; \
+	K2_TEST_SLOT=0 $(BIN)/python -m pytest $(TEST_FIRST_HALF) || status=1; \
+	wait $$second || status=1; \
+	echo "--- second half (K2_TEST_SLOT=1) ---"; cat build/test-second-half.log; \
+	exit $$status
+
+test-serial: install
 	$(BIN)/python -m pytest
 
 # The long fault tests on a three-broker stack (brokers killed -9 at random moments, a rolling restart).

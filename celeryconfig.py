@@ -2,7 +2,7 @@
 
 from kombu import Queue
 
-from k2jobs.config import process_settings
+from k2jobs.config import process_settings, redis_tls
 
 _settings = process_settings()
 
@@ -69,11 +69,7 @@ k2_chunk_retry_s = _settings.chunk_retry_s
 
 # rediss:// (a secure stack's K2_REDIS_URL): TLS for the broker and the results. Flower and kombu read these
 # settings, not the URL's ssl_* parameters.
-if _settings.redis_url.startswith("rediss://"):
-    from urllib.parse import parse_qs, urlsplit
-
-    _query = {name: values[-1] for name, values in parse_qs(urlsplit(_settings.redis_url).query).items()}
-    _tls = {"ssl_cert_reqs": _query.get("ssl_cert_reqs", "required")}
-    _tls.update({name: _query[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if name in _query})
+_tls = redis_tls(_settings.redis_url)
+if _tls is not None:
     broker_use_ssl = _tls
     redis_backend_use_ssl = _tls

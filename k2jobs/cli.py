@@ -271,8 +271,9 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "brokers", None) is not None and args.brokers <= 0:
         raise InputError("--brokers must be positive")
     secure = getattr(args, "secure", False)
+    client_env: dict[str, str] = {}
     if secure or is_secure(settings.stack_dir):
-        settings = _secure_settings(settings)
+        settings, client_env = _secure_settings(settings)
     stack = Stack(
         settings,
         workers=getattr(args, "workers", 2),
@@ -280,6 +281,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         s3=getattr(args, "s3", False),
         watch=_watch_option(args, settings),
         secure=secure,
+        client_env=client_env,
     )
     if args.action == "up":
         _check_settings(settings)
@@ -298,9 +300,9 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _secure_settings(settings: Settings) -> Settings:
-    """A secure stack's client settings (security.client_env) become this process's environment, which the
-    services it starts inherit, and its Settings."""
+def _secure_settings(settings: Settings) -> tuple[Settings, dict[str, str]]:
+    """A secure stack's client settings (stack.secrets.client_env), and this process's Settings with them: the
+    services it starts get them in their environment; this process's own environment is left as it is."""
     import os
     from urllib.parse import urlsplit
 
@@ -310,8 +312,8 @@ def _secure_settings(settings: Settings) -> Settings:
     env = client_env(
         ensure_material(settings.stack_dir), redis.hostname or "127.0.0.1", redis.port or 6379, settings.kafka_bootstrap
     )
-    os.environ.update({**env, "K2_SCHEMA_REGISTRY_URL": settings.schema_registry_url})
-    return load_settings()
+    env["K2_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    return load_settings({**os.environ, **env}), env
 
 
 def _watch_option(args: argparse.Namespace, settings: Settings) -> tuple[str, float] | None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from k2jobs.errors import SettingsError
 
@@ -239,6 +239,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secrets_dir=_path(env, "K2_SECRETS_DIR"),
         kafka_admin_password=env.get("K2_KAFKA_ADMIN_PASSWORD") or "",
     )
+
+
+def redis_tls(url: str) -> dict[str, str] | None:
+    """kombu's TLS options for a rediss:// URL (from its ssl_* parameters), None for redis://."""
+    if not url.startswith("rediss://"):
+        return None
+    query = {name: values[-1] for name, values in parse_qs(urlsplit(url).query).items()}
+    tls = {"ssl_cert_reqs": query.get("ssl_cert_reqs", "required")}
+    tls.update({name: query[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if name in query})
+    return tls
 
 
 @functools.cache

@@ -408,10 +408,10 @@ def test_single_broker_killed_as_a_commit_returns_the_job_ends_and_the_truth_is_
 
     Kafka 4.4 on one node can come back without those markers (its coordinator finds the partitions leaderless
     while it loads, and completes the commit without them): a hanging transaction, measured here in about half
-    of such kills (bench/hanging_txn.py, README). Either way the job ends by itself with a report. Without a
-    hang, every row is there once, in order. With one, `verify` says the job does not match and names the
+    of such kills (bench/hanging_txn.py, docs/exactly-once.md). Either way the job ends by itself with a report.
+    Without a hang, every row is there once, in order. With one, `verify` says the job does not match and names the
     stalled partitions, and Kafka's own find-hanging names the same transaction; the test then aborts it with
-    kafka-transactions.sh, as the README tells an operator to, so later tests read the partitions again.
+    kafka-transactions.sh, as docs/exactly-once.md tells an operator to, so later tests read the partitions again.
     """
     ledger.redis.delete("k2:test:committed")
     with a_worker("note-commits", {"K2_TEST_NOTE_COMMITS": "1"}):

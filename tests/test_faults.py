@@ -125,10 +125,11 @@ def kafka_transactions(settings, *args: str) -> str:  # type: ignore[no-untyped-
 
 
 def assert_exact_or_hanging_told(settings, read_back, job_id: str) -> None:  # type: ignore[no-untyped-def]
-    """After a kill -9 of the single broker: every row once, in order, or Kafka's single-broker limit (README,
-    "Known Kafka limitation"): the restarted broker completed a commit without its markers, a hanging transaction.
-    Then `verify` must say the job does not match and name the stalled partitions, and Kafka's own find-hanging the
-    same transactions; they are aborted as the README tells an operator, so later tests read those partitions."""
+    """After a kill -9 of the single broker: every row once, in order, or Kafka's single-broker limit
+    (docs/exactly-once.md, "A known Kafka limit of a single broker"): the restarted broker completed a commit without
+    its markers, a hanging transaction. Then `verify` must say the job does not match and name the stalled
+    partitions, and Kafka's own find-hanging the same transactions; they are aborted as docs/exactly-once.md tells
+    an operator, so later tests read those partitions."""
     # The job ends first, whatever its status: while it runs, its own open transaction looks like a stall.
     run_k2("status", job_id, "--wait", "--json", timeout=600)
     verify = json.loads(run_k2("verify", job_id, "--json", timeout=300).stdout)
@@ -137,8 +138,9 @@ def assert_exact_or_hanging_told(settings, read_back, job_id: str) -> None:  # t
         assert_exact(read_back, job_id)
         return
     assert verify["ok"] is False  # a hanging transaction hides committed rows: the job is not reported as matching
-    time.sleep(65)  # find-hanging lists transactions older than --max-transaction-timeout, in whole minutes
-    hanging = kafka_transactions(settings, "find-hanging", "--broker-id", "1", "--max-transaction-timeout", "1")
+    # find-hanging takes every open transaction older than --max-transaction-timeout (whole minutes; 0: all of them)
+    # as a candidate and asks the coordinators which are hanging. The job has ended, so none of its own is live.
+    hanging = kafka_transactions(settings, "find-hanging", "--broker-id", "1", "--max-transaction-timeout", "0")
     named = {(line.split()[0], int(line.split()[1])) for line in hanging.splitlines()[1:] if line.strip()}
     assert stalled <= named, (stalled, hanging)
     for line in hanging.splitlines()[1:]:

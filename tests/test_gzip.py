@@ -43,7 +43,7 @@ def make_input(root: Path, files: dict[str, bytes], name: str = "job") -> Path:
 
 
 def test_a_gzip_file_is_cut_and_read_exactly_like_the_same_plain_file(tmp_path: Path) -> None:
-    from k2jobs.load.reading import read_chunk
+    from k2jobs.sources.choose import read_chunk
 
     data = BHP_TRADES * TILES
     plain = plan_job(tmp_path / "a", make_input(tmp_path / "a", {"trades/7078.csv": data}), 40_000)
@@ -117,7 +117,7 @@ def _no_services() -> tuple[object, object, object]:
 
 
 def test_a_gzip_file_replaced_after_submit_fails_its_chunks_with_the_reason(tmp_path: Path) -> None:
-    from k2jobs.load.reading import read_chunk
+    from k2jobs.sources.choose import read_chunk
 
     job = make_input(tmp_path, {"trades/7078.csv.gz": BHP_TRADES})
     plan = plan_job(tmp_path, job, 30_000)

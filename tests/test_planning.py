@@ -273,7 +273,7 @@ def test_a_copy_of_the_data_elsewhere_with_other_times_loads_and_other_bytes_do_
     import shutil
 
     from k2jobs.errors import ChunkChanged
-    from k2jobs.load.reading import read_chunk
+    from k2jobs.sources.choose import read_chunk
 
     submitter, worker = tmp_path / "submitter", tmp_path / "elsewhere" / "copy"
     job = make_dir(submitter, {"trades/7078.csv": b"03/10/2014,10:00:00.000,1.5,1,0,,\r\n" * 30})

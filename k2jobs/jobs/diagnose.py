@@ -8,7 +8,8 @@ from redis import RedisError
 
 from k2jobs.config import Settings, masked_url
 from k2jobs.errors import K2Error
-from k2jobs.store.ledger import CHUNK_QUEUE, Ledger
+from k2jobs.store.keys import CHUNK_QUEUE
+from k2jobs.store.ledger import Ledger
 
 ASK_WORKERS_S = 1.0  # how long to wait for workers' replies to a broadcast
 MAX_LISTED = 8  # stuck chunks named one by one; the rest are counted

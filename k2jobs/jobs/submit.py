@@ -15,8 +15,8 @@ from k2jobs.kafka.markers import marker_end
 from k2jobs.kafka.registry import register_schemas
 from k2jobs.kafka.topics import ensure_topics
 from k2jobs.plan.model import JobPlan
-from k2jobs.sources.local import plan_job
-from k2jobs.sources.s3 import plan_objects
+from k2jobs.sources.choose import source_for
+from k2jobs.sources.planning import plan_source
 from k2jobs.store.ledger import Ledger
 
 
@@ -65,11 +65,15 @@ def plan_input(
     published part changed is refused, naming what changed. A watcher's scan (complete_only) refuses nothing:
     its plan lists those files. `before_cutting(files)`: called once a directory's files are found."""
     extents_for = None if options.again else ledger.file_extents
-    how = (options.chunk_rows, options.skip_unknown, settings.task_rows, extents_for, options.complete_only)
-    if isinstance(directory, str):
-        plan = plan_objects(directory, *how, exclude=options.exclude)
-    else:
-        plan = plan_job(settings.data_root, directory, *how, exclude=options.exclude, before_cutting=before_cutting)
+    plan = plan_source(
+        source_for(settings.data_root, directory, options.skip_unknown),
+        options.chunk_rows,
+        settings.task_rows,
+        extents_for,
+        options.complete_only,
+        options.exclude,
+        before_cutting,
+    )
     if plan.changed and not options.complete_only:
         listed = "; ".join(plan.changed[:10]) + (
             f" and {len(plan.changed) - 10} more" if len(plan.changed) > 10 else ""

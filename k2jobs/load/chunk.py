@@ -17,11 +17,11 @@ from k2jobs.config import Settings
 from k2jobs.errors import ChunkChanged
 from k2jobs.kafka.markers import COMMITS_PARTITION, COMMITS_TOPIC, marker_key
 from k2jobs.load.ports import ChunkLedger, ChunkProducer, CommitLookup, ProgressSink, ResultReader
-from k2jobs.load.reading import read_chunk
 from k2jobs.load.results import chunk_result, committed_results, fail_all, task_result
 from k2jobs.plan.model import ChunkPlan, Kind
 from k2jobs.plan.status import ChunkStatus
 from k2jobs.rows.batches import ChunkRows
+from k2jobs.sources.choose import read_chunk
 from k2jobs.sources.layout import InsideRoot
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Where input comes from: a local directory or S3, gzip, the input layout and company map, cutting files into chunks.
+"""Where input comes from: a Source (a local directory, an S3 prefix) and one planning loop for all, gzip, the input
+layout and company map, cutting files into chunks.
 
 Imports plan and rows.
 """

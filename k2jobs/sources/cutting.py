@@ -7,12 +7,10 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from k2jobs.plan.checksums import crc32_combine
-from k2jobs.plan.model import ChunkPlan, FilePlan, Kind, like
-from k2jobs.sources.layout import InsideRoot, input_stem, relative_posix
+from k2jobs.plan.model import ChunkPlan, like
 
 if TYPE_CHECKING:
     from k2jobs.plan.extents import Extent
@@ -189,32 +187,6 @@ def cut_after(
     if not cut.chunks:
         return UNCHANGED, f"{base.path} (published by job {extent.job_id})"
     return replace(cut, pieces=pieces + cut.pieces, start=offset, first_line=line)
-
-
-def _out_of_order(
-    files: list[FilePlan], inputs: list[tuple[Kind, Path]], extents: dict[str, Extent], root: Path, inside: InsideRoot
-) -> list[FilePlan]:
-    """`files`, each new one that sorts before a published file of its key (kind and company) marked out of order."""
-    published: dict[tuple[str, str], list[tuple[str, str]]] = {}  # key -> (name, job) of its published files
-    for kind, path in inputs:
-        extent = extents.get(relative_posix(inside(path), root))
-        if extent is not None:
-            stem = input_stem(path.name) or path.name
-            published.setdefault((kind.value, stem), []).append((path.name, extent.job_id))
-    marked = []
-    for file in files:
-        name = file.path.rpartition("/")[2]
-        later = [
-            (other, job)
-            for other, job in published.get((file.kind, input_stem(name) or name), [])
-            if other > name and file.identity not in extents
-        ]
-        if later:
-            other, job = min(later)
-            note = f"{file.path} sorts before {other}, loaded earlier by job {job}: its rows come after that file's"
-            file = replace(file, out_of_order=note)
-        marked.append(file)
-    return marked
 
 
 def resume_after(handle: BinaryIO, extent: Extent, relative: str) -> tuple[int, int, int, list[list[int]]] | Skipped:

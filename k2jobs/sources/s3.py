@@ -14,15 +14,14 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from k2jobs.errors import ChunkChanged, InputError, StorageUnavailable
-from k2jobs.plan.grouping import bundle_chunks
-from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan, Kind
-from k2jobs.sources.cutting import Cut, cut_after
-from k2jobs.sources.gz import GzipDamaged, check_complete, damaged_errors, export_index, open_gzip, read_range
+from k2jobs.plan.model import ChunkPlan, JobPlan, Kind
+from k2jobs.sources.cutting import READ_BLOCK
+from k2jobs.sources.gz import GzipDamaged, open_gzip, read_range
 from k2jobs.sources.layout import COMPANY_INFO, DOCUMENTATION, input_stem, parse_company_symbols
-from k2jobs.sources.local import UNCHANGED, damaged_file, file_base, file_plan, grown_plan
+from k2jobs.sources.planning import Input, plan_source
 
 if TYPE_CHECKING:
     from k2jobs.plan.extents import Extent
@@ -226,6 +225,37 @@ def input_objects(
     return info, found
 
 
+class ObjectPrefix:
+    """s3://BUCKET/PREFIX as planning sees it (a Source): listed once; company_info.csv read with one GET; each
+    object streamed through the cutter in ranged GETs of GET_BLOCK bytes. Identities are the objects' URLs."""
+
+    def __init__(self, url: str, skip_unknown: bool = False) -> None:
+        self.bucket, self.prefix = split_url(url)
+        self.name = self.source_dir = object_url(self.bucket, self.prefix).rstrip("/")
+        self.skip_unknown = skip_unknown
+        self._found: list[tuple[Kind, str, ObjectInfo]] = []
+
+    def symbols(self) -> dict[int, str]:
+        url = self.name
+        info, self._found = input_objects(list_objects(self.bucket, self.prefix), self.prefix, url, self.skip_unknown)
+        data = get_range(self.bucket, info, 0, info.size) if info.size else b""
+        return parse_company_symbols(data, f"{url}/{COMPANY_INFO}")
+
+    def inputs(self) -> list[Input]:
+        bucket = self.bucket
+        return [
+            Input(kind, relative, object_url(bucket, obj.key), obj.size, obj.etag, obj)
+            for kind, relative, obj in self._found
+        ]
+
+    def open(self, item: Input, compression: str) -> tuple[int, BinaryIO, int]:
+        raw = io.BufferedReader(RangedObject(self.bucket, item.opened), buffer_size=GET_BLOCK)  # type: ignore[arg-type]
+        return item.size, open_gzip(raw) if compression else raw, READ_BLOCK  # type: ignore[return-value]
+
+    def open_raw(self, item: Input) -> BinaryIO:
+        return io.BufferedReader(RangedObject(self.bucket, item.opened))  # type: ignore[arg-type, return-value]
+
+
 def plan_objects(
     url: str,
     lines_per_chunk: int,
@@ -234,67 +264,11 @@ def plan_objects(
     extents_for: Callable[[list[str]], dict[str, Extent]] | None = None,
     complete_only: bool = False,
     exclude: frozenset[str] = frozenset(),
+    before_cutting: Callable[[int], None] | None = None,
 ) -> JobPlan:
-    """plan_job for s3://BUCKET/PREFIX: list, read company_info, stream every object once through the cutter.
-
-    Appending as plan_job: an object replaced by a longer one whose start is as published loads what follows.
-    """
+    """The plan of s3://BUCKET/PREFIX: see plan_source. Appending as for a directory: an object replaced by a longer
+    one whose start is as published loads what follows."""
     if lines_per_chunk <= 0:
         raise InputError("--chunk-rows must be positive")
-    bucket, prefix = split_url(url)
-    url = object_url(bucket, prefix).rstrip("/")
-    info, inputs = input_objects(list_objects(bucket, prefix), prefix, url, skip_unknown)
-    symbols = parse_company_symbols(
-        get_range(bucket, info, 0, info.size) if info.size else b"", f"{url}/{COMPANY_INFO}"
-    )
-    files: list[FilePlan] = []
-    chunks: list[ChunkPlan] = []
-    indexes: dict[str, bytes] = {}
-    inputs = [(kind, relative, obj) for kind, relative, obj in inputs if object_url(bucket, obj.key) not in exclude]
-    extents = extents_for([object_url(bucket, obj.key) for _, _, obj in inputs]) if extents_for else {}
-    unchanged: list[str] = []
-    changed: list[str] = []
-    for kind, relative, obj in inputs:
-        identity = object_url(bucket, obj.key)
-        base = file_base(relative, identity, kind, symbols, obj.size, obj.etag)
-        compression = base.compression
-        extent = extents.get(identity)
-        raw = io.BufferedReader(RangedObject(bucket, obj), buffer_size=GET_BLOCK)
-        try:
-            handle = open_gzip(raw) if compression else raw  # type: ignore[arg-type]
-            with handle:
-                complete = (complete_only or extent is not None) and not compression
-                cut = cut_after(handle, lines_per_chunk, len(chunks), base, extent, complete)  # type: ignore[arg-type]
-                if not isinstance(cut, Cut):
-                    (unchanged if cut[0] == UNCHANGED else changed).append(cut[1])
-                    continue
-                file_chunks, file_crc, size = cut.chunks, cut.crc, cut.size
-                if compression:
-                    check_complete(
-                        io.BufferedReader(RangedObject(bucket, obj)), obj.size, size, file_crc or 0, relative
-                    )
-                    indexes[base.data_path] = export_index(handle)  # type: ignore[arg-type]
-        except ChunkChanged as exc:
-            raise InputError(f"{exc} while it was being planned") from exc
-        except (GzipDamaged, *damaged_errors()) as exc:  # type: ignore[misc]
-            if not compression:
-                raise
-            why = str(exc) if isinstance(exc, GzipDamaged) else f"{relative}: gzip data is corrupt or truncated ({exc})"
-            damaged, file_chunks = damaged_file(base, len(chunks), why)
-            files.append(damaged)
-            chunks.extend(file_chunks)
-            continue
-        crc = file_crc if file_crc is not None else 0
-        files.append(grown_plan(file_plan(base, file_chunks, obj.size, crc), identity, cut))
-        chunks.extend(file_chunks)
-    if not chunks and not unchanged and not changed and not (complete_only and files):
-        raise InputError(f"the CSV files under {url} hold no rows")
-    return JobPlan(
-        source_dir=url,
-        files=files,
-        chunks=chunks,
-        bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
-        gzip_indexes={path: index for path, index in indexes.items() if path in {c.data_path for c in chunks}},
-        unchanged=unchanged,
-        changed=changed,
-    )
+    source = ObjectPrefix(url, skip_unknown)
+    return plan_source(source, lines_per_chunk, task_rows, extents_for, complete_only, exclude, before_cutting)

@@ -10,6 +10,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 import redis
 
 from k2jobs.background import Meanwhile
-from k2jobs.config import KAFKA_OPTION_PREFIX, Settings, masked_url
+from k2jobs.config import KAFKA_OPTION_PREFIX, Settings, masked_url, redis_tls
 from k2jobs.errors import StackError
 from k2jobs.kafka.registry import registry_ready, set_backward_compatibility
 from k2jobs.stack.kafka_nodes import KafkaNode, kafka_libs, kafka_nodes, write_server_properties
@@ -58,8 +59,12 @@ class Stack:
         s3: bool = False,
         watch: tuple[str, float] | None = None,
         secure: bool = False,
+        client_env: Mapping[str, str] | None = None,
     ) -> None:
+        """`client_env`: what the k2jobs processes it starts (workers, Flower, beat) get on top of this process's
+        environment: a secure stack's client settings (TLS files, passwords), which this process never sets."""
         self.settings = settings
+        self.env = {**os.environ, **(client_env or {})}
         self.dir = settings.stack_dir
         self.workers = workers
         self.redis_url = urlparse(settings.redis_url)
@@ -158,8 +163,8 @@ class Stack:
 
     def worker_service(self, number: int) -> Service:
         name = f"k2w{number}-{self.kafka_port}@%h"
-        env = worker_environment(self.settings)
-        if self.s3 and not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ACCESS_KEY_ID")):
+        env = worker_environment(self.settings, self.env)
+        if self.s3 and not (self.env.get("AWS_ENDPOINT_URL") or self.env.get("AWS_ACCESS_KEY_ID")):
             env.update(s3_client_env(self.dir, self.settings.s3_port))  # the stack's own S3 server
         return Service(
             f"worker-{number}",
@@ -183,10 +188,10 @@ class Stack:
             f"--port={port}",
             "--address=127.0.0.1",
         ]
-        env = None
+        env = self.env
         if self.material:  # Flower reads FLOWER_* options from its environment: the password stays off `ps`
             env = {
-                **os.environ,
+                **self.env,
                 "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.material.passwords['flower']}",
                 "FLOWER_CERTFILE": str(self.material.cert),  # HTTPS: the password never crosses in the clear
                 "FLOWER_KEYFILE": str(self.material.key),
@@ -216,7 +221,11 @@ class Stack:
         directory, every_s = self.watch or ("", 0.0)
         schedule = self.dir / "beat-schedule"
         command = [sys.executable, "-m", "celery", "-A", "k2jobs.app", "beat", "-s", str(schedule), "-l", "INFO"]
-        env = {**worker_environment(self.settings), "K2_WATCH_DIR": directory, "K2_WATCH_EVERY_S": str(every_s)}
+        env = {
+            **worker_environment(self.settings, self.env),
+            "K2_WATCH_DIR": directory,
+            "K2_WATCH_EVERY_S": str(every_s),
+        }
         return Service("beat", command, self.dir / "logs" / "beat.log", self.dir / "beat.pid", str(schedule), bool, env)
 
     def worker_services(self) -> list[Service]:
@@ -407,15 +416,23 @@ class Stack:
         return any(started)
 
     def _wait_workers(self, workers: list[Service]) -> None:
-        from k2jobs.app import app
+        """Until every worker answers a ping, asked through this stack's Redis (with its TLS on a secure stack)."""
+        from celery import Celery
 
         names = {w.marker.replace("%h", os.uname().nodename) for w in workers}
+        app = Celery("k2jobs-stack", broker=self.settings.redis_url, set_as_current=False)
+        tls = redis_tls(self.settings.redis_url)
+        if tls is not None:
+            app.conf.broker_use_ssl = tls
 
         def all_answer() -> bool:
             replies = app.control.ping(timeout=1.0)
             return names <= {name for reply in replies for name in reply}
 
-        wait_until_ready("celery workers", all_answer)
+        try:
+            wait_until_ready("celery workers", all_answer)
+        finally:
+            app.close()
 
     def _probe(self, name: str) -> Service:
         """Redis's or the registry's pid file and command-line marker, without building (or needing) its command."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from k2jobs.config import Settings
 
@@ -31,10 +32,10 @@ def worker_command(concurrency: int, name: str) -> list[str]:
     ]
 
 
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """A worker's environment: this one, its data root made absolute, and few malloc arenas.
+def worker_environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A worker's environment: `base` (default this process's), its data root made absolute, and few malloc arenas.
 
     Few arenas: librdkafka's threads (new ones for every chunk's producer) would otherwise each grow an arena of
     their own, and a worker's memory would creep up chunk after chunk.
     """
-    return {"MALLOC_ARENA_MAX": "2", **os.environ, "K2_DATA_ROOT": str(settings.data_root)}
+    return {"MALLOC_ARENA_MAX": "2", **(os.environ if base is None else base), "K2_DATA_ROOT": str(settings.data_root)}
