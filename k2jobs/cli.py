@@ -119,7 +119,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             f"note: {len(plan.unchanged)} files left out, nothing new: {', '.join(plan.unchanged[:5])}{more}",
             file=sys.stderr,
         )
-    order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_groups())} keys"
+    order = "unordered" if args.unordered else f"ordered per key, {len(plan.key_chunks())} keys"
     how = f"{order}, {options.value_format}"
     if not args.wait:
         if args.json:

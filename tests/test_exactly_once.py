@@ -373,7 +373,7 @@ def test_enqueueing_leaves_no_result_subscription_behind(stack, ledger) -> None:
         enqueue_chunks(ledger, job_id, plan, list(range(len(plan.chunks))))
         assert own_subscriptions(ledger.redis) == 0
         # What the supervisor looks for when a task has waited long: every sent task is found in Redis.
-        heads = {c[0] for c in plan.key_chains()}
+        heads = {c[0] for c in plan.key_tasks()}
         found = ledger.chunk_messages(limit=10_000)
         assert found is not None and {(job_id, i) for i in heads} <= found
         assert ledger.chunk_messages(limit=0) is None  # a queue longer than the limit is not read

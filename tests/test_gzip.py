@@ -90,9 +90,9 @@ def test_a_truncated_or_corrupt_gzip_is_planned_as_one_failing_chunk_alone_and_t
         [bad] = [c for c in plan.chunks if c.path == "trades/7078.csv.gz"]
         assert bad.rows == 0 and "trades/7078.csv.gz: gzip data is corrupt or truncated" in bad.damaged, name
         assert "nothing of this file was loaded" in bad.damaged
-        assert plan.members(plan.unit(bad.index)) == [bad]  # a task of its own
+        assert plan.task_chunks(plan.task_of(bad.index)) == [bad]  # a task of its own
         good = [c.index for c in plan.chunks if c.path != "trades/7078.csv.gz"]
-        assert plan.units(good) == [good[0]]  # the two small files still share one
+        assert plan.tasks_of(good) == [good[0]]  # the two small files still share one
         result = process_chunk(Attempt("job", bad, rerun=False), tmp_path / name, 1000, *_no_services())
         assert result["status"] == "failed" and result["error"] == bad.damaged
 

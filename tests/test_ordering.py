@@ -90,11 +90,11 @@ def test_a_failed_chunk_holds_back_the_rest_of_its_key_and_resume_goes_on_in_ord
     report = json.loads(done.stdout)
     assert done.returncode == 1 and report["status"] == "failed"
     failed = {f["chunk"]: f["error"] for f in report["failures"] if f["chunk"] is not None}
-    trades_key = next(group for group in plan.key_groups() if broken.index in group)
+    trades_key = next(group for group in plan.key_chunks() if broken.index in group)
     later = trades_key[trades_key.index(broken.index) + 1 :]
     # A task commits all its chunks or none: the broken chunk's task-mates fail with it (20,000-row chunks,
     # tasks of up to K2_TASK_ROWS = 200,000 rows), and every later chunk of the key is held back.
-    task_mates = plan.bundles.get(plan.unit(broken.index), [broken.index])
+    task_mates = plan.tasks.get(plan.task_of(broken.index), [broken.index])
     assert len(task_mates) > 1
     assert "checksum" in failed[broken.index]
     assert set(failed) == {*task_mates, *later}

@@ -74,8 +74,8 @@ def test_small_files_share_tasks_of_about_equal_rows(tmp_path: Path) -> None:
     info = "company_id,symbol\n" + "".join(f"{n},S{n}\n" for n in range(1, 7))
     job = make_dir(tmp_path, {f"trades/{n}.csv": (TRADE + b"\r\n") * 10 for n in range(1, 7)}, info)
     plan = plan_job(tmp_path, job, 25_000, task_rows=40)
-    assert sorted(sum(plan.chunks[i].rows for i in members) for members in plan.bundles.values()) == [30, 30]
-    assert [plan.chunks[i].path for m in plan.bundles.values() for i in m] == [f"trades/{n}.csv" for n in range(1, 7)]
+    assert sorted(sum(plan.chunks[i].rows for i in members) for members in plan.tasks.values()) == [30, 30]
+    assert [plan.chunks[i].path for m in plan.tasks.values() for i in m] == [f"trades/{n}.csv" for n in range(1, 7)]
 
 
 def test_small_file_is_one_chunk(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_key_groups_put_a_keys_files_in_path_order_and_chunks_in_line_order(tmp_
         company_info="company_id,symbol\n7078,BHP\n9001,BHP\n7181,DVN\n",
     )
     plan = plan_job(tmp_path, job, 4)
-    groups = [[(plan.chunks[i].path, plan.chunks[i].first_line) for i in group] for group in plan.key_groups()]
+    groups = [[(plan.chunks[i].path, plan.chunks[i].first_line) for i in group] for group in plan.key_chunks()]
     assert groups == [
         [("trades/7078.csv", 1), ("trades/7078.csv", 5), ("trades/7078.csv", 9)]
         + [("trades/9001.csv", 1), ("trades/9001.csv", 5), ("trades/9001.csv", 9)],

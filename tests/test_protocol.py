@@ -532,9 +532,9 @@ def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their
     aaa, bbb1, bbb2, ccc = (by_path[f"trades/{n}.csv"][0] for n in "1234")
     # AAA (3 rows) + BBB's two files (4 + 2) fit in 10 rows; CCC (5) would not: it starts the next shared task
     # alone, which is no bundle. DDD (30 rows, 3 chunks of 10) has tasks of its own, one chunk each.
-    assert plan.bundles == {aaa: [aaa, bbb1, bbb2]}
-    assert [c.path for c in plan.members(aaa)] == ["trades/1.csv", "trades/2.csv", "trades/3.csv"]
-    assert plan.units([bbb2, ccc, aaa]) == [aaa, ccc]
+    assert plan.tasks == {aaa: [aaa, bbb1, bbb2]}
+    assert [c.path for c in plan.task_chunks(aaa)] == ["trades/1.csv", "trades/2.csv", "trades/3.csv"]
+    assert plan.tasks_of([bbb2, ccc, aaa]) == [aaa, ccc]
     header, heads = ordered_header("job", plan, list(range(len(plan.chunks))))
     ddd = by_path["trades/5.csv"]
     assert sorted(heads) == sorted([aaa, ccc, ddd[0]])
@@ -545,7 +545,7 @@ def test_small_keys_share_a_task_whole_and_in_file_order_and_big_keys_keep_their
         ("job", ddd[1], ddd[0]),
         ("job", ddd[2], ddd[1]),
     ]
-    assert plan.from_dict(orjson.loads(orjson.dumps(plan.to_dict()))).bundles == plan.bundles
+    assert plan.from_dict(orjson.loads(orjson.dumps(plan.to_dict()))).tasks == plan.tasks
 
 
 def test_a_keys_consecutive_small_chunks_share_tasks_that_chain(small_files) -> None:  # type: ignore[no-untyped-def]
@@ -557,7 +557,7 @@ def test_a_keys_consecutive_small_chunks_share_tasks_that_chain(small_files) -> 
     ddd = next(f.chunks for f in plan.files if f.path == "trades/5.csv")
     assert len(ddd) == 8
     chain_ = [ddd[n] for n in range(0, 8, 2)]
-    assert [plan.bundles[u] for u in chain_] == [ddd[n : n + 2] for n in range(0, 8, 2)]
+    assert [plan.tasks[u] for u in chain_] == [ddd[n : n + 2] for n in range(0, 8, 2)]
     header, _ = ordered_header("job", plan, ddd[3:])  # tasks from the one holding chunk 3 of DDD
     ddd_chain = next(h for h in header if hasattr(h, "tasks"))
     assert [t.args for t in ddd_chain.tasks] == [
@@ -569,11 +569,11 @@ def test_a_keys_consecutive_small_chunks_share_tasks_that_chain(small_files) -> 
 
 def run_bundle(small_files, ledger: FakeLedger, markers_: FakeMarkers, rerun: bool):  # type: ignore[no-untyped-def]
     root, plan = small_files
-    lead = next(iter(plan.bundles))
+    lead = next(iter(plan.tasks))
     events: list[str] = []
-    at = Attempt("job", plan.chunks[lead], None, rerun, members=plan.members(lead))
+    at = Attempt("job", plan.chunks[lead], None, rerun, task_chunks=plan.task_chunks(lead))
     result = process_chunk(at, root, 1000, ledger, markers_, lambda j, i: FakeTransaction(events))
-    return result, events, plan.members(lead)
+    return result, events, plan.task_chunks(lead)
 
 
 def test_a_bundle_publishes_its_files_in_one_transaction_under_one_marker(small_files) -> None:  # type: ignore[no-untyped-def]
@@ -619,8 +619,8 @@ def test_a_rerun_of_a_committed_bundle_records_every_file_from_its_marker_and_pu
     first = FakeLedger()
     run_bundle(small_files, first, FakeMarkers(), rerun=False)
     _, plan = small_files
-    lead = next(iter(plan.bundles))
-    value = {"chunks": {str(i): first.done[i] for i in plan.bundles[lead]}}
+    lead = next(iter(plan.tasks))
+    value = {"chunks": {str(i): first.done[i] for i in plan.tasks[lead]}}
 
     class BundleMarkers(FakeMarkers):
         def find(self, key: bytes, start: int, keepalive: Any = None) -> dict[str, Any] | None:

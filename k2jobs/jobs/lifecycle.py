@@ -64,10 +64,10 @@ def ordered_header(job_id: str, plan: JobPlan, indexes: list[int]) -> tuple[list
     finished, so no worker ever waits for a task queued behind it. A task shared by small keys (each whole
     in it, in order) is a chain of its own, sent once.
     """
-    wanted = set(plan.units(indexes))
+    wanted = set(plan.tasks_of(indexes))
     header: list[Signature] = []
     heads: list[int] = []
-    for chain_ in plan.key_chains():
+    for chain_ in plan.key_tasks():
         pending = [u for u in chain_ if u in wanted]
         if not pending or pending[0] in heads:
             continue
@@ -88,7 +88,7 @@ def enqueue_chunks(ledger: EnqueueLedger, job_id: str, plan: JobPlan, indexes: l
     if ordered:
         header, heads = ordered_header(job_id, plan, indexes)
     else:
-        heads = sorted(plan.units(indexes), key=lambda i: -sum(c.rows for c in plan.members(i)))
+        heads = sorted(plan.tasks_of(indexes), key=lambda i: -sum(c.rows for c in plan.task_chunks(i)))
         header = [_chunk_task(job_id, i, None) for i in heads]
     ledger.mark_queued(job_id, heads)
     callback = app.signature("k2jobs.reconcile_job", args=(job_id,), immutable=False)
@@ -119,10 +119,10 @@ def uncommitted(plan: JobPlan, results: dict[int, dict[str, Any]]) -> list[int]:
 
 def running_chunks(ledger: AttemptLedger, job_id: str, plan: JobPlan, indexes: list[int]) -> list[int]:
     """Which tasks loading these chunks an attempt on a live worker is running now."""
-    units = plan.units(indexes)
-    attempts = ledger.attempts(job_id, units)
+    tasks = plan.tasks_of(indexes)
+    attempts = ledger.attempts(job_id, tasks)
     live = ledger.live_workers(workers_named(attempts))
-    return [i for i in units if chunk_state(i, attempts, "", live) == RUNNING]
+    return [i for i in tasks if chunk_state(i, attempts, "", live) == RUNNING]
 
 
 def finish_job_if_done(ledger: FinishLedger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any] | None:
@@ -166,7 +166,7 @@ def resume_job(ledger: Ledger, job_id: str) -> list[int]:
     plan = ledger.plan(job_id)
     pending = uncommitted(plan, ledger.results(job_id))
     ledger.clear_failures(job_id, pending)
-    ledger.reset_attempts(job_id, plan.units(pending))
+    ledger.reset_attempts(job_id, plan.tasks_of(pending))
     ledger.clear_report(job_id)
     ledger.set_running(job_id)
     if pending:

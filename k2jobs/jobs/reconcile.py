@@ -13,7 +13,7 @@ MAX_FILE_REASONS = 5
 def blocked_by(plan: JobPlan, results: dict[int, dict[str, Any]]) -> dict[int, int]:
     """Chunk -> the failed or unfinished chunk before it in its key's order (ordered jobs)."""
     blocked: dict[int, int] = {}
-    for group in plan.key_groups():
+    for group in plan.key_chunks():
         first_bad = None
         for index in group:
             if first_bad is not None:

@@ -84,19 +84,19 @@ class JobSupervision:
         if not to_come:  # every chunk ended or is held back: finished unless an attempt still runs one
             report = finish_job_if_done(self.ledger, job_id)
             return [] if report is None else [f"job {job_id}: finished by the supervisor, {report['status']}"]
-        units = plan.units(to_come)  # a bundle's chunks run in one task, named by its first chunk
-        attempts = self.ledger.attempts(job_id, units)
+        tasks = plan.tasks_of(to_come)  # a task of several chunks is named by its first
+        attempts = self.ledger.attempts(job_id, tasks)
         live = self.ledger.live_workers(workers_named(attempts))
-        states = {i: chunk_state(i, attempts, epoch, live) for i in units}
+        states = {i: chunk_state(i, attempts, epoch, live) for i in tasks}
         for key in [k for k in self.queued_since if k[0] == job_id and states.get(k[1]) != QUEUED]:
             del self.queued_since[key]
         # A task queued this long may have lost its message with a worker that died taking it: look for it.
-        waited = [i for i in units if states[i] == QUEUED and self._since(self.queued_since, job_id, i, now)]
+        waited = [i for i in tasks if states[i] == QUEUED and self._since(self.queued_since, job_id, i, now)]
         messages = self.messages() if waited else None
         if messages is not None:
             ours = {i for j, i in messages if j == job_id}
             states.update({i: chunk_state(i, attempts, epoch, live, ours) for i in waited})
-        lost = [i for i in units if states[i] == LOST]
+        lost = [i for i in tasks if states[i] == LOST]
         for key in [k for k in self.lost_since if k[0] == job_id and k[1] not in lost]:
             del self.lost_since[key]
         due = [i for i in lost if self._since(self.lost_since, job_id, i, now)]

@@ -34,7 +34,7 @@ class Attempt:
     """One attempt at one chunk: what it knows before it starts, and how far it got."""
 
     job_id: str
-    chunk: ChunkPlan  # the task's chunk: the first of a bundle
+    chunk: ChunkPlan  # the task's first chunk, which names the task
     after: int | None = None  # ordered jobs: the task (its first chunk) that must have committed before this one
     rerun: bool = True  # an earlier attempt may have committed: Kafka is asked before anything is sent
     marker_start: int = 0  # where this job's markers begin on the marker partition
@@ -42,14 +42,14 @@ class Attempt:
     after_commit: Callable[[], None] | None = None
     give_up: str | None = None  # too many attempts ended unfinished: fail with this reason unless it committed
     commit_started: bool = False  # set just before the commit: from then on, only Kafka knows if it committed
-    members: list[ChunkPlan] | None = None  # a bundle's chunks (see planning.bundle_chunks), in publish order
+    task_chunks: list[ChunkPlan] | None = None  # every chunk of a task of several (plan.grouping), in publish order
     after_chunks: list[int] | None = None  # every chunk of the task `after`
     gzip_indexes: dict[str, bytes] | None = None  # the job's gzip indexes (JobPlan.gzip_indexes)
     progress_every_s: float = Settings.progress_every_s  # K2_PROGRESS_EVERY_S
 
     @property
     def chunks(self) -> list[ChunkPlan]:
-        return self.members or [self.chunk]
+        return self.task_chunks or [self.chunk]
 
 
 def send_rows(txn: ChunkProducer, rows: ChunkRows, batch_lines: int, progress: ProgressHook) -> None:
@@ -114,7 +114,7 @@ class ProgressWriter:
             self.hook(rows_done)
 
 
-def read_members(
+def read_task_chunks(
     data_root: Path, chunks: list[ChunkPlan], gzip_indexes: dict[str, bytes] | None = None
 ) -> tuple[list[bytes], dict[int, str]]:
     """Every chunk's bytes; or, if a file changed, why each chunk of the task is not loaded (all or none)."""
@@ -138,8 +138,8 @@ def process_chunk(
     open_transaction: TransactionFactory,
     on_progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
-    """Load one chunk (or a bundle of small files' chunks) exactly once; safe to call again after any crash
-    or retry. A bundle publishes in one transaction, under one commit marker.
+    """Load one chunk (or a task of several small files' chunks) exactly once; safe to call again after any crash
+    or retry. A task publishes in one transaction, under one commit marker.
 
     With `attempt.after` (ordered jobs), the chunk publishes only if that chunk committed, so a key's
     messages stay in file order; otherwise it records a failure naming that chunk.
@@ -151,7 +151,7 @@ def process_chunk(
     reason = None if attempt.after is None else predecessor_failure(attempt, ledger, markers)
     if reason is not None:
         return fail_all(ledger, job_id, chunks, reason)
-    if any(c.damaged for c in chunks):  # planned alone (bundle_chunks): never sent anything, nothing to ask Kafka
+    if any(c.damaged for c in chunks):  # planned alone (group_into_tasks): never sent anything, nothing to ask Kafka
         return fail_all(ledger, job_id, chunks, {c.index: c.damaged or "not loaded: a damaged file" for c in chunks})
     # Opening the transaction fences every earlier attempt of this task and ends its transaction: none can
     # commit from now on, so what Kafka holds now is final. A first attempt (no earlier start since Redis last
@@ -168,7 +168,7 @@ def process_chunk(
             return task_result(results)
     if attempt.give_up:
         return fail_all(ledger, job_id, chunks, attempt.give_up)
-    data, failed = read_members(data_root, chunks, attempt.gzip_indexes)
+    data, failed = read_task_chunks(data_root, chunks, attempt.gzip_indexes)
     if failed:
         return fail_all(ledger, job_id, chunks, failed)
     txn.begin()

@@ -24,7 +24,7 @@ def chunk_result(chunk: ChunkPlan, status: str, counts: dict[str, Any], error: s
 
 
 def task_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the task of one chunk, or of a bundle of chunks, returns: the chunk's result, or the bundle's sums."""
+    """What the task of one chunk, or of several chunks, returns: the chunk's result, or the task's sums."""
     if len(results) == 1:
         return results[0]
     failed = [r for r in results if r["status"] != ChunkStatus.COMMITTED]
@@ -52,7 +52,7 @@ def fail_all(ledger: ResultStore, job_id: str, chunks: list[ChunkPlan], reason: 
 
 
 def committed_results(chunks: list[ChunkPlan], marker: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chunks' results from the counts their commit marker holds (one chunk's counts, or a bundle's)."""
+    """The chunks' results from the counts their commit marker holds (one chunk's counts, or a task's)."""
     if "chunks" not in marker:
         return [chunk_result(chunks[0], ChunkStatus.COMMITTED, marker)]
     return [chunk_result(c, ChunkStatus.COMMITTED, marker["chunks"][str(c.index)]) for c in chunks]

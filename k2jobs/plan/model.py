@@ -11,7 +11,7 @@ from k2jobs.errors import StoredDataError
 
 # The version of the stored plan's layout (JobPlan.to_dict): raised whenever a field of a stored plan changes, so a
 # plan stored by another version is refused in one place (JobPlan.from_dict) instead of being read half-right.
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the tasks of a plan are stored as "tasks" (they were "bundles")
 PlanT = TypeVar("PlanT", "ChunkPlan", "FilePlan")
 
 
@@ -92,8 +92,9 @@ class JobPlan:
     source_dir: str
     files: list[FilePlan]
     chunks: list[ChunkPlan]
-    # Chunks one task loads in one transaction: first chunk -> all of them, in publish order (see bundle_chunks).
-    bundles: dict[int, list[int]] = field(default_factory=dict)
+    # The tasks of the job: each task's first chunk (which names it) -> every chunk it loads in one transaction, in
+    # publish order (see group_into_tasks); a chunk that is not in one is a task of its own.
+    tasks: dict[int, list[int]] = field(default_factory=dict)
     # data_path -> the gzip index of a .csv.gz file (k2jobs.sources.gz); kept in Redis beside the plan, not in it.
     gzip_indexes: dict[str, bytes] = field(default_factory=dict, repr=False)
     # Not loaded, not kept with the job: files whose published content did not grow, and files whose
@@ -106,27 +107,28 @@ class JobPlan:
         return sum(f.rows for f in self.files)
 
     @cached_property
-    def unit_of(self) -> dict[int, int]:
-        """Chunk -> the first chunk of the task that loads it (itself unless it is in a bundle)."""
-        return {member: lead for lead, members in self.bundles.items() for member in members}
+    def task_of_chunk(self) -> dict[int, int]:
+        """Chunk -> the task that loads it (its first chunk), for chunks that share a task."""
+        return {chunk: task for task, chunks in self.tasks.items() for chunk in chunks}
 
-    def unit(self, index: int) -> int:
-        return self.unit_of.get(index, index)
+    def task_of(self, index: int) -> int:
+        """The task (its first chunk) that loads chunk `index`."""
+        return self.task_of_chunk.get(index, index)
 
-    def units(self, indexes: list[int]) -> list[int]:
+    def tasks_of(self, indexes: list[int]) -> list[int]:
         """The tasks that load these chunks, each once, in the chunks' order."""
-        return list(dict.fromkeys(self.unit(i) for i in indexes))
+        return list(dict.fromkeys(self.task_of(i) for i in indexes))
 
-    def members(self, unit: int) -> list[ChunkPlan]:
+    def task_chunks(self, task: int) -> list[ChunkPlan]:
         """The chunks one task loads, in the order it publishes them."""
-        return [self.chunks[i] for i in self.bundles.get(unit, [unit])]
+        return [self.chunks[i] for i in self.tasks.get(task, [task])]
 
-    def key_chains(self) -> list[list[int]]:
-        """The tasks of each key and topic in the order they must commit (key_groups, in tasks). A task shared
+    def key_tasks(self) -> list[list[int]]:
+        """The tasks of each key and topic in the order they must commit (key_chunks, in tasks). A task shared
         by small keys is in the chain of each of them, alone."""
-        return [self.units(group) for group in self.key_groups()]
+        return [self.tasks_of(group) for group in self.key_chunks()]
 
-    def key_groups(self) -> list[list[int]]:
+    def key_chunks(self) -> list[list[int]]:
         """Chunk indexes per Kafka key and topic (kind and symbol), in the order they must be published.
 
         Files of one key follow each other in path order, each file's chunks in line order. Largest group first.
@@ -143,7 +145,7 @@ class JobPlan:
             "source_dir": self.source_dir,
             "files": [dict(vars(f)) for f in self.files],  # not asdict: its deep copies are slow for thousands of files
             "chunks": [dict(vars(c)) for c in self.chunks],
-            "bundles": {str(lead): members for lead, members in self.bundles.items()},
+            "tasks": {str(task): chunks for task, chunks in self.tasks.items()},
         }
 
     @classmethod
@@ -158,7 +160,7 @@ class JobPlan:
             source_dir=raw["source_dir"],
             files=[stored_plan(FilePlan, f) for f in raw["files"]],
             chunks=[stored_plan(ChunkPlan, c) for c in raw["chunks"]],
-            bundles={int(lead): members for lead, members in raw["bundles"].items()},
+            tasks={int(task): chunks for task, chunks in raw["tasks"].items()},
         )
 
 

@@ -1,4 +1,4 @@
-"""One planning loop for every source: list a source's input files, cut each into chunks, bundle chunks into tasks.
+"""One planning loop for every source: list a source's input files, cut each into chunks, group chunks into tasks.
 
 A `Source` (a local directory, an S3 prefix) says which files it holds and opens them; everything else (checking
 names against the company map, resuming after what succeeded jobs published, gzip damage, the plan itself) is
@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from k2jobs.errors import ChunkChanged, InputError
-from k2jobs.plan.grouping import bundle_chunks
+from k2jobs.plan.grouping import group_into_tasks
 from k2jobs.plan.model import ChunkPlan, FilePlan, JobPlan, Kind, like
 from k2jobs.sources.cutting import BOM, UNCHANGED, Cut, Skipped, cut_after
 from k2jobs.sources.gz import GZIP, GZIP_SUFFIX, GzipDamaged, check_complete, damaged_errors, export_index
@@ -184,7 +184,7 @@ def plan_source(
     exclude: frozenset[str] = frozenset(),
     before_cutting: Callable[[int], None] | None = None,
 ) -> JobPlan:
-    """Cut every input file of `source` into chunks, and bundle small chunks into tasks of up to `task_rows` rows
+    """Cut every input file of `source` into chunks, and group small chunks into tasks of up to `task_rows` rows
     (default: `lines_per_chunk`). `before_cutting(files)` is called once the files are found.
 
     `extents_for` gives what succeeded jobs published of files (by identity): those are cut from where it ends, or
@@ -223,7 +223,7 @@ def plan_source(
         source_dir=source.source_dir,
         files=files,
         chunks=chunks,
-        bundles=bundle_chunks(files, chunks, task_rows or lines_per_chunk),
+        tasks=group_into_tasks(files, chunks, task_rows or lines_per_chunk),
         gzip_indexes=indexes,
         unchanged=unchanged,
         changed=changed,

@@ -64,7 +64,7 @@ class WorkerClients:
         view = self.jobs.get(job_id)
         if view is None:
             plan = self.ledger.plan(job_id)
-            following = {c[n]: c[n + 1] for c in plan.key_chains() for n in range(len(c) - 1)}
+            following = {c[n]: c[n + 1] for c in plan.key_tasks() for n in range(len(c) - 1)}
             view = JobView(plan, self.ledger.job_options(job_id).get("ordered", True), following)
             self.jobs[job_id] = view
             while len(self.jobs) > PLANS_KEPT:

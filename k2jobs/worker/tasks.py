@@ -132,7 +132,7 @@ class ChunkTask(Task):  # type: ignore[misc]
         try:
             job_id, index = str(args[0]), int(args[1])
             job_plan = clients.job(job_id).plan
-            chunks = job_plan.members(job_plan.unit(index))
+            chunks = job_plan.task_chunks(job_plan.task_of(index))
         except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
             log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
@@ -163,7 +163,7 @@ def process_chunk_task(
     `first_failure`: set by ChunkTask.retry on retried messages (the retry budget's clock)."""
     clients = worker_clients()
     job = clients.job(job_id)
-    plan = job.plan.chunks[job.plan.unit(int(index))]  # a message naming any chunk of a task runs that task
+    plan = job.plan.chunks[job.plan.task_of(int(index))]  # a message naming any chunk of a task runs that task
     worker = incarnation(self.request.hostname or "unknown")
     started = time.monotonic()
     seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
@@ -231,8 +231,8 @@ def _run_attempt(
         job_id,
         plan,
         after,
-        after_chunks=None if after is None else [c.index for c in clients.job(job_id).plan.members(after)],
-        members=clients.job(job_id).plan.members(plan.index),
+        after_chunks=None if after is None else [c.index for c in clients.job(job_id).plan.task_chunks(after)],
+        task_chunks=clients.job(job_id).plan.task_chunks(plan.index),
         gzip_indexes=clients.job(job_id).plan.gzip_indexes,
         progress_every_s=settings.progress_every_s,
         # Redis keeps every start unless it restarted since the job began: then any attempt may have run before.
