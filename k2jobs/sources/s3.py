@@ -12,19 +12,15 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from k2jobs.errors import ChunkChanged, InputError, StorageUnavailable
-from k2jobs.plan.model import ChunkPlan, JobPlan, Kind
+from k2jobs.plan.model import ChunkPlan, Kind
 from k2jobs.sources.cutting import READ_BLOCK
 from k2jobs.sources.gz import GzipDamaged, open_gzip, read_range
 from k2jobs.sources.layout import COMPANY_INFO, DOCUMENTATION, input_stem, parse_company_symbols
-from k2jobs.sources.planning import Input, plan_source
-
-if TYPE_CHECKING:
-    from k2jobs.plan.extents import Extent
+from k2jobs.sources.planning import Input
 
 SCHEME = "s3://"
 GET_BLOCK = 8 << 20  # bytes per ranged GET when an object is read through
@@ -254,21 +250,3 @@ class ObjectPrefix:
 
     def open_raw(self, item: Input) -> BinaryIO:
         return io.BufferedReader(RangedObject(self.bucket, item.opened))  # type: ignore[arg-type, return-value]
-
-
-def plan_objects(
-    url: str,
-    lines_per_chunk: int,
-    skip_unknown: bool = False,
-    task_rows: int = 0,
-    extents_for: Callable[[list[str]], dict[str, Extent]] | None = None,
-    complete_only: bool = False,
-    exclude: frozenset[str] = frozenset(),
-    before_cutting: Callable[[int], None] | None = None,
-) -> JobPlan:
-    """The plan of s3://BUCKET/PREFIX: see plan_source. Appending as for a directory: an object replaced by a longer
-    one whose start is as published loads what follows."""
-    if lines_per_chunk <= 0:
-        raise InputError("--chunk-rows must be positive")
-    source = ObjectPrefix(url, skip_unknown)
-    return plan_source(source, lines_per_chunk, task_rows, extents_for, complete_only, exclude, before_cutting)
