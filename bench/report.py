@@ -40,6 +40,7 @@ LABELS = {
     "first_job": "first job after the workers start vs a later one (x)",
     "first_job_after_stack_up": "first job after `stack up` vs a later one, 1 worker (x)",
     "avro_vs_json": "Avro vs JSON run in turn with it, 2 workers (x)",
+    "avro_vs_naive_avro": "Avro vs a naive loader using AvroSerializer (x)",
     "many_files_vs_big": "4,000 small files vs 4 big files (x)",
     "many_files_vs_naive": "4,000 small files vs the naive loader on them (x)",
     "many_chunks_vs_few": "one key in 360 chunks vs in 4 chunks (x)",

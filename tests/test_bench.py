@@ -43,6 +43,7 @@ def test_bench_smoke_run_measures_everything_side_by_side() -> None:
         "k2jobs, 2 workers, --unordered": 40_000,
         "k2jobs Avro, 2 workers": 40_000,
         "k2jobs, 2 workers, again": 40_000,
+        "naive Avro loader (AvroSerializer), 1 process": 40_000,
     }
     [stack_warm_up] = results["stack_broker_warm_up"]  # traffic `stack up` sent in transactions, then deleted
     assert stack_warm_up["messages"] >= 100_000 and stack_warm_up["transactions"] >= 1
@@ -59,4 +60,28 @@ def test_bench_smoke_run_measures_everything_side_by_side() -> None:
         "first_job",
         "first_job_after_stack_up",
         "avro_vs_json",
+        "avro_vs_naive_avro",
     }
+
+
+def test_scale_smoke_run_measures_each_shape() -> None:
+    results = ROOT / "bench" / "results" / "scale-smoke.json"
+    results.unlink(missing_ok=True)
+    env = {**os.environ, "K2_BROKER_WARM_UP_S": "1"}
+    done = subprocess.run(
+        [sys.executable, "bench/scale.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    shapes = {s["name"]: s for s in json.loads(results.read_text())["shapes"]}
+    assert {name: s["published"] for name, s in shapes.items()} == {
+        "8files: 8 files, 16,000 rows": 16_000,
+        "100k: 300 files, 6,600 rows": 6_600,
+        "1m: 600 files, 7,146 rows": 7_146,
+    }
+    for shape in shapes.values():
+        assert shape["status"] == "succeeded"
+        assert 0 < shape["submit_s"] < shape["seconds"]
+        assert 0 < shape["first_message_s"] < shape["seconds"]  # a read_committed consumer saw the job's first record
+        assert shape["chunks"] >= 1 and shape["worker_peak_mb"] > 0 and shape["submit_peak_mb"] > 0
+        assert shape["input_bytes"] > 0 and shape["listing_s"] >= 0 and shape["bytes_read"] >= 0
+    assert "| 100k: 300 files, 6,600 rows | 300 | 6,600 |" in done.stdout
