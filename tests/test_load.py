@@ -163,3 +163,25 @@ def test_stack_status_lists_every_process(stack, settings) -> None:  # type: ign
     assert status["brokers"] == [{"id": 1, "pid": status["kafka"]["pid"], "bootstrap": settings.kafka_bootstrap}]
     assert len(status["workers"]) == 2 and all(w["pid"] for w in status["workers"])
     assert status["flower"]["url"].endswith(f":{settings.flower_port}")
+
+
+def test_a_job_in_redis_is_its_files_and_one_record_per_task(stack, ledger) -> None:  # type: ignore[no-untyped-def]
+    """What a worker reads to run a task is that task's record alone (its chunks and the task after it in its key):
+    its memory does not grow with the job's files. The whole plan, for reconciling, comes back whole."""
+    from k2jobs.jobs.submit import new_job_id
+    from k2jobs.sources.local import plan_job
+    from k2jobs.store.keys import RUNNING_KEY
+
+    plan = plan_job(DATA_ROOT, DATA_ROOT / "sample", 5_000, task_rows=20_000)
+    job_id = new_job_id()
+    ledger.create_job(job_id, plan, {"chunk_rows": 5_000, "ordered": True})
+    ledger.redis.srem(RUNNING_KEY, job_id)  # recorded, never enqueued: no supervisor must take it for a lost job
+    tasks = plan.task_plans()
+    assert ledger.task_plans(job_id, [t.index for t in tasks]) == tasks
+    shared = next(t for t in tasks if len(t.chunks) > 1)  # the sample's small files share one task
+    assert ledger.task_plans(job_id, [shared.chunks[1].index, len(plan.chunks)]) == [None, None]
+    assert ledger.task_plans("no-such-job", [0]) == [None]
+    again = ledger.plan(job_id)
+    assert (again.files, again.chunks, again.tasks) == (plan.files, plan.chunks, plan.tasks)
+    biggest = max(len(r) for r in ledger.redis.hvals(f"k2:job:{job_id}:tasks"))
+    assert biggest * 4 < len(orjson.dumps(plan.to_dict()))  # what one task reads is a small part of the plan

@@ -323,3 +323,32 @@ def test_a_plan_stored_by_another_version_is_refused_in_one_place(tmp_path) -> N
     for version in (None, PLAN_VERSION + 1):
         with pytest.raises(StoredDataError, match="stored by another version of k2jobs"):
             JobPlan.from_dict({**stored, "version": version})
+
+
+def test_a_plan_is_stored_as_its_files_and_one_record_per_task() -> None:
+    """A worker reads the record of the task it runs (its chunks, the task after it in its key), never the whole
+    plan; the whole plan, for reconciling, is the head and every record put together again."""
+    import orjson
+
+    from k2jobs.errors import StoredDataError
+    from k2jobs.plan.model import PLAN_VERSION, JobPlan, TaskPlan
+
+    plan = plan_job(SAMPLE.parent, SAMPLE, lines_per_chunk=5_000, task_rows=20_000)
+    tasks = plan.task_plans()
+    assert len(tasks) < len(plan.chunks)  # some tasks load several chunks
+    assert sorted(c.index for t in tasks for c in t.chunks) == [c.index for c in plan.chunks]
+    for task in tasks:
+        assert [c.index for c in task.chunks] == [c.index for c in plan.task_chunks(task.index)]
+    chains = [c for c in plan.key_tasks() if len(c) > 1]
+    assert chains  # the sample's big files are chains of several tasks
+    nexts = {t.index: t.next for t in tasks}
+    for chain in plan.key_tasks():
+        assert [nexts[t] for t in chain[:-1]] == chain[1:]
+    records = [orjson.loads(orjson.dumps(t.to_record())) for t in tasks]
+    assert [TaskPlan.from_record(r) for r in records] == tasks
+    head = orjson.loads(orjson.dumps(plan.head()))
+    assert "chunks" not in head and head["version"] == PLAN_VERSION
+    again = JobPlan.from_stored(head, records[::-1])  # in any order, as HVALS returns them
+    assert (again.files, again.chunks, again.tasks) == (plan.files, plan.chunks, plan.tasks)
+    with pytest.raises(StoredDataError, match="stored by another version of k2jobs"):
+        JobPlan.from_stored({**head, "version": PLAN_VERSION - 1}, records)

@@ -7,6 +7,8 @@ in the fault tests (tests/test_exactly_once.py).
 
 from __future__ import annotations
 
+import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -402,7 +404,7 @@ def supervised(monkeypatch):  # type: ignore[no-untyped-def]
     finished: list[str] = []
     monkeypatch.setattr(supervisor, "enqueue_chunks", lambda ledger, job, plan, chunks, ordered: sent.append(chunks))
 
-    def finish(ledger, job_id):  # type: ignore[no-untyped-def]
+    def finish(ledger, job_id, plan=None):  # type: ignore[no-untyped-def]
         finished.append(job_id)
         ledger.reports[job_id] = {"status": "succeeded"}
         return ledger.reports[job_id]
@@ -456,6 +458,34 @@ def test_a_lost_chunk_is_redriven_once_it_has_been_lost_for_the_stall_time(super
     assert sent == []
     actions = supervision.round(now=121.0)
     assert sent == [[1]] and ledger.redrives == 1 and any("chunks [1]" in a for a in actions)
+
+
+def test_a_job_whose_round_takes_long_is_looked_at_less_often(supervised, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A round over a job of 100,000 files reads every chunk's result: the next one waits ROUND_SPACING times as
+    long, so supervising never takes most of a worker's main process; a lost chunk is still redriven."""
+    import k2jobs.jobs.supervisor as supervisor
+
+    supervision, ledger, sent, _ = supervised
+    ledger.done[0] = {"status": "committed"}
+    ledger.queued = {1: "e0", 3: "e0"}  # both lost: queued before Redis restarted
+    clock = iter([0.0, 3.0] * 10)  # each round of the job takes 3 s by the supervisor's timer
+    timer = types.SimpleNamespace(monotonic=time.monotonic, perf_counter=lambda: next(clock))
+    monkeypatch.setattr(supervisor, "time", timer)
+    looked = []
+    reads = ledger.results
+
+    def results(job_id: str) -> dict:  # type: ignore[type-arg]
+        looked.append(job_id)
+        return reads(job_id)
+
+    monkeypatch.setattr(ledger, "results", results)
+    for now in (0.0, 5.0, 10.0, 25.0):
+        supervision.round(now=now)
+    assert looked == ["job"] and sent == []  # looked at 0 s, then not before 30 s (3 s x 10)
+    supervision.round(now=30.0)
+    assert len(looked) == 2 and sent == [[1, 3]]  # lost since 0 s, for longer than the stall time: redriven
+    supervision.round(now=59.0)
+    assert len(looked) == 2
 
 
 def test_a_chunk_found_again_before_the_stall_time_is_not_redriven(supervised) -> None:  # type: ignore[no-untyped-def]

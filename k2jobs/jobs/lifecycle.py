@@ -127,7 +127,7 @@ def running_chunks(ledger: AttemptLedger, job_id: str, plan: JobPlan, indexes: l
 
 def finish_job_if_done(ledger: FinishLedger, job_id: str, plan: JobPlan | None = None) -> dict[str, Any] | None:
     """Finish the job unless a chunk of it can still run (then None). `plan`: the job's, if the caller holds it
-    (a worker keeps each job's plan; a plan never changes once recorded), else it is read.
+    (the supervisor keeps each running job's plan; a plan never changes once recorded), else it is read.
 
     The chord's callbacks, the supervisor and a waiting client all finish jobs through here, so a job gets a
     report only once every chunk has a result or is held back, and no attempt is running any uncommitted chunk.

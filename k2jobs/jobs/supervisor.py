@@ -21,6 +21,7 @@ from redis.exceptions import LockError
 
 from k2jobs.jobs.lifecycle import EnqueueLedger, FinishLedger, enqueue_chunks, finish_job_if_done
 from k2jobs.jobs.reconcile import chunks_to_come
+from k2jobs.plan.model import JobPlan
 from k2jobs.store.attempts import LOST, QUEUED, chunk_state, workers_named
 from k2jobs.store.ledger import Ledger
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 HEARTBEAT_TTL_S = 15  # a worker that has not beaten for this long is dead or frozen: its chunks are lost
 MESSAGES_READ_MAX = 2_000  # a queue longer than this is not read for lost messages (later, once it is shorter)
+# A job whose round takes a while (it reads every chunk's result: a job of 100,000 files) is looked at again only
+# once this many times that long has passed: supervising keeps to about a tenth of the worker's main process.
+ROUND_SPACING = 10.0
 
 
 class SupervisedLedger(FinishLedger, EnqueueLedger, Protocol):
@@ -45,10 +49,13 @@ class SupervisedLedger(FinishLedger, EnqueueLedger, Protocol):
 
 
 class JobSupervision:
-    """One supervisor's memory across rounds: since when each chunk has been lost."""
+    """One supervisor's memory across rounds: since when each chunk has been lost, and the plans of the running
+    jobs (a plan never changes once recorded: read once per job, not every round)."""
 
     def __init__(self, ledger: SupervisedLedger, stall_after_s: float) -> None:
         self.ledger, self.stall_after_s = ledger, stall_after_s
+        self.plans: dict[str, JobPlan] = {}
+        self.next_look: dict[str, float] = {}  # job -> when (monotonic) its next round is due (ROUND_SPACING)
         self.lost_since: dict[tuple[str, int], float] = {}
         self.queued_since: dict[tuple[str, int], float] = {}
         self._messages: set[tuple[str, int]] | None | bool = False  # read at most once a round (False: not yet)
@@ -66,9 +73,19 @@ class JobSupervision:
         epoch = self.ledger.epoch()
         self._messages = False
         actions: list[str] = []
-        for job_id in self.ledger.running_jobs():
+        running = self.ledger.running_jobs()
+        for job_id in [j for j in self.plans if j not in running]:
+            del self.plans[job_id]
+        for job_id in [j for j in self.next_look if j not in running]:
+            del self.next_look[job_id]
+        for job_id in running:
+            if now < self.next_look.get(job_id, now):
+                continue
             try:
+                self._plan(job_id)  # read once per job, not timed: what is spaced is the work of every round
+                started = time.perf_counter()
                 actions.extend(self.supervise_job(job_id, epoch, now))
+                self.next_look[job_id] = now + (time.perf_counter() - started) * ROUND_SPACING
             except Exception as exc:  # noqa: BLE001 - one broken job must not stop the supervision of the others
                 log.exception("job supervisor: job %s", job_id)
                 actions.append(f"job {job_id}: not supervised this round: {type(exc).__name__}: {exc}")
@@ -77,12 +94,12 @@ class JobSupervision:
     def supervise_job(self, job_id: str, epoch: str, now: float) -> list[str]:
         if self.ledger.report(job_id) is not None:
             return []
-        plan = self.ledger.plan(job_id)
+        plan = self._plan(job_id)
         ordered = self.ledger.job_options(job_id).get("ordered", True)
         results = self.ledger.results(job_id)
         to_come = chunks_to_come(plan, results, ordered)
         if not to_come:  # every chunk ended or is held back: finished unless an attempt still runs one
-            report = finish_job_if_done(self.ledger, job_id)
+            report = finish_job_if_done(self.ledger, job_id, plan)
             return [] if report is None else [f"job {job_id}: finished by the supervisor, {report['status']}"]
         tasks = plan.tasks_of(to_come)  # a task of several chunks is named by its first
         attempts = self.ledger.attempts(job_id, tasks)
@@ -107,6 +124,12 @@ class JobSupervision:
         for i in due:
             self.lost_since.pop((job_id, i), None)
         return [f"job {job_id}: chunks {due} had no attempt queued, reserved or running: enqueued again"]
+
+    def _plan(self, job_id: str) -> JobPlan:
+        plan = self.plans.get(job_id)
+        if plan is None:
+            plan = self.plans[job_id] = self.ledger.plan(job_id)
+        return plan
 
     def _since(self, since: dict[tuple[str, int], float], job_id: str, index: int, now: float) -> bool:
         """Whether the task has been in this state for `stall_after_s` (counting from the first round that saw it)."""

@@ -11,11 +11,11 @@ from k2jobs.errors import StoredDataError
 
 # The version of the stored plan's layout (JobPlan.to_dict): raised whenever a field of a stored plan changes, so a
 # plan stored by another version is refused in one place (JobPlan.from_dict) instead of being read half-right.
-PLAN_VERSION = 2  # 2: the tasks of a plan are stored as "tasks" (they were "bundles")
+PLAN_VERSION = 3  # 3: stored as a head (the files) and one record per task (TaskPlan); 2 named tasks "tasks"
 PlanT = TypeVar("PlanT", "ChunkPlan", "FilePlan")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkPlan:
     """One byte range of one file, on line boundaries, with what it must contain."""
 
@@ -43,17 +43,23 @@ class ChunkPlan:
 
 
 def stored_plan(cls: type[PlanT], raw: dict) -> PlanT:  # type: ignore[type-arg]
-    """A plan from its dict. One with exactly the plan's fields, as to_dict writes it, skips __init__: a frozen
-    dataclass sets each field through object.__setattr__, and a worker reads thousands of plans at a job's start
-    (the plans have no __post_init__: nothing but __init__ sets their fields)."""
+    """A plan from its dict. One with exactly the plan's fields, as plain() writes it, skips __init__ (a frozen
+    dataclass's __init__ checks nothing these plans need, and a job of a million files has two million of them).
+    The plans are slotted: no dict per object, the most of what a plan of many small files held."""
     if raw.keys() != cls.__dataclass_fields__.keys():
         return cls(**raw)
     plan = object.__new__(cls)
-    plan.__dict__.update(raw)
+    for name, value in raw.items():
+        object.__setattr__(plan, name, value)
     return plan
 
 
-@dataclass(frozen=True)
+def plain(plan: ChunkPlan | FilePlan) -> dict[str, object]:
+    """A plan's fields as a dict (shallow: lists are shared), for JSON; not asdict, whose deep copies are slow."""
+    return {name: getattr(plan, name) for name in plan.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
 class FilePlan:
     """One input file and its chunks' indexes."""
 
@@ -83,6 +89,27 @@ class FilePlan:
     def content(self) -> str:
         """The identity of the file's content, whatever its name or place: kind, company, size, checksum."""
         return f"{self.kind}:{self.company_id}:{self.size}:{self.crc32:08x}"
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What one Celery task loads, all a worker reads of the job to run it: its chunks in publish order (the first
+    names the task) and the task that follows it in its key's order (ordered jobs; None at a key's end)."""
+
+    chunks: list[ChunkPlan]
+    next: int | None = None
+
+    @property
+    def index(self) -> int:
+        return self.chunks[0].index
+
+    def to_record(self) -> dict[str, object]:
+        """Its stored form (one field of the job's task records), as plain data for JSON."""
+        return {"chunks": [plain(c) for c in self.chunks], "next": self.next}
+
+    @classmethod
+    def from_record(cls, raw: dict) -> TaskPlan:  # type: ignore[type-arg]
+        return cls([stored_plan(ChunkPlan, c) for c in raw["chunks"]], raw["next"])
 
 
 @dataclass(frozen=True)
@@ -138,24 +165,43 @@ class JobPlan:
             groups.setdefault((file.kind, file.symbol), []).extend(file.chunks)
         return sorted(groups.values(), key=lambda group: -sum(self.chunks[i].rows for i in group))
 
+    def task_plans(self) -> list[TaskPlan]:
+        """Every task of the job, each with the task after it in its key's chain (key_tasks), in chunk order."""
+        following = {c[n]: c[n + 1] for c in self.key_tasks() for n in range(len(c) - 1)}
+        firsts = dict.fromkeys(self.task_of(c.index) for c in self.chunks)
+        return [TaskPlan(self.task_chunks(task), following.get(task)) for task in firsts]
+
+    def head(self) -> dict[str, object]:
+        """The stored plan without its chunks (they are in the task records, TaskPlan.to_record)."""
+        return {"version": PLAN_VERSION, "source_dir": self.source_dir, "files": [plain(f) for f in self.files]}
+
+    @classmethod
+    def from_stored(cls, head: dict, records: list[dict]) -> JobPlan:  # type: ignore[type-arg]
+        """A plan from its head and every task record, as head and TaskPlan.to_record wrote them."""
+        check_version(head)
+        tasks = [TaskPlan.from_record(record) for record in records]
+        chunks = sorted((c for task in tasks for c in task.chunks), key=lambda c: c.index)
+        return cls(
+            source_dir=head["source_dir"],
+            files=[stored_plan(FilePlan, f) for f in head["files"]],
+            chunks=chunks,
+            tasks={task.index: [c.index for c in task.chunks] for task in tasks if len(task.chunks) > 1},
+        )
+
     def to_dict(self) -> dict[str, object]:
         """The plan as plain data (shallow: the files' lists are shared), for JSON."""
         return {
             "version": PLAN_VERSION,
             "source_dir": self.source_dir,
-            "files": [dict(vars(f)) for f in self.files],  # not asdict: its deep copies are slow for thousands of files
-            "chunks": [dict(vars(c)) for c in self.chunks],
+            "files": [plain(f) for f in self.files],
+            "chunks": [plain(c) for c in self.chunks],
             "tasks": {str(task): chunks for task, chunks in self.tasks.items()},
         }
 
     @classmethod
     def from_dict(cls, raw: dict) -> JobPlan:  # type: ignore[type-arg]
         """A plan as to_dict wrote it; one stored by another version of k2jobs is refused."""
-        if raw.get("version") != PLAN_VERSION:
-            raise StoredDataError(
-                f"this job's plan was stored by another version of k2jobs (plan version {raw.get('version')}, "
-                f"this version reads {PLAN_VERSION}): submit it again"
-            )
+        check_version(raw)
         return cls(
             source_dir=raw["source_dir"],
             files=[stored_plan(FilePlan, f) for f in raw["files"]],
@@ -164,10 +210,19 @@ class JobPlan:
         )
 
 
+def check_version(raw: dict) -> None:  # type: ignore[type-arg]
+    """Refuse a plan stored by another version of k2jobs (the one place stored plans are checked)."""
+    if raw.get("version") != PLAN_VERSION:
+        raise StoredDataError(
+            f"this job's plan was stored by another version of k2jobs (plan version {raw.get('version')}, "
+            f"this version reads {PLAN_VERSION}): submit it again"
+        )
+
+
 def like(plan: PlanT, **changes: object) -> PlanT:
     """dataclasses.replace for the plans, without its checks or __init__ (stored_plan): with them, a third of
     planning's time for thousands of files."""
-    return stored_plan(type(plan), {**plan.__dict__, **changes})
+    return stored_plan(type(plan), {**plain(plan), **changes})
 
 
 class Kind(StrEnum):

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from k2jobs.errors import JobNotFound
-from k2jobs.plan.model import JobPlan
+from k2jobs.plan.model import JobPlan, TaskPlan
 from k2jobs.store.keys import (
     JOBS_KEY,
     RUNNING_KEY,
@@ -19,8 +19,11 @@ from k2jobs.store.keys import (
     plan_key,
     report_key,
     reported_key,
+    tasks_key,
 )
 from k2jobs.store.records import Records, loads
+
+TASK_RECORDS_PER_WRITE = 5_000  # task records sent in one HSET: a job of a million files is not one huge command
 
 
 class JobRecords(Records):
@@ -49,12 +52,16 @@ class JobRecords(Records):
         }
         pipe = self.redis.pipeline()
         pipe.hset(job_key(job_id), mapping=meta)  # type: ignore[arg-type]
-        pipe.set(plan_key(job_id), orjson.dumps(plan.to_dict()))
+        pipe.set(plan_key(job_id), orjson.dumps(plan.head()))
+        tasks = plan.task_plans()
+        for start in range(0, len(tasks), TASK_RECORDS_PER_WRITE):
+            records = {str(t.index): orjson.dumps(t.to_record()) for t in tasks[start : start + TASK_RECORDS_PER_WRITE]}
+            pipe.hset(tasks_key(job_id), mapping=records)  # type: ignore[arg-type]
         if plan.gzip_indexes:
             pipe.hset(gzip_indexes_key(job_id), mapping=plan.gzip_indexes)  # type: ignore[arg-type]
         pipe.zadd(JOBS_KEY, {job_id: now})
         pipe.sadd(RUNNING_KEY, job_id)
-        for key in (job_key(job_id), plan_key(job_id), gzip_indexes_key(job_id)):
+        for key in (job_key(job_id), plan_key(job_id), tasks_key(job_id), gzip_indexes_key(job_id)):
             pipe.expire(key, TTL_S)
         pipe.execute()
 
@@ -69,14 +76,31 @@ class JobRecords(Records):
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def plan(self, job_id: str) -> JobPlan:
-        raw = self.redis.get(plan_key(job_id))
-        if raw is None:
+        """The whole plan: its head and every task record (what the job as a whole is reconciled against)."""
+        pipe = self.redis.pipeline()
+        pipe.get(plan_key(job_id))
+        pipe.hvals(tasks_key(job_id))
+        head, records = pipe.execute()
+        if head is None:
             raise JobNotFound(f"no job {job_id!r} in Redis")
-        plan = JobPlan.from_dict(orjson.loads(raw))
+        plan = JobPlan.from_stored(orjson.loads(head), [orjson.loads(r) for r in records])
         if any(c.compression for c in plan.chunks):
             stored = self.redis.hgetall(gzip_indexes_key(job_id))
             plan.gzip_indexes.update({path.decode(): index for path, index in stored.items()})
         return plan
+
+    def task_plans(self, job_id: str, tasks: list[int]) -> list[TaskPlan | None]:
+        """The records of these tasks (each named by its first chunk), one read; None for an index that names
+        no task (a chunk inside one, or a job Redis does not hold)."""
+        raw = self.redis.hmget(tasks_key(job_id), [str(t) for t in tasks])
+        return [None if r is None else TaskPlan.from_record(orjson.loads(r)) for r in raw]
+
+    def gzip_indexes(self, job_id: str, data_paths: list[str]) -> dict[str, bytes]:
+        """The gzip indexes of these .csv.gz files (by data path) that the job holds."""
+        if not data_paths:
+            return {}
+        raw = self.redis.hmget(gzip_indexes_key(job_id), data_paths)
+        return {path: index for path, index in zip(data_paths, raw, strict=True) if index is not None}
 
     def job_options(self, job_id: str) -> dict[str, Any]:
         """The options a job was submitted with (chunk rows, order, ...)."""

@@ -17,7 +17,11 @@ def job_key(job_id: str) -> str:
 
 
 def plan_key(job_id: str) -> str:
-    return f"k2:job:{job_id}:plan"
+    return f"k2:job:{job_id}:plan"  # the plan's head: its files (JobPlan.head); the chunks are in the task records
+
+
+def tasks_key(job_id: str) -> str:
+    return f"k2:job:{job_id}:tasks"  # task (its first chunk) -> TaskPlan record: all a worker reads to run it
 
 
 def gzip_indexes_key(job_id: str) -> str:

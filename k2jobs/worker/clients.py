@@ -20,15 +20,15 @@ from celery.signals import (
 )
 
 from k2jobs.config import Settings, process_settings
-from k2jobs.errors import K2Error
+from k2jobs.errors import K2Error, StoredDataError
 from k2jobs.jobs.supervisor import Supervisor
 from k2jobs.kafka.markers import MarkerReader
 from k2jobs.kafka.preflight import check_client_settings, warm_up_kafka
-from k2jobs.plan.model import JobPlan
+from k2jobs.plan.model import TaskPlan
 from k2jobs.store.ledger import Ledger, connect
 
 log = logging.getLogger(__name__)
-PLANS_KEPT = 8
+JOBS_KEPT = 64  # jobs whose order option a process remembers
 # The worker's main process imports this module before its pool forks: its pid, inherited by every pool process.
 MAIN_PID = os.getpid()
 
@@ -40,44 +40,40 @@ def incarnation(hostname: str) -> str:
 
 
 @dataclass
-class JobView:
-    """What a worker keeps of a job it loads chunks of: the plan (immutable once submitted) and, for each
-    chunk, the next chunk of its key."""
-
-    plan: JobPlan
-    ordered: bool
-    next_in_key: dict[int, int]
-
-
-@dataclass
 class WorkerClients:
-    """What a chunk task needs, created once per worker process."""
+    """What a chunk task needs, created once per worker process. A task reads its own record of the job's plan
+    (TaskPlan: its chunks and the task after it), never the whole plan: what a process holds does not grow with
+    the job's files."""
 
     settings: Settings
     ledger: Ledger
     markers: MarkerReader
     pid: int
-    jobs: OrderedDict[str, JobView] = field(default_factory=OrderedDict)
+    ordered: OrderedDict[str, bool] = field(default_factory=OrderedDict)
 
-    def job(self, job_id: str) -> JobView:
-        """The job's plan, read from Redis once per process (task messages carry ids, not plans)."""
-        view = self.jobs.get(job_id)
-        if view is None:
+    def task(self, job_id: str, index: int) -> TaskPlan:
+        """The task that loads chunk `index` (a message names a task by its first chunk)."""
+        [task] = self.ledger.task_plans(job_id, [index])
+        if task is None:  # a chunk inside a task, or a job Redis does not hold (then plan() says so)
             plan = self.ledger.plan(job_id)
-            following = {c[n]: c[n + 1] for c in plan.key_tasks() for n in range(len(c) - 1)}
-            view = JobView(plan, self.ledger.job_options(job_id).get("ordered", True), following)
-            self.jobs[job_id] = view
-            while len(self.jobs) > PLANS_KEPT:
-                self.jobs.popitem(last=False)
-            keep_out_of_gc()
-        return view
+            [task] = self.ledger.task_plans(job_id, [plan.task_of(index)])
+            if task is None:
+                raise StoredDataError(f"job {job_id} has no task record for chunk {index}")
+        return task
+
+    def is_ordered(self, job_id: str) -> bool:
+        """Whether the job keeps each key's order (read once per job and process)."""
+        ordered = self.ordered.get(job_id)
+        if ordered is None:
+            ordered = self.ordered[job_id] = bool(self.ledger.job_options(job_id).get("ordered", True))
+            while len(self.ordered) > JOBS_KEPT:
+                self.ordered.popitem(last=False)
+        return ordered
 
 
 def keep_out_of_gc() -> None:
-    """Move what this process holds now (its imports, the plans it keeps) out of the cyclic garbage collector's
-    reach: a plan holds several objects per file, and with a few plans of thousands of files kept, every full
-    collection would scan them all, a long pause in the middle of a task. Plans hold no reference cycles: one
-    dropped from PLANS_KEPT is freed by reference counting, frozen or not. A young collection first, so that no
+    """Move what this process holds now (its imports: Celery, kombu, k2jobs) out of the cyclic garbage collector's
+    reach, so that no full collection in the middle of a task scans them all. A young collection first, so that no
     recent garbage cycle is frozen with them."""
     gc.collect(1)
     gc.freeze()

@@ -21,7 +21,7 @@ from k2jobs.jobs.supervisor import HEARTBEAT_TTL_S
 from k2jobs.kafka.producer import ChunkFenced, ChunkTransaction
 from k2jobs.load.chunk import Attempt, process_chunk
 from k2jobs.load.results import chunk_result, fail_all
-from k2jobs.plan.model import ChunkPlan
+from k2jobs.plan.model import ChunkPlan, TaskPlan
 from k2jobs.plan.status import ChunkStatus
 from k2jobs.store.leases import LeaseKeeper, take_lease
 from k2jobs.worker.clients import WorkerClients, incarnation, worker_clients
@@ -131,8 +131,7 @@ class ChunkTask(Task):  # type: ignore[misc]
         clients = worker_clients()
         try:
             job_id, index = str(args[0]), int(args[1])
-            job_plan = clients.job(job_id).plan
-            chunks = job_plan.task_chunks(job_plan.task_of(index))
+            chunks = clients.task(job_id, index).chunks
         except (IndexError, TypeError, ValueError, K2Error, RedisError) as lookup_exc:
             log.error("malformed chunk task (args %r): %s (%s)", args, exc, lookup_exc)
             return
@@ -162,8 +161,8 @@ def process_chunk_task(
     """Load one chunk of a job into Kafka, exactly once; with `after`, only once that chunk has committed.
     `first_failure`: set by ChunkTask.retry on retried messages (the retry budget's clock)."""
     clients = worker_clients()
-    job = clients.job(job_id)
-    plan = job.plan.chunks[job.plan.task_of(int(index))]  # a message naming any chunk of a task runs that task
+    task = clients.task(job_id, int(index))  # a message naming any chunk of a task runs that task
+    plan = task.chunks[0]
     worker = incarnation(self.request.hostname or "unknown")
     started = time.monotonic()
     seen = clients.ledger.start_attempt(job_id, plan.index, worker, HEARTBEAT_TTL_S)
@@ -177,7 +176,7 @@ def process_chunk_task(
         keeper = LeaseKeeper(clients.ledger, job_id, plan.index, holder)
         keeper.start()
         try:
-            result = _run_attempt(self, clients, job_id, plan, after, seen)
+            result = _run_attempt(self, clients, job_id, task, after, seen)
             finished = True
         except CommitUncertain as exc:
             # Kafka failing the commit is retried like any Kafka error; the time limit stopping it counts as
@@ -189,9 +188,8 @@ def process_chunk_task(
             raise
         finally:
             keeper.stop()
-        following = job.next_in_key.get(plan.index) if job.ordered else None
-        if following is not None:
-            clients.ledger.mark_queued(job_id, [following])  # the chain sends it when this task returns
+        if task.next is not None and clients.is_ordered(job_id):
+            clients.ledger.mark_queued(job_id, [task.next])  # the chain sends it when this task returns
     finally:
         if finished:
             with contextlib.suppress(RedisError):  # counted as unfinished at worst: the limit has room for it
@@ -219,21 +217,23 @@ def _finish_if_last(clients: WorkerClients, job_id: str) -> None:
     with contextlib.suppress(RedisError, K2Error):
         meta = clients.ledger.job_meta(job_id)
         if int(meta.get("chunks_done", 0)) >= int(meta["chunks"]) and clients.ledger.report(job_id) is None:
-            finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)  # the plan this process holds
+            finish_job_if_done(clients.ledger, job_id)
 
 
 def _run_attempt(
-    task: Task, clients: WorkerClients, job_id: str, plan: ChunkPlan, after: int | None, seen: dict[str, Any]
+    task: Task, clients: WorkerClients, job_id: str, task_plan: TaskPlan, after: int | None, seen: dict[str, Any]
 ) -> dict[str, Any]:
     settings = clients.settings
     unfinished = seen["starts"] - 1 - seen["ends"]
+    plan = task_plan.chunks[0]
+    gzipped = list(dict.fromkeys(c.data_path for c in task_plan.chunks if c.compression))
     attempt = Attempt(
         job_id,
         plan,
         after,
-        after_chunks=None if after is None else [c.index for c in clients.job(job_id).plan.task_chunks(after)],
-        task_chunks=clients.job(job_id).plan.task_chunks(plan.index),
-        gzip_indexes=clients.job(job_id).plan.gzip_indexes,
+        after_chunks=None if after is None else [c.index for c in clients.task(job_id, after).chunks],
+        task_chunks=task_plan.chunks,
+        gzip_indexes=clients.ledger.gzip_indexes(job_id, gzipped),
         progress_every_s=settings.progress_every_s,
         # Redis keeps every start unless it restarted since the job began: then any attempt may have run before.
         rerun=seen["starts"] > 1 or seen["job_epoch"] != seen["epoch"],
@@ -300,7 +300,7 @@ def reconcile_job_task(_header_results: list[Any], job_id: str) -> dict[str, Any
     clients = worker_clients()
     # Most jobs were finished by their last chunk's task (_finish_if_last): a saved report is final until `resume`,
     # and reconciling again would read every chunk's result for nothing while the next job runs.
-    report = clients.ledger.report(job_id) or finish_job_if_done(clients.ledger, job_id, clients.job(job_id).plan)
+    report = clients.ledger.report(job_id) or finish_job_if_done(clients.ledger, job_id)
     if report is None:
         return {"job_id": job_id, "status": "running"}
     return {"job_id": job_id, "status": report["status"], "totals": report["totals"]}
