@@ -63,7 +63,8 @@ TOPICS = {
     "java": "bench.raw.java",
     "python": "bench.raw.python",
     "naive": "bench.naive",
-    "naive_avro": "bench.naive.avro",
+    "naive_avro_trades": "bench.naive.avro.trades",
+    "naive_avro_quotes": "bench.naive.avro.quotes",
 }
 # The producer settings k2jobs itself uses (minus transactions), for both ceilings.
 FAST_PRODUCER = {"acks": "all", "compression.type": "lz4", "linger.ms": 20, "batch.size": 1_000_000}
@@ -542,19 +543,21 @@ def naive_avro_loader(bootstrap: str, registry_url: str) -> Result:
 
     registry = SchemaRegistryClient({"url": registry_url})
     serializers = {kind.value: AvroSerializer(registry, schema_text(kind)) for kind in Kind}
-    contexts = {kind.value: SerializationContext(TOPICS["naive_avro"], MessageField.VALUE) for kind in Kind}
+    # A topic per kind, as k2jobs has: the registry's subject is the topic's (TopicNameStrategy), one schema each.
+    topics = {kind.value: TOPICS[f"naive_avro_{kind.value}"] for kind in Kind}
+    contexts = {kind.value: SerializationContext(topics[kind.value], MessageField.VALUE) for kind in Kind}
     symbols, deliveries = company_symbols(), Deliveries()
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
     producer = Producer(conf)
     settle()
     started, sent = time.perf_counter(), 0
     for kind, cid, path in input_files():
-        key, serialize, context = f"ASX.{symbols[cid]}".encode(), serializers[kind], contexts[kind]
+        key, serialize, context, topic = f"ASX.{symbols[cid]}".encode(), serializers[kind], contexts[kind], topics[kind]
         relative = f"{kind}/{cid}.csv"
         with path.open(newline="", encoding="utf-8") as handle:
             for line_no, fields in enumerate(csv.reader(handle), 1):
                 record = naive_avro_record(kind, fields, symbols[cid], cid, relative, line_no)
-                produce(producer, TOPICS["naive_avro"], serialize(record, context), key)
+                produce(producer, topic, serialize(record, context), key)
                 producer.poll(0)
                 sent += 1
     left = producer.flush(120)
