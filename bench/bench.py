@@ -484,25 +484,41 @@ def naive_loader(
     name: str = "naive loader, 1 process",
 ) -> Result:
     """One process, row by row, over the whole input (trades and quotes, or `files`), as k2jobs loads it."""
+
+    def value(kind: str, fields: list[str], symbol: str, company_id: int, _path: str, _line: int) -> tuple[str, bytes]:
+        return TOPICS["naive"], json.dumps(naive_value(kind, fields, symbol, company_id), default=str).encode()
+
+    return naive_run(bootstrap, files or input_files(), symbols or company_symbols(), value, name)
+
+
+def naive_run(
+    bootstrap: str,
+    files: list[tuple[str, int, Path]],
+    symbols: dict[int, str],
+    value: Any,
+    name: str,
+) -> Result:
+    """A naive loader's loop: csv.reader over each file, `value(kind, fields, symbol, company id, path, line)` gives
+    each row's (topic, value), one produce and poll(0) per row on a plain idempotent producer; checked delivered."""
     from confluent_kafka import Producer
 
-    symbols, deliveries = symbols or company_symbols(), Deliveries()
+    deliveries = Deliveries()
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
     producer = Producer(conf)
     settle()
     started, sent = time.perf_counter(), 0
-    for kind, cid, path in files or input_files():
-        key = f"ASX.{symbols[cid]}".encode()
+    for kind, cid, path in files:
+        key, relative = f"ASX.{symbols[cid]}".encode(), f"{kind}/{cid}.csv"
         with path.open(newline="", encoding="utf-8") as handle:
-            for fields in csv.reader(handle):
-                value = json.dumps(naive_value(kind, fields, symbols[cid], cid), default=str)
-                produce(producer, TOPICS["naive"], value.encode(), key)
+            for line_no, fields in enumerate(csv.reader(handle), 1):
+                topic, data = value(kind, fields, symbols[cid], cid, relative, line_no)
+                produce(producer, topic, data, key)
                 producer.poll(0)
                 sent += 1
     left = producer.flush(120)
     seconds = time.perf_counter() - started
     if left or deliveries.failed or deliveries.ok != sent:
-        raise BenchError(f"naive: {sent} sent, {deliveries.ok} delivered, {left} left ({deliveries.first_error})")
+        raise BenchError(f"{name}: {sent} sent, {deliveries.ok} delivered, {left} left ({deliveries.first_error})")
     return Result(name, sent, seconds)
 
 
@@ -533,7 +549,6 @@ def naive_avro_record(
 def naive_avro_loader(bootstrap: str, registry_url: str) -> Result:
     """The naive loader writing the platform's TradeV2 / QuoteV2 records with confluent-kafka's AvroSerializer
     (one serialize and one produce per row), over the whole input."""
-    from confluent_kafka import Producer
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
@@ -546,25 +561,14 @@ def naive_avro_loader(bootstrap: str, registry_url: str) -> Result:
     # A topic per kind, as k2jobs has: the registry's subject is the topic's (TopicNameStrategy), one schema each.
     topics = {kind.value: TOPICS[f"naive_avro_{kind.value}"] for kind in Kind}
     contexts = {kind.value: SerializationContext(topics[kind.value], MessageField.VALUE) for kind in Kind}
-    symbols, deliveries = company_symbols(), Deliveries()
-    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "on_delivery": deliveries}
-    producer = Producer(conf)
-    settle()
-    started, sent = time.perf_counter(), 0
-    for kind, cid, path in input_files():
-        key, serialize, context, topic = f"ASX.{symbols[cid]}".encode(), serializers[kind], contexts[kind], topics[kind]
-        relative = f"{kind}/{cid}.csv"
-        with path.open(newline="", encoding="utf-8") as handle:
-            for line_no, fields in enumerate(csv.reader(handle), 1):
-                record = naive_avro_record(kind, fields, symbols[cid], cid, relative, line_no)
-                produce(producer, topic, serialize(record, context), key)
-                producer.poll(0)
-                sent += 1
-    left = producer.flush(120)
-    seconds = time.perf_counter() - started
-    if left or deliveries.failed or deliveries.ok != sent:
-        raise BenchError(f"naive Avro: {sent} sent, {deliveries.ok} delivered, {left} left ({deliveries.first_error})")
-    return Result("naive Avro loader (AvroSerializer), 1 process", sent, seconds)
+
+    def value(kind: str, fields: list[str], symbol: str, company_id: int, path: str, line: int) -> tuple[str, bytes]:
+        record = naive_avro_record(kind, fields, symbol, company_id, path, line)
+        return topics[kind], serializers[kind](record, contexts[kind])
+
+    return naive_run(
+        bootstrap, input_files(), company_symbols(), value, "naive Avro loader (AvroSerializer), 1 process"
+    )
 
 
 # -- k2jobs --------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import shapes as shape_files  # noqa: E402 - how the shapes' files are written
+
 import bench  # noqa: E402 - the bench stack, the loaders and the report helpers are bench.py's
 
 SCALE = bench.WORK / "scale"
@@ -140,33 +142,13 @@ def rows_of(spec: Any, n: int) -> int:
 
 
 def write_shape(name: str, files: int, spec: Any) -> Path:
-    """The shape's trade files (real rows, tiled), one company each; company_info lists them all. Reused if there."""
-    root = SCALE / name
-    manifest = root / ".manifest"
-    wanted = f"{files}x{spec}"
-    if manifest.exists() and manifest.read_text() == wanted:
-        return root
-    shutil.rmtree(root, ignore_errors=True)
+    """The shape's trade files (shapes.write_shape: real rows, one company each), once free disk is checked."""
     need = sum(rows_of(spec, n) for n in range(files)) * ROW_BYTES + files * 4096
     free = shutil.disk_usage(SCALE.parent).free
-    if need * 1.1 > free:
+    if need * 1.1 > free and not (SCALE / name / ".manifest").exists():
         raise bench.BenchError(f"shape {name} needs ~{need / 1e9:.1f} GB of disk, {free / 1e9:.1f} GB free")
-    print(f"input: writing {LABELS[name]} to {root} ...", flush=True)
-    lines = bench.sample_lines("trades")
-    (root / "trades").mkdir(parents=True)
-    (root / "reference-data").mkdir()
-    info = ["company_id,symbol"] + [f"{100_000 + n},S{n:07d}" for n in range(files)]
-    (root / bench.COMPANY_INFO).write_text("\n".join(info) + "\n")
-    for n in range(files):
-        count = rows_of(spec, n)
-        path = root / "trades" / f"{100_000 + n}.csv"
-        if count >= len(lines):
-            bench.write_tiled(path, lines, count)
-            continue
-        start = (n * 22) % (len(lines) - count)
-        path.write_bytes(b"".join(line + b"\r\n" for line in lines[start : start + count]))
-    manifest.write_text(wanted)
-    return root
+    print(f"input: {LABELS[name]} in {SCALE / name} ...", flush=True)
+    return shape_files.write_shape(name, files, spec if isinstance(spec, int) else lambda n: rows_of(spec, n), SCALE)
 
 
 def input_size(root: Path, files: int, spec: Any) -> tuple[int, int, int]:
@@ -501,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             shapes[name] = measure(env, settings, name, root, table_of[name], args)
             print(table(shapes, None).splitlines()[-1], flush=True)
             if name == "8files":
-                files, symbols = files_of(root)
+                files, symbols = shape_files.files_of(root)
                 runs = [
                     bench.python_ceiling(
                         settings.kafka_bootstrap, files, symbols, "raw CSV lines, 1 Python process, 8 files"
@@ -510,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 others.append(max(runs, key=lambda r: r.rate))
             if name == "100k":
-                files, symbols = files_of(root)
+                files, symbols = shape_files.files_of(root)
                 naive = bench.naive_loader(
                     settings.kafka_bootstrap, files, symbols, f"naive loader, 1 process, {len(files):,} files"
                 )
@@ -528,12 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.status != "succeeded" for s in shapes.values()) and args.smoke:
         return 1
     return bench.exit_status("scale", goals, args.check)
-
-
-def files_of(root: Path) -> tuple[list[tuple[str, int, Path]], dict[int, str]]:
-    """A shape's trade files as bench.py's loaders take them, and its company map."""
-    symbols = {100_000 + n: f"S{n:07d}" for n in range(len(list((root / "trades").iterdir())))}
-    return [("trades", int(p.stem), p) for p in sorted((root / "trades").glob("*.csv"))], symbols
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,13 @@ ONE_TASK_EACH = "k2jobs, one key in 360 chunks, a task each (K2_TASK_ROWS=1000)"
 SCALING_ROWS = 1_000_000  # per kind, bench.py's default input
 
 
-def write_shape(name: str, files: int, rows_per_file: int) -> Path:
-    """`files` trade files of `rows_per_file` real rows, one company each; company_info lists them all."""
-    root = SHAPES / name
+def write_shape(name: str, files: int, rows_per_file: int | Callable[[int], int], folder: Path = SHAPES) -> Path:
+    """`files` trade files of real rows under folder/name, one company each; company_info lists them all. File n
+    holds `rows_per_file` rows, or `rows_per_file(n)`. Reused if already written with the same shape."""
+    root = folder / name
     manifest = root / ".manifest"
-    wanted = f"{files}x{rows_per_file}"
+    counts = [rows_per_file(n) if callable(rows_per_file) else rows_per_file for n in range(files)]
+    wanted = f"{files}x{rows_per_file}" if isinstance(rows_per_file, int) else f"{files}x{sum(counts)}"
     if manifest.exists() and manifest.read_text() == wanted:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -69,10 +72,15 @@ def write_shape(name: str, files: int, rows_per_file: int) -> Path:
     (root / "reference-data").mkdir()
     info = ["company_id,symbol"] + [f"{100_000 + n},S{n:05d}" for n in range(files)]
     (root / bench.COMPANY_INFO).write_text("\n".join(info) + "\n")
-    for n in range(files):
-        start = (n * rows_per_file) % len(lines)
-        rows = (lines[start:] + lines) if start + rows_per_file > len(lines) else lines[start:]
-        bench.write_tiled(root / "trades" / f"{100_000 + n}.csv", rows, rows_per_file)
+    offset = 0
+    for n, count in enumerate(counts):
+        start = offset % len(lines)
+        offset += count
+        path = root / "trades" / f"{100_000 + n}.csv"
+        if start + count <= len(lines):  # a slice, not a copy of every line: a million small files
+            path.write_bytes(b"".join(line + b"\r\n" for line in lines[start : start + count]))
+        else:
+            bench.write_tiled(path, lines[start:] + lines, count)
     manifest.write_text(wanted)
     return root
 
